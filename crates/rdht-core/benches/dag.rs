@@ -1,0 +1,2 @@
+//! Placeholder replaced by the DAG benchmark in the next commit.
+fn main() {}

@@ -1,0 +1,362 @@
+//! Blocks: the unit of storage and transfer (specs/blocks.md §2).
+//!
+//! A block is `tag || payload`. A leaf (`0x00`) carries up to 16,384 bytes of file data;
+//! an interior block (`0x01`) carries 1 to 409 [`Link`]s of 40 bytes each. The tag is
+//! hashed with the payload, so a leaf can never pass for an interior block or back (the
+//! RFC 6962 domain separation). A block's [`BlockId`] is BLAKE3-256 of all its bytes.
+//!
+//! Owns: the byte layout, its validation and hashing. Does not own: tree shape (which
+//! child sizes a parent may list) — that is [`crate::dag`].
+
+use bytes::Bytes;
+
+use crate::id::BlockId;
+
+/// Most file bytes one leaf holds: 16 KiB.
+pub const MAX_LEAF_DATA: usize = 16 * 1024;
+/// Encoded length of one [`Link`]: 32-byte id, then the subtree's byte size as u64 LE.
+pub const LINK_LEN: usize = 40;
+/// Most links one interior block holds, so that it fits in 16 KiB with its tag.
+pub const MAX_LINKS: usize = (MAX_LEAF_DATA - 1) / LINK_LEN;
+/// Longest valid block: a full leaf plus its tag.
+pub const MAX_BLOCK_LEN: usize = 1 + MAX_LEAF_DATA;
+/// First byte of a leaf block.
+pub const LEAF_TAG: u8 = 0x00;
+/// First byte of an interior block.
+pub const INTERIOR_TAG: u8 = 0x01;
+
+/// Which of the two block kinds a block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockKind {
+    /// File data.
+    Leaf,
+    /// A list of children.
+    Interior,
+}
+
+impl BlockKind {
+    /// The tag byte that starts blocks of this kind.
+    pub const fn tag(self) -> u8 {
+        match self {
+            BlockKind::Leaf => LEAF_TAG,
+            BlockKind::Interior => INTERIOR_TAG,
+        }
+    }
+}
+
+/// A reference from a parent to a child: the child's id and the number of file bytes
+/// under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Link {
+    /// The child block.
+    pub id: BlockId,
+    /// File bytes in the child's subtree.
+    pub size: u64,
+}
+
+impl Link {
+    /// Appends the 40-byte encoding.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+    }
+
+    fn decode(chunk: &[u8]) -> Link {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&chunk[..32]);
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&chunk[32..LINK_LEN]);
+        Link {
+            id: BlockId::from_bytes(id),
+            size: u64::from_le_bytes(size),
+        }
+    }
+}
+
+/// Bytes that are not a valid block, or not the block that was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    /// Zero bytes: not even a tag.
+    #[error("block is empty")]
+    Empty,
+    /// The first byte is neither 0x00 nor 0x01.
+    #[error("block starts with unknown tag 0x{tag:02x}")]
+    UnknownTag {
+        /// The tag found.
+        tag: u8,
+    },
+    /// Longer than [`MAX_BLOCK_LEN`], or a leaf with more than [`MAX_LEAF_DATA`] bytes.
+    #[error("block is {len} bytes, more than the limit of {max}")]
+    TooLong {
+        /// Encoded length.
+        len: usize,
+        /// The limit for its kind.
+        max: usize,
+    },
+    /// An interior payload that is empty, not a whole number of links, or too many.
+    #[error(
+        "interior block payload of {len} bytes is not 1 to {MAX_LINKS} links of {LINK_LEN} bytes"
+    )]
+    BadInterior {
+        /// Payload length.
+        len: usize,
+    },
+    /// The bytes hash to another id than the one they were fetched as.
+    #[error("block {expected} has wrong content: it hashes to {actual}")]
+    HashMismatch {
+        /// The id asked for.
+        expected: BlockId,
+        /// What the bytes hash to.
+        actual: BlockId,
+    },
+}
+
+/// A block whose layout has been validated and whose id is known to be the hash of its
+/// bytes. Cheap to clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Block {
+    id: BlockId,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("id", &self.id)
+            .field("kind", &self.kind())
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Id of a leaf holding `data`, without copying it behind a tag.
+pub(crate) fn leaf_id(data: &[u8]) -> BlockId {
+    let mut h = blake3::Hasher::new();
+    h.update(&[LEAF_TAG]);
+    h.update(data);
+    h.finalize().into()
+}
+
+fn check_layout(bytes: &[u8]) -> Result<(), BlockError> {
+    let (&tag, payload) = bytes.split_first().ok_or(BlockError::Empty)?;
+    if bytes.len() > MAX_BLOCK_LEN {
+        return Err(BlockError::TooLong {
+            len: bytes.len(),
+            max: MAX_BLOCK_LEN,
+        });
+    }
+    match tag {
+        LEAF_TAG => Ok(()),
+        INTERIOR_TAG => {
+            let n = payload.len() / LINK_LEN;
+            if payload.len() % LINK_LEN != 0 || n == 0 || n > MAX_LINKS {
+                return Err(BlockError::BadInterior { len: payload.len() });
+            }
+            Ok(())
+        }
+        tag => Err(BlockError::UnknownTag { tag }),
+    }
+}
+
+impl Block {
+    /// A leaf holding `data` (at most [`MAX_LEAF_DATA`] bytes).
+    pub fn leaf(data: &[u8]) -> Result<Block, BlockError> {
+        if data.len() > MAX_LEAF_DATA {
+            return Err(BlockError::TooLong {
+                len: data.len() + 1,
+                max: MAX_BLOCK_LEN,
+            });
+        }
+        let mut bytes = Vec::with_capacity(1 + data.len());
+        bytes.push(LEAF_TAG);
+        bytes.extend_from_slice(data);
+        Ok(Block {
+            id: leaf_id(data),
+            bytes: bytes.into(),
+        })
+    }
+
+    /// An interior block listing `links` (1 to [`MAX_LINKS`]).
+    pub fn interior(links: &[Link]) -> Result<Block, BlockError> {
+        if links.is_empty() || links.len() > MAX_LINKS {
+            return Err(BlockError::BadInterior {
+                len: links.len() * LINK_LEN,
+            });
+        }
+        let mut bytes = Vec::with_capacity(1 + links.len() * LINK_LEN);
+        bytes.push(INTERIOR_TAG);
+        for l in links {
+            l.encode_into(&mut bytes);
+        }
+        Ok(Block {
+            id: BlockId::of(&bytes),
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Validates `bytes` as a block and computes its id.
+    pub fn from_bytes(bytes: Bytes) -> Result<Block, BlockError> {
+        check_layout(&bytes)?;
+        Ok(Block {
+            id: BlockId::of(&bytes),
+            bytes,
+        })
+    }
+
+    /// Validates `bytes` as the block `id`: the layout must be valid and the bytes must
+    /// hash to `id`. This is the check every block from disk or network passes.
+    pub fn verified(id: BlockId, bytes: Bytes) -> Result<Block, BlockError> {
+        let block = Block::from_bytes(bytes)?;
+        if block.id != id {
+            return Err(BlockError::HashMismatch {
+                expected: id,
+                actual: block.id,
+            });
+        }
+        Ok(block)
+    }
+
+    /// The block's id.
+    pub fn id(&self) -> BlockId {
+        self.id
+    }
+
+    /// The full encoding, tag included.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Consumes the block, returning its encoding.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// Leaf or interior.
+    pub fn kind(&self) -> BlockKind {
+        // Invariant: check_layout accepted the tag, so it is one of the two.
+        if self.bytes[0] == LEAF_TAG {
+            BlockKind::Leaf
+        } else {
+            BlockKind::Interior
+        }
+    }
+
+    /// Everything after the tag: file data for a leaf, links for an interior block.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[1..]
+    }
+
+    /// The links of an interior block (none for a leaf).
+    pub fn links(&self) -> impl ExactSizeIterator<Item = Link> + '_ {
+        let payload = match self.kind() {
+            BlockKind::Leaf => &[][..],
+            BlockKind::Interior => self.payload(),
+        };
+        payload.chunks_exact(LINK_LEN).map(Link::decode)
+    }
+}
+
+/// A block as the DAG builder emits it, borrowed: `kind`'s tag followed by `payload`
+/// is the encoding, and `id` its hash. Borrowing lets the builder hash file data in
+/// place; call [`BlockRef::to_block`] to own it.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockRef<'a> {
+    /// The block's id.
+    pub id: BlockId,
+    /// Leaf or interior.
+    pub kind: BlockKind,
+    /// The bytes after the tag.
+    pub payload: &'a [u8],
+}
+
+impl BlockRef<'_> {
+    /// Encoded length, tag included.
+    pub fn len(&self) -> usize {
+        1 + self.payload.len()
+    }
+
+    /// Never true: a block always has its tag.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The full encoding, tag included.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        v.push(self.kind.tag());
+        v.extend_from_slice(self.payload);
+        v
+    }
+
+    /// An owned [`Block`] (copies the bytes; the id is not recomputed).
+    pub fn to_block(&self) -> Block {
+        Block {
+            id: self.id,
+            bytes: self.to_vec().into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_limits() {
+        assert_eq!(MAX_LINKS, 409);
+        const { assert!(MAX_LINKS * LINK_LEN < MAX_LEAF_DATA) };
+        assert_eq!(Block::from_bytes(Bytes::new()), Err(BlockError::Empty));
+        assert_eq!(
+            Block::from_bytes(Bytes::from_static(&[2])),
+            Err(BlockError::UnknownTag { tag: 2 })
+        );
+        assert_eq!(
+            Block::from_bytes(Bytes::from_static(&[1, 0, 0])),
+            Err(BlockError::BadInterior { len: 2 })
+        );
+        assert_eq!(
+            Block::from_bytes(Bytes::from_static(&[1])),
+            Err(BlockError::BadInterior { len: 0 })
+        );
+        let big = vec![0u8; MAX_BLOCK_LEN + 1];
+        assert!(matches!(
+            Block::from_bytes(big.into()),
+            Err(BlockError::TooLong {
+                len: 16386,
+                max: 16385
+            })
+        ));
+        assert!(Block::leaf(&[7u8; MAX_LEAF_DATA]).is_ok());
+        assert!(Block::leaf(&[7u8; MAX_LEAF_DATA + 1]).is_err());
+    }
+
+    #[test]
+    fn leaf_and_interior_are_domain_separated() {
+        // An interior block's payload, offered as leaf data, gets a different id.
+        let link = Link {
+            id: BlockId::of(b"x"),
+            size: 3,
+        };
+        let interior = Block::interior(&[link]).unwrap();
+        let leaf = Block::leaf(interior.payload()).unwrap();
+        assert_ne!(leaf.id(), interior.id());
+        assert_eq!(leaf.payload(), interior.payload());
+        assert_eq!(interior.links().collect::<Vec<_>>(), vec![link]);
+        assert_eq!(leaf.links().len(), 0);
+        assert_eq!(leaf.id(), leaf_id(interior.payload()));
+    }
+
+    #[test]
+    fn verified_names_both_ids() {
+        let b = Block::leaf(b"hello").unwrap();
+        let wrong = BlockId::of(b"other");
+        assert_eq!(
+            Block::verified(wrong, b.bytes().clone()),
+            Err(BlockError::HashMismatch {
+                expected: wrong,
+                actual: b.id()
+            })
+        );
+        assert_eq!(Block::verified(b.id(), b.bytes().clone()).unwrap(), b);
+    }
+}

@@ -1,0 +1,41 @@
+//! rdht-core: the formats every other rdht crate stands on. No I/O, no async.
+//!
+//! - [`BlockId`], [`BuildKey`], [`BuilderKey`]: 32-byte identifiers ([`id`]).
+//! - [`Block`]: a domain-separated leaf or interior block of at most 16 KiB ([`block`]).
+//! - [`dag`]: files as canonical Merkle DAGs — a streaming [`DagBuilder`], a
+//!   pre-order [`DagVerifier`] and [`assemble`].
+//! - [`Manifest`]: the files of one build unit; its DAG root is the artifact root
+//!   ([`manifest`]).
+//! - [`BuildRecord`]: a builder's signed claim "key K built into root R" ([`record`]).
+//!
+//! Normative formats: `specs/blocks.md` and `specs/records.md`; the test vectors in
+//! `specs/vectors/` are checked by this crate's tests.
+//!
+//! ```
+//! use rdht_core::{DagBuilder, Limits, assemble_to_vec};
+//! use std::collections::HashMap;
+//!
+//! let data = vec![7u8; 40_000];
+//! let (root, blocks) = DagBuilder::build(&data);
+//! let mut store: HashMap<_, _> = blocks.into_iter().map(|b| (b.id(), b.into_bytes())).collect();
+//! let back = assemble_to_vec(root.id, Limits::default(), &mut store).unwrap();
+//! assert_eq!(back, data);
+//! ```
+
+pub mod block;
+pub mod codec;
+pub mod dag;
+pub mod id;
+pub mod manifest;
+pub mod record;
+
+pub use block::{Block, BlockError, BlockKind, BlockRef, Link, MAX_BLOCK_LEN, MAX_LEAF_DATA};
+pub use codec::DecodeError;
+pub use dag::{
+    AssembleError, BlockSource, DagBuilder, DagError, DagVerifier, Limits, assemble,
+    assemble_to_vec,
+};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+pub use id::{BlockId, BuildKey, BuilderKey, ParseIdError};
+pub use manifest::{FileEntry, Labels, Manifest, ManifestError};
+pub use record::{BuildRecord, RecordBody, RecordError};
