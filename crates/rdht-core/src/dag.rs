@@ -23,7 +23,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 
 use crate::block::{Block, BlockError, BlockKind, BlockRef, Link, MAX_LEAF_DATA, MAX_LINKS};
-use crate::block::{INTERIOR_TAG, leaf_id};
+use crate::block::{INTERIOR_TAG, block_id};
 use crate::id::BlockId;
 
 /// Default [`Limits::max_size`]: 1 TiB.
@@ -87,7 +87,7 @@ impl Levels {
         data: &[u8],
         emit: &mut impl FnMut(BlockRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let id = leaf_id(data);
+        let id = block_id(BlockKind::Leaf, data);
         emit(BlockRef {
             id,
             kind: BlockKind::Leaf,
@@ -135,7 +135,7 @@ impl Levels {
             l.encode_into(&mut self.scratch);
             size += l.size;
         }
-        let id = BlockId::of(&self.scratch);
+        let id = block_id(BlockKind::Interior, &self.scratch[1..]);
         emit(BlockRef {
             id,
             kind: BlockKind::Interior,

@@ -78,8 +78,8 @@ macro_rules! id32 {
 }
 
 id32!(
-    /// The identifier of a block: BLAKE3-256 of the block's full encoded bytes, tag
-    /// included (specs/blocks.md §2).
+    /// The identifier of a block: BLAKE3-256 of its payload, keyed by its kind
+    /// (specs/blocks.md §2; computed by [`crate::block::block_id`]).
     BlockId,
     "block id"
 );
@@ -97,13 +97,6 @@ id32!(
     "builder key"
 );
 
-impl BlockId {
-    /// The id of `bytes`, a block's full encoding.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(*blake3::hash(bytes).as_bytes())
-    }
-}
-
 impl From<blake3::Hash> for BlockId {
     fn from(h: blake3::Hash) -> Self {
         Self(*h.as_bytes())
@@ -116,7 +109,7 @@ mod tests {
 
     #[test]
     fn hex_round_trip_and_errors() {
-        let id = BlockId::of(b"abc");
+        let id = BlockId::from(blake3::hash(b"abc"));
         let text = id.to_string();
         assert_eq!(text.len(), 64);
         assert_eq!(text.parse::<BlockId>().unwrap(), id);

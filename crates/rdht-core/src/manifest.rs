@@ -279,6 +279,14 @@ impl Manifest {
 
     /// Decodes and validates a canonical encoding of at most [`MAX_MANIFEST_LEN`] bytes.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_LEN {
+            return Err(DecodeError::TooLarge {
+                what: "manifest",
+                len: bytes.len(),
+                max: MAX_MANIFEST_LEN,
+            }
+            .into());
+        }
         // The version is the first field; read it alone so a newer format gets a clear
         // error instead of a parse failure.
         if let Ok((version, _)) = postcard::take_from_bytes::<u32>(bytes)
@@ -330,7 +338,7 @@ mod tests {
             path: path.into(),
             executable: false,
             size: 0,
-            root: BlockId::of(&[0]),
+            root: BlockId::from(blake3::hash(&[0])),
         }
     }
 

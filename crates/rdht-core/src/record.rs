@@ -222,7 +222,7 @@ mod tests {
         };
         BuildRecord::sign(
             BuildKey::from_bytes([1; 32]),
-            BlockId::of(b"root"),
+            BlockId::from(blake3::hash(b"root")),
             1234,
             1_700_000_000,
             labels,
@@ -238,7 +238,7 @@ mod tests {
         type Tamper = Box<dyn Fn(&mut RecordBody)>;
         let tampers: Vec<Tamper> = vec![
             Box::new(|b| b.key = BuildKey::from_bytes([2; 32])),
-            Box::new(|b| b.root = BlockId::of(b"other")),
+            Box::new(|b| b.root = BlockId::from(blake3::hash(b"other"))),
             Box::new(|b| b.size += 1),
             Box::new(|b| b.time += 1),
             Box::new(|b| b.labels.crate_name.push('x')),
