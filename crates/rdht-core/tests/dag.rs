@@ -1,6 +1,7 @@
 //! DAG properties: the streaming builder matches an independent batch model, emits
 //! post-order, round-trips through the verifying assembler, and every tampered, missing
 //! or mis-sized block is rejected by name (specs/blocks.md §3–§5).
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -276,7 +277,7 @@ fn non_canonical_shapes_are_rejected() {
     );
     // A single interior root over data that fits a leaf.
     let p4 = interior(&[(a.id(), 100)]);
-    store.extend(store_of(&[p4.clone()]));
+    store.extend(store_of(std::slice::from_ref(&p4)));
     assert!(matches!(
         assemble_all(p4.id(), None, &mut store),
         Err(DagError::BadShape { block, .. }) if block == p4.id()

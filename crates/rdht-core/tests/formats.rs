@@ -1,6 +1,7 @@
 //! Manifest and build-record properties: canonical round trips (directly and through a
 //! DAG), tamper and wrong-key rejection, and decoders that return errors — never panic —
 //! on arbitrary bytes (specs/blocks.md §6, specs/records.md).
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
 use std::collections::HashMap;
 
