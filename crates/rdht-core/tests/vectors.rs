@@ -1,0 +1,129 @@
+//! Checks this crate against the annotated vectors in `specs/vectors/`, so the specs and
+//! the code cannot drift apart. Vectors are produced once by `examples/gen_vectors.rs`
+//! and then only read here.
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rdht_core::block::{INTERIOR_CONTEXT, LEAF_CONTEXT};
+use rdht_core::record::signing_message;
+use rdht_core::{BlockId, BuildRecord, DagBuilder, Manifest, SigningKey};
+
+fn load(name: &str) -> toml::Table {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../specs/vectors")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.parse().unwrap()
+}
+
+/// Annotated hex: drop everything after `#` on each line and all whitespace.
+fn unhex(annotated: &str) -> Vec<u8> {
+    let digits: String = annotated
+        .lines()
+        .map(|l| l.split('#').next().unwrap())
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect();
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn str_of<'a>(t: &'a toml::Table, k: &str) -> &'a str {
+    t[k].as_str()
+        .unwrap_or_else(|| panic!("{k} is not a string"))
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn block_and_dag_vectors() {
+    let v = load("blocks.toml");
+    assert_eq!(str_of(&v, "leaf_context"), LEAF_CONTEXT);
+    assert_eq!(str_of(&v, "interior_context"), INTERIOR_CONTEXT);
+    let files = v["file"].as_array().unwrap();
+    assert_eq!(files.len(), 7);
+    for f in files {
+        let f = f.as_table().unwrap();
+        let name = str_of(f, "name");
+        let size = f["size"].as_integer().unwrap() as usize;
+        let (root, blocks) = DagBuilder::build(&pattern(size));
+        assert_eq!(root.id.to_string(), str_of(f, "root"), "{name}: root");
+        assert_eq!(root.size, size as u64);
+        assert_eq!(
+            blocks.len() as i64,
+            f["blocks"].as_integer().unwrap(),
+            "{name}: blocks"
+        );
+        assert_eq!(
+            rdht_core::dag::height_for(size as u64) as i64,
+            f["height"].as_integer().unwrap(),
+            "{name}: height"
+        );
+        if let Some(annotated) = f.get("root_block") {
+            let bytes = unhex(annotated.as_str().unwrap());
+            assert_eq!(
+                &blocks.last().unwrap().bytes()[..],
+                &bytes[..],
+                "{name}: root block"
+            );
+        }
+    }
+}
+
+#[test]
+fn manifest_vector() {
+    let v = load("manifest.toml");
+    let t = v["manifest"].as_table().unwrap();
+    let enc = unhex(str_of(t, "encoding"));
+    let m = Manifest::decode(&enc).unwrap();
+    assert_eq!(m.encode(), enc);
+    let (root, _) = m.to_dag();
+    assert_eq!(root.id.to_string(), str_of(t, "artifact_root"));
+    let contents: HashMap<&str, Vec<u8>> = [
+        ("bin/hi", b"#!/bin/sh\necho hi\n".to_vec()),
+        ("lib/libserde-90ea9c81a65cb426.rlib", pattern(20_000)),
+    ]
+    .into();
+    assert_eq!(m.files().len(), 2);
+    for f in m.files() {
+        let (file_root, _) = DagBuilder::build(&contents[f.path.as_str()]);
+        assert_eq!(
+            (f.root, f.size),
+            (file_root.id, file_root.size),
+            "{}",
+            f.path
+        );
+        assert_eq!(f.executable, f.path == "bin/hi");
+    }
+    assert_eq!(m.labels().crate_name, "serde");
+}
+
+#[test]
+fn record_vector() {
+    let v = load("records.toml");
+    let t = v["record"].as_table().unwrap();
+    let seed: [u8; 32] = unhex(str_of(t, "signing_seed")).try_into().unwrap();
+    let signer = SigningKey::from_bytes(&seed);
+    let enc = unhex(str_of(t, "encoding"));
+    let r = BuildRecord::decode(&enc).unwrap();
+    assert_eq!(r.builder().as_bytes(), &signer.verifying_key().to_bytes());
+    assert_eq!(
+        signing_message(r.body()),
+        unhex(str_of(t, "signing_message"))
+    );
+    let b = r.body();
+    let again =
+        BuildRecord::sign(b.key, b.root, b.size, b.time, b.labels.clone(), &signer).unwrap();
+    assert_eq!(again.encode(), enc, "ed25519 signing is deterministic");
+    let manifest = load("manifest.toml");
+    let artifact: BlockId = str_of(manifest["manifest"].as_table().unwrap(), "artifact_root")
+        .parse()
+        .unwrap();
+    assert_eq!(r.root(), artifact);
+}
