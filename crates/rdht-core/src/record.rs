@@ -93,6 +93,16 @@ pub enum RecordError {
     /// A label breaks the format's rules.
     #[error(transparent)]
     Labels(#[from] ManifestError),
+    /// A valid record for another build key than the one looked up (a replay).
+    #[error("record by builder {builder} is for build key {actual}, not {expected}")]
+    WrongKey {
+        /// The key looked up.
+        expected: BuildKey,
+        /// The key the record is for.
+        actual: BuildKey,
+        /// Its builder.
+        builder: BuilderKey,
+    },
 }
 
 /// The exact bytes a builder signs for `body`.
@@ -167,6 +177,20 @@ impl BuildRecord {
             signature,
         };
         record.verify()?;
+        Ok(record)
+    }
+
+    /// [`BuildRecord::decode`], then checks that the record is for `key`: a valid record
+    /// replayed for another key is rejected.
+    pub fn decode_for(bytes: &[u8], key: BuildKey) -> Result<BuildRecord, RecordError> {
+        let record = BuildRecord::decode(bytes)?;
+        if record.key() != key {
+            return Err(RecordError::WrongKey {
+                expected: key,
+                actual: record.key(),
+                builder: record.builder(),
+            });
+        }
         Ok(record)
     }
 
@@ -284,6 +308,16 @@ mod tests {
     fn round_trip_and_bad_signature_length() {
         let r = record();
         assert_eq!(BuildRecord::decode(&r.encode()).unwrap(), r);
+        assert_eq!(BuildRecord::decode_for(&r.encode(), r.key()).unwrap(), r);
+        let other = BuildKey::from_bytes([8; 32]);
+        assert_eq!(
+            BuildRecord::decode_for(&r.encode(), other),
+            Err(RecordError::WrongKey {
+                expected: other,
+                actual: r.key(),
+                builder: r.builder()
+            })
+        );
         let short = codec::encode(&Wire {
             body: r.body.clone(),
             signature: vec![0; 63],
