@@ -1,7 +1,45 @@
 //! rdht-api: the local API between the daemon and its clients (the `rdht` CLI and the
-//! cargo shim): versioned, length-prefixed postcard frames over a Unix socket.
+//! cargo shim), specified in `specs/local-api.md`.
 //!
-//! Owns: request/response types and the client. Does not own: what the daemon does
-//! with a request.
+//! Layers, bottom up: [`frame`] (length-prefixed byte frames with a size limit),
+//! [`proto`] (the versioned request, progress and response messages), then [`Client`]
+//! for callers and [`ServerConn`] for the daemon's side of one connection.
 //!
-//! This crate is filled by the daemon issue; until then it only names its place.
+//! Owns: the wire format and both ends of a connection. Does not own: what the daemon
+//! does with a request, or how the CLI prints a response.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use rdht_api::{Client, Incoming, Request, Response, ServerConn};
+//! let (a, b) = tokio::net::UnixStream::pair().unwrap();
+//! tokio::spawn(async move {
+//!     let mut conn = ServerConn::new(b);
+//!     while let Ok(Some(Incoming { id, request: Request::Gc })) = conn.next().await {
+//!         conn.reply(id, Ok(Response::Gc { evicted_artifacts: 0, freed_bytes: 0 })).await.unwrap();
+//!     }
+//! });
+//! let mut client = Client::from_stream(a);
+//! let reply = client.call(Request::Gc).await.unwrap();
+//! assert_eq!(reply, Response::Gc { evicted_artifacts: 0, freed_bytes: 0 });
+//! # });
+//! ```
+
+pub mod client;
+pub mod frame;
+pub mod proto;
+pub mod server;
+
+pub use client::{Client, ClientError};
+pub use frame::{FrameError, MAX_FRAME_LEN};
+pub use proto::{API_VERSION, ApiError, ErrorKind, Progress, Request, Response};
+pub use server::{Incoming, ServerConn};
+
+use std::path::{Path, PathBuf};
+
+/// File name of the API socket inside the daemon's data directory.
+pub const SOCKET_NAME: &str = "api.sock";
+
+/// The API socket of the daemon whose data directory is `data_dir`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}

@@ -1,0 +1,344 @@
+//! Messages of the local API, version [`API_VERSION`] (specs/local-api.md §3–§4).
+//!
+//! A client frame is `version, id, Request`; the server answers the same `id` with any
+//! number of `Progress` frames and then exactly one `Done(Response)` or `Failed(ApiError)`.
+//! Encoding is postcard. Adding a variant at the end of an enum is compatible; anything
+//! else bumps [`API_VERSION`].
+//!
+//! Owns: message types and their encode/decode. Does not own: framing ([`crate::frame`])
+//! or behaviour (the daemon).
+
+use rdht_core::{BlockId, BuildKey, BuilderKey, Labels};
+use serde::{Deserialize, Serialize};
+
+/// The API version this build speaks.
+pub const API_VERSION: u16 = 1;
+
+/// One file to put into an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutFile {
+    /// Absolute path of the file to read, on the daemon's machine.
+    pub source: String,
+    /// Relative path inside the artifact (specs/blocks.md §6 rules).
+    pub path: String,
+}
+
+/// Where a published record may be announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    /// Private swarms only: path, git and private-registry crates.
+    Private,
+    /// Every swarm, the public one included: crates.io crates.
+    Everywhere,
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The node's identity.
+    Id,
+    /// Counters and sizes.
+    Status,
+    /// Connected peers.
+    Peers,
+    /// Ingest files into an artifact.
+    Put {
+        /// The files.
+        files: Vec<PutFile>,
+        /// The artifact's labels.
+        labels: Labels,
+        /// Pin it so GC never evicts it.
+        pin: bool,
+    },
+    /// Write an artifact's files under a directory, verifying everything.
+    Export {
+        /// The artifact root.
+        root: BlockId,
+        /// Absolute path of the directory to write into.
+        dest: String,
+    },
+    /// Find a trusted artifact for a build key: local store, then swarms in order.
+    Resolve {
+        /// The build key.
+        key: BuildKey,
+    },
+    /// Sign, store and announce a record that `key` built into `root`.
+    Publish {
+        /// The build key.
+        key: BuildKey,
+        /// The artifact root (must be in the store).
+        root: BlockId,
+        /// The unit's labels.
+        labels: Labels,
+        /// Where it may be announced.
+        scope: Scope,
+    },
+    /// Every known record for a key, with the trust decision for each.
+    Records {
+        /// The build key.
+        key: BuildKey,
+    },
+    /// Run garbage collection now.
+    Gc,
+    /// Trust a builder's records.
+    TrustAdd {
+        /// The builder.
+        builder: BuilderKey,
+    },
+    /// Stop trusting a builder.
+    TrustRemove {
+        /// The builder.
+        builder: BuilderKey,
+    },
+    /// List trusted builders.
+    TrustList,
+    /// Stop the daemon cleanly.
+    Shutdown,
+}
+
+/// Counters of the node's store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// Blocks held.
+    pub blocks: u64,
+    /// Bytes of block data held.
+    pub logical_bytes: u64,
+    /// Bytes the store occupies on disk.
+    pub disk_bytes: u64,
+    /// Bytes of pinned artifacts.
+    pub pinned_bytes: u64,
+    /// The size cap GC keeps the store under (0: none).
+    pub max_bytes: u64,
+    /// Block reads.
+    pub reads: u64,
+    /// Reads that found the block.
+    pub hits: u64,
+    /// Reads that did not.
+    pub misses: u64,
+    /// Artifacts evicted by GC.
+    pub evictions: u64,
+}
+
+/// The node's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Addresses the node listens on.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers, over all swarms.
+    pub peers: u32,
+    /// The store.
+    pub store: StoreStatus,
+    /// Resolves answered with an artifact.
+    pub resolve_hits: u64,
+    /// Resolves answered with a miss.
+    pub resolve_misses: u64,
+    /// Bytes received from peers.
+    pub bytes_in: u64,
+    /// Bytes sent to peers.
+    pub bytes_out: u64,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Its known addresses.
+    pub addrs: Vec<String>,
+    /// The swarm it was met in.
+    pub swarm: String,
+}
+
+/// A record with the trust policy's decision on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordView {
+    /// The encoded, signature-verified record (`rdht_core::BuildRecord::decode`).
+    pub record: Vec<u8>,
+    /// Whether the policy accepts it.
+    pub trusted: bool,
+    /// Why (or why not).
+    pub reason: String,
+}
+
+/// The outcome of a resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    /// A trusted artifact is now in the local store.
+    Hit {
+        /// Its root.
+        root: BlockId,
+        /// The records that made it trusted.
+        records: Vec<Vec<u8>>,
+        /// `local` or the name of the swarm it came from.
+        source: String,
+    },
+    /// No trusted artifact was found.
+    Miss {
+        /// Why, for the shim's one-line warning.
+        reason: String,
+    },
+}
+
+/// A successful answer; the variant matches the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// To [`Request::Id`].
+    Id {
+        /// libp2p peer id.
+        peer_id: String,
+        /// The node's builder key (signs its records).
+        builder: BuilderKey,
+        /// Listen addresses, each with `/p2p/<peer id>`.
+        listen_addrs: Vec<String>,
+    },
+    /// To [`Request::Status`].
+    Status(NodeStatus),
+    /// To [`Request::Peers`].
+    Peers(Vec<PeerInfo>),
+    /// To [`Request::Put`].
+    Put {
+        /// The artifact root.
+        root: BlockId,
+        /// Files ingested.
+        files: u32,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// To [`Request::Export`].
+    Exported {
+        /// Files written.
+        files: u32,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// To [`Request::Resolve`].
+    Resolved(Resolution),
+    /// To [`Request::Publish`]: the encoded signed record.
+    Published {
+        /// The record.
+        record: Vec<u8>,
+    },
+    /// To [`Request::Records`].
+    Records(Vec<RecordView>),
+    /// To [`Request::Gc`].
+    Gc {
+        /// Artifacts evicted.
+        evicted_artifacts: u64,
+        /// Bytes freed.
+        freed_bytes: u64,
+    },
+    /// To the trust requests: the trusted builders after the change.
+    Trust(Vec<BuilderKey>),
+    /// To [`Request::Shutdown`].
+    ShuttingDown,
+}
+
+/// Progress of a long request, sent before its final answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// Bytes moved so far.
+    Bytes {
+        /// Done so far.
+        done: u64,
+        /// Total, when known.
+        total: Option<u64>,
+    },
+    /// A human-readable step.
+    Step(String),
+}
+
+/// What kind of failure an [`ApiError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The frame could not be decoded.
+    BadFrame,
+    /// The frame was over the size limit; the server closes the connection.
+    TooLarge,
+    /// The client speaks another API version.
+    UnsupportedVersion,
+    /// The request is well-formed but its arguments are not valid.
+    BadRequest,
+    /// The artifact, record or path does not exist.
+    NotFound,
+    /// The daemon is shutting down or a needed part is unavailable.
+    Unavailable,
+    /// The daemon failed; see the message.
+    Internal,
+}
+
+/// A failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// A frame from client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// [`API_VERSION`].
+    pub version: u16,
+    /// Chosen by the client, echoed in every answer.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// The body of a server frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Progress; more frames follow.
+    Progress(Progress),
+    /// The answer; the request is over.
+    Done(Response),
+    /// The failure; the request is over.
+    Failed(ApiError),
+}
+
+/// A frame from server to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    /// [`API_VERSION`].
+    pub version: u16,
+    /// The request's id (0 when the request could not be decoded).
+    pub id: u64,
+    /// The body.
+    pub reply: Reply,
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Invariant: these plain enums and structs always serialize into a Vec.
+    postcard::to_stdvec(msg).expect("postcard serializes API messages into a Vec")
+}
+
+/// The leading version of a frame, if it has one.
+pub fn peek_version(payload: &[u8]) -> Option<u16> {
+    postcard::take_from_bytes::<u16>(payload)
+        .ok()
+        .map(|(v, _)| v)
+}
+
+/// Decodes a whole frame payload, rejecting trailing bytes.
+pub fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes::<T>(payload) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
