@@ -1,6 +1,10 @@
 //! rdht-node: the daemon that runs on every machine. It glues `rdht-store`, `rdht-net`
-//! and the local API together. It owns configuration, identity and lifecycle; it does
-//! not own formats, storage layout or wire protocols.
+//! and the local API together.
 //!
-//! The daemon binary is added by the daemon issue; until then this crate only names
-//! its place.
+//! Owns: configuration ([`config`]), identity ([`identity`]), the data-directory lock
+//! ([`lock`]) and the daemon's lifecycle. Does not own: formats (`rdht-core`), storage
+//! layout (`rdht-store`) or wire protocols (`rdht-net`, `rdht-api`).
+
+pub mod config;
+pub mod identity;
+pub mod lock;

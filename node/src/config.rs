@@ -1,0 +1,218 @@
+//! Daemon configuration: the data directory, the TOML config file, and how flags,
+//! environment and file combine (flags override `RDHT_*` variables, which override the
+//! file, which overrides the defaults).
+//!
+//! Owns: locating and parsing configuration and writing the commented default file on
+//! first run. Does not own: acting on it (see `daemon`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default config file name inside the data directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Default store cap: 20 GiB.
+pub const DEFAULT_STORE_MAX_BYTES: u64 = 20 << 30;
+/// Default peer listen address, used when a swarm is configured.
+pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4517";
+
+/// The commented file written on first run.
+pub const DEFAULT_CONFIG: &str = r#"# rdht-node configuration.
+# Precedence: command-line flags, then RDHT_* environment variables, then this file.
+
+# Addresses to accept peers on (libp2p multiaddrs). Used only when a swarm is
+# configured below; with none, the node is a local cache and listens on nothing.
+# Flag: --listen (repeatable). Env: RDHT_LISTEN (comma-separated).
+listen = ["/ip4/0.0.0.0/tcp/4517"]
+
+# A private swarm: its pre-shared key (IPFS swarm.key format, made with
+# `rdht swarm keygen`) and a bootstrap list (one multiaddr ending in /p2p/<peer id>
+# per line, `#` comments; get each node's line with `rdht swarm bootstrap-line`).
+# Flags: --swarm-key, --bootstrap. Env: RDHT_SWARM_KEY, RDHT_BOOTSTRAP.
+# swarm_key = "/etc/rdht/swarm.key"
+# bootstrap = "/etc/rdht/bootstrap.txt"
+
+# The store's size cap in bytes. Above it, garbage collection evicts the least
+# recently used artifacts this node did not build itself.
+# Flag: --store-max-bytes. Env: RDHT_STORE_MAX_BYTES.
+store_max_bytes = 21474836480
+"#;
+
+/// Configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No data directory was given and the platform has no home directory.
+    #[error("no data directory: pass --data-dir or set RDHT_DATA_DIR (no home directory found)")]
+    NoDataDir,
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+}
+
+/// What the config file may say. Unknown keys are errors, so typos are caught.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Peer listen addresses.
+    pub listen: Option<Vec<String>>,
+    /// Bootstrap list file of the private swarm.
+    pub bootstrap: Option<PathBuf>,
+    /// Pre-shared key file of the private swarm.
+    pub swarm_key: Option<PathBuf>,
+    /// Store size cap in bytes.
+    pub store_max_bytes: Option<u64>,
+}
+
+/// Values from flags or environment (clap resolves flag over env).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen` / `RDHT_LISTEN`; empty when not given.
+    pub listen: Vec<String>,
+    /// `--bootstrap` / `RDHT_BOOTSTRAP`.
+    pub bootstrap: Option<PathBuf>,
+    /// `--swarm-key` / `RDHT_SWARM_KEY`.
+    pub swarm_key: Option<PathBuf>,
+    /// `--store-max-bytes` / `RDHT_STORE_MAX_BYTES`.
+    pub store_max_bytes: Option<u64>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The config file that was read.
+    pub config_file: PathBuf,
+    /// Peer listen addresses.
+    pub listen: Vec<String>,
+    /// Bootstrap list file of the private swarm.
+    pub bootstrap: Option<PathBuf>,
+    /// Pre-shared key file of the private swarm.
+    pub swarm_key: Option<PathBuf>,
+    /// Store size cap in bytes.
+    pub store_max_bytes: u64,
+}
+
+/// The data directory: the given one, or the platform's data directory for rdht.
+pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
+    match given {
+        Some(d) => Ok(d),
+        None => directories::ProjectDirs::from("", "", "rdht")
+            .map(|p| p.data_dir().to_path_buf())
+            .ok_or(ConfigError::NoDataDir),
+    }
+}
+
+/// Reads the configuration. With no `config_file`, `DATA_DIR/config.toml` is used and
+/// written with commented defaults when absent; an explicit file must exist. Returns the
+/// config and whether the default file was created.
+pub fn load(
+    data_dir: &Path,
+    config_file: Option<PathBuf>,
+    overrides: Overrides,
+) -> Result<(Config, bool), ConfigError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ConfigError::Io { path, source }
+    };
+    let mut created = false;
+    let path = match config_file {
+        Some(p) => p,
+        None => {
+            let p = data_dir.join(CONFIG_FILE);
+            if !p.exists() {
+                fs::write(&p, DEFAULT_CONFIG).map_err(io(&p))?;
+                created = true;
+            }
+            p
+        }
+    };
+    let text = fs::read_to_string(&path).map_err(io(&path))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.clone(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    let config = Config {
+        data_dir: data_dir.to_path_buf(),
+        config_file: path,
+        listen: if overrides.listen.is_empty() {
+            file.listen
+                .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()])
+        } else {
+            overrides.listen
+        },
+        bootstrap: overrides.bootstrap.or(file.bootstrap),
+        swarm_key: overrides.swarm_key.or(file.swarm_key),
+        store_max_bytes: overrides
+            .store_max_bytes
+            .or(file.store_max_bytes)
+            .unwrap_or(DEFAULT_STORE_MAX_BYTES),
+    };
+    Ok((config, created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_is_written_parsed_and_overridden() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, created) = load(dir.path(), None, Overrides::default()).unwrap();
+        assert!(created);
+        assert_eq!(c.listen, vec![DEFAULT_LISTEN.to_string()]);
+        assert_eq!(c.store_max_bytes, DEFAULT_STORE_MAX_BYTES);
+        assert_eq!(c.swarm_key, None);
+        let (_, created) = load(dir.path(), None, Overrides::default()).unwrap();
+        assert!(!created);
+
+        fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nstore_max_bytes = 5\nswarm_key = \"/k\"\n",
+        )
+        .unwrap();
+        let over = Overrides {
+            store_max_bytes: Some(7),
+            ..Overrides::default()
+        };
+        let (c, _) = load(dir.path(), None, over).unwrap();
+        assert_eq!(c.listen, vec!["/ip4/127.0.0.1/tcp/0".to_string()]);
+        assert_eq!(c.store_max_bytes, 7, "flag/env beats file");
+        assert_eq!(c.swarm_key, Some(PathBuf::from("/k")), "file beats default");
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_explicit_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        fs::write(&path, "lisen = []\n").unwrap();
+        let err = load(dir.path(), Some(path.clone()), Overrides::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("config file {}: ", path.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown field `lisen`"), "{msg}");
+        let missing = dir.path().join("nope.toml");
+        let err = load(dir.path(), Some(missing.clone()), Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}: ", missing.display())),
+            "{err}"
+        );
+    }
+}
