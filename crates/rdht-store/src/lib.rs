@@ -1,6 +1,48 @@
 //! rdht-store: the node's embedded store of blocks, artifacts and build records.
 //!
-//! Owns: the `BlockStore` trait, its sled and in-memory backends, pins and size-capped GC.
-//! Does not own: formats (that is `rdht-core`) or anything about the network.
+//! One API type, [`Store`], over a [`Backend`]: [`SledBackend`] on disk (the default,
+//! [`Store::open`]) or [`MemoryBackend`] ([`Store::memory`]). Everything lives in one
+//! ordered key-value map (layouts in `specs/store.md` §2 and [`keys`]).
 //!
-//! This crate is filled by the block store issue; until then it only names its place.
+//! - Blocks ([`BlockStore`]): put refuses bytes that do not hash to their id; every
+//!   read verifies; a corrupt block is removed, counted and reported as a miss.
+//! - Artifacts: [`Store::ingest`] streams files into blocks and a manifest;
+//!   [`Store::export`] verifies and writes them back atomically per file;
+//!   [`Session::register`] / [`Store::add_artifact`] make fetched DAGs visible once
+//!   complete.
+//! - Build records: [`Store::put_record`], [`Store::records`], [`Store::build_keys`].
+//! - Pins and GC: [`Store::pin`], [`Store::gc`]; an optional size cap
+//!   ([`Config::max_bytes`]) evicts unpinned artifacts least recently used first.
+//! - [`Stats`].
+//!
+//! Owns: storage, its invariants and crash safety. Does not own: formats (that is
+//! `rdht-core`) or anything about the network.
+//!
+//! ```
+//! use rdht_store::{BlockStore, Config, IngestFile, Store};
+//! use rdht_core::Labels;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! std::fs::write(dir.path().join("libfoo.rlib"), vec![7u8; 40_000]).unwrap();
+//! let store = Store::open(dir.path().join("db"), Config::default()).unwrap();
+//! let file = IngestFile::from_disk("libfoo.rlib", dir.path().join("libfoo.rlib")).unwrap();
+//! let art = store.ingest(Labels::default(), vec![file], true).unwrap();
+//! assert_eq!(art.file_bytes, 40_000);
+//! assert!(store.has(&art.root).unwrap());
+//! store.export(&art.root, &dir.path().join("out")).unwrap();
+//! assert_eq!(std::fs::read(dir.path().join("out/libfoo.rlib")).unwrap(), vec![7u8; 40_000]);
+//! ```
+
+pub mod artifact;
+pub mod backend;
+pub mod error;
+pub mod gc;
+pub mod keys;
+pub mod records;
+pub mod store;
+
+pub use artifact::{ArtifactInfo, IngestFile};
+pub use backend::{Backend, Batch, MemoryBackend, Op, SledBackend, SledOptions};
+pub use error::StoreError;
+pub use gc::GcReport;
+pub use store::{BlockStore, Config, Session, Stats, Store};

@@ -1,0 +1,632 @@
+//! Artifacts: ingest files into blocks and a manifest, register complete DAGs, export
+//! them back to disk (specs/store.md §4).
+//!
+//! Owns: [`Store::ingest`] (streaming, bounded memory), [`Session::register`] and
+//! [`Store::add_artifact`] (which verify that the whole DAG is present first),
+//! [`Store::export`] (verify every block, write each file to a temp file and rename it),
+//! and artifact listing. Does not own: the DAG and manifest formats (`rdht-core`), GC
+//! (`gc.rs`) or fetching missing blocks (the network layer).
+//!
+//! Read first: [`IngestFile`], [`ArtifactInfo`], `Store::register`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdht_core::manifest::MAX_MANIFEST_LEN;
+use rdht_core::{
+    Block, BlockId, BlockKind, BlockRef, DagBuilder, DagError, DagVerifier, FileEntry, Labels,
+    Limits, Manifest,
+};
+
+use crate::backend::Batch;
+use crate::error::StoreError;
+use crate::keys::{self, ArtifactMeta, IDS_PER_CHUNK, RefEntry};
+use crate::store::{Session, Store};
+
+/// Bytes read from a file per call while ingesting.
+const READ_CHUNK: usize = 256 << 10;
+/// Block bytes gathered before one atomic write while ingesting.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// One file to ingest: where it goes in the artifact and where to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestFile {
+    /// Relative `/`-separated path in the artifact (see `rdht_core::manifest`).
+    pub path: String,
+    /// The file to read.
+    pub source: PathBuf,
+    /// Whether it is exported with the executable bit.
+    pub executable: bool,
+}
+
+impl IngestFile {
+    /// `source` ingested as `path`, executable if any execute bit is set on it.
+    pub fn from_disk(
+        path: impl Into<String>,
+        source: impl Into<PathBuf>,
+    ) -> Result<Self, StoreError> {
+        let source = source.into();
+        let meta = fs::metadata(&source).map_err(|e| StoreError::File {
+            op: "reading metadata of",
+            path: source.clone(),
+            source: e,
+        })?;
+        Ok(IngestFile {
+            path: path.into(),
+            executable: meta.permissions().mode() & 0o111 != 0,
+            source,
+        })
+    }
+}
+
+/// What the store holds about one complete artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactInfo {
+    /// The artifact root (root of the manifest's DAG).
+    pub root: BlockId,
+    /// Never evicted while set.
+    pub pinned: bool,
+    /// Sum of file sizes.
+    pub file_bytes: u64,
+    /// Sum of the lengths of its distinct blocks.
+    pub stored_bytes: u64,
+    /// Distinct blocks (manifest and files).
+    pub blocks: u32,
+    /// Files in the manifest.
+    pub files: u32,
+    /// Store clock at its last use (registration or export); GC evicts the lowest.
+    pub last_used: u64,
+}
+
+impl ArtifactInfo {
+    fn new(root: BlockId, m: ArtifactMeta, last_used: u64) -> Self {
+        ArtifactInfo {
+            root,
+            pinned: m.pinned,
+            file_bytes: m.file_bytes,
+            stored_bytes: m.stored_bytes,
+            blocks: m.blocks,
+            files: m.files,
+            last_used,
+        }
+    }
+}
+
+/// Buffers blocks of an ingest and writes them in batches through a session.
+struct Writer<'a> {
+    session: &'a Session,
+    buf: Vec<Block>,
+    buf_bytes: usize,
+    ids: Vec<BlockId>,
+}
+
+impl Writer<'_> {
+    fn push(&mut self, block: Block) -> Result<(), StoreError> {
+        self.ids.push(block.id());
+        self.buf_bytes += block.bytes().len();
+        self.buf.push(block);
+        if self.buf_bytes >= WRITE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.session.put_many(&self.buf)?;
+        self.buf.clear();
+        self.buf_bytes = 0;
+        Ok(())
+    }
+}
+
+fn file_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(io::Error) -> StoreError + 'a {
+    move |source| StoreError::File {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Ingests `files` (streaming each from disk with bounded memory) into blocks and a
+    /// manifest with `labels`, registers the artifact and returns it. `pin` marks it as
+    /// built by this node: GC never evicts it.
+    ///
+    /// Atomic: until it returns `Ok`, no artifact is visible; blocks written by a failed
+    /// or interrupted ingest are reclaimed by GC or at the next open.
+    pub fn ingest(
+        &self,
+        labels: Labels,
+        files: Vec<IngestFile>,
+        pin: bool,
+    ) -> Result<ArtifactInfo, StoreError> {
+        // Check paths before reading a byte.
+        let placeholder = files
+            .iter()
+            .map(|f| FileEntry {
+                path: f.path.clone(),
+                executable: f.executable,
+                size: 0,
+                root: BlockId::from_bytes([0; 32]),
+            })
+            .collect();
+        Manifest::new(labels.clone(), placeholder)
+            .map_err(|e| StoreError::IngestManifest(Box::new(e)))?;
+
+        let session = self.session();
+        let mut w = Writer {
+            session: &session,
+            buf: Vec::new(),
+            buf_bytes: 0,
+            ids: Vec::new(),
+        };
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut entries = Vec::with_capacity(files.len());
+        for f in files {
+            let path = f.source.as_path();
+            let mut file = File::open(path).map_err(file_err("opening", path))?;
+            let meta = file
+                .metadata()
+                .map_err(file_err("reading metadata of", path))?;
+            if !meta.is_file() {
+                return Err(StoreError::NotAFile {
+                    path: path.to_path_buf(),
+                });
+            }
+            let mut builder = DagBuilder::new();
+            let mut emit = |b: BlockRef<'_>| w.push(b.to_block());
+            loop {
+                let n = match file.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(file_err("reading", path)(e)),
+                };
+                builder.update(&chunk[..n], &mut emit)?;
+            }
+            let link = builder.finish(&mut emit)?;
+            if link.size != meta.len() {
+                return Err(StoreError::FileChanged {
+                    path: path.to_path_buf(),
+                    expected: meta.len(),
+                    read: link.size,
+                });
+            }
+            entries.push(FileEntry {
+                path: f.path,
+                executable: f.executable,
+                size: link.size,
+                root: link.id,
+            });
+        }
+        let manifest =
+            Manifest::new(labels, entries).map_err(|e| StoreError::IngestManifest(Box::new(e)))?;
+        let (root, blocks) = manifest.to_dag();
+        for b in blocks {
+            w.push(b)?;
+        }
+        w.flush()?;
+        let ids = std::mem::take(&mut w.ids);
+        self.register(&session, root.id, pin, ids, &manifest)
+    }
+
+    /// Ingests every regular file under `dir` (recursively, symlinks not followed),
+    /// each under its path relative to `dir`.
+    pub fn ingest_dir(
+        &self,
+        labels: Labels,
+        dir: &Path,
+        pin: bool,
+    ) -> Result<ArtifactInfo, StoreError> {
+        let mut files = Vec::new();
+        let mut stack = vec![(dir.to_path_buf(), String::new())];
+        while let Some((d, prefix)) = stack.pop() {
+            for entry in fs::read_dir(&d).map_err(file_err("listing", &d))? {
+                let entry = entry.map_err(file_err("listing", &d))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let rel = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                let path = entry.path();
+                let ty = entry
+                    .file_type()
+                    .map_err(file_err("reading type of", &path))?;
+                if ty.is_dir() {
+                    stack.push((path, rel));
+                } else if ty.is_file() {
+                    files.push(IngestFile::from_disk(rel, path)?);
+                }
+            }
+        }
+        self.ingest(labels, files, pin)
+    }
+
+    /// Registers artifact `root` whose blocks were put (e.g. fetched from peers) with
+    /// plain [`crate::BlockStore::put`]. Reads and verifies the whole DAG (manifest and
+    /// every file) first. Prefer [`Session::register`], whose blocks GC cannot reclaim
+    /// before registration.
+    pub fn add_artifact(&self, root: BlockId, pin: bool) -> Result<ArtifactInfo, StoreError> {
+        let session = self.session();
+        session.register(root, pin)
+    }
+
+    /// Reads and verifies every block of artifact `root`: its manifest, then every
+    /// file. Returns the manifest and the distinct block ids.
+    pub fn verify_artifact(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
+        let mut ids = Vec::new();
+        let manifest = self.read_manifest(root, Some(&mut ids))?;
+        for f in manifest.files() {
+            self.walk(
+                root,
+                f.root,
+                Some(f.size),
+                Limits::default(),
+                Some(&mut ids),
+                &mut |_| Ok(()),
+            )?;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok((manifest, ids))
+    }
+
+    /// The manifest of artifact `root`, read from its verified blocks.
+    pub fn manifest(&self, root: &BlockId) -> Result<Manifest, StoreError> {
+        self.read_manifest(root, None)
+    }
+
+    /// Writes every file of artifact `root` under `dir` (created if needed), verifying
+    /// every block. Each file is written to a temporary file in its directory and
+    /// renamed into place, so a file's final name only ever holds complete, verified
+    /// content, with its executable bit. Files written before an error stay in place.
+    pub fn export(&self, root: &BlockId, dir: &Path) -> Result<Manifest, StoreError> {
+        let manifest = self.read_manifest(root, None)?;
+        fs::create_dir_all(dir).map_err(file_err("creating directory", dir))?;
+        for f in manifest.files() {
+            let dest = f.path.split('/').fold(dir.to_path_buf(), |p, c| p.join(c));
+            self.export_file(root, f, &dest)?;
+        }
+        self.touch(root)?;
+        Ok(manifest)
+    }
+
+    fn export_file(&self, root: &BlockId, f: &FileEntry, dest: &Path) -> Result<(), StoreError> {
+        let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+            return Err(StoreError::Destination {
+                path: dest.to_path_buf(),
+                reason: "path has no parent directory",
+            });
+        };
+        fs::create_dir_all(parent).map_err(file_err("creating directory", parent))?;
+        if fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+            return Err(StoreError::Destination {
+                path: dest.to_path_buf(),
+                reason: "a directory is in the way",
+            });
+        }
+        let tmp = parent.join(format!(
+            ".{}.rdht-tmp-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = self.write_temp(root, f, &tmp).and_then(|()| {
+            fs::rename(&tmp, dest).map_err(|source| StoreError::File {
+                op: "renaming temporary file to",
+                path: dest.to_path_buf(),
+                source,
+            })
+        });
+        if result.is_err() {
+            // Best effort: the temp file has a name no artifact path can have.
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_temp(&self, root: &BlockId, f: &FileEntry, tmp: &Path) -> Result<(), StoreError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(file_err("creating", tmp))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        self.walk(
+            root,
+            f.root,
+            Some(f.size),
+            Limits::default(),
+            None,
+            &mut |d| w.write_all(d).map_err(file_err("writing", tmp)),
+        )?;
+        let file = w
+            .into_inner()
+            .map_err(|e| file_err("writing", tmp)(e.into_error()))?;
+        let mode = if f.executable { 0o755 } else { 0o644 };
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(file_err("setting permissions of", tmp))?;
+        if self.inner.config.sync_exports {
+            file.sync_all().map_err(file_err("syncing", tmp))?;
+        }
+        Ok(())
+    }
+
+    fn read_manifest(
+        &self,
+        root: &BlockId,
+        ids: Option<&mut Vec<BlockId>>,
+    ) -> Result<Manifest, StoreError> {
+        let limits = Limits {
+            max_size: MAX_MANIFEST_LEN as u64,
+            ..Limits::default()
+        };
+        let mut bytes = Vec::new();
+        self.walk(root, *root, None, limits, ids, &mut |d| {
+            bytes.extend_from_slice(d);
+            Ok(())
+        })?;
+        Manifest::decode(&bytes).map_err(|source| StoreError::Manifest {
+            root: *root,
+            source: Box::new(source),
+        })
+    }
+
+    /// Verifies the DAG under `dag_root` (part of artifact `root`) block by block in
+    /// pre-order, handing leaf data to `sink`. A block that fails its hash is removed as
+    /// corrupt. Returns the bytes under the root.
+    fn walk(
+        &self,
+        root: &BlockId,
+        dag_root: BlockId,
+        expected: Option<u64>,
+        limits: Limits,
+        mut ids: Option<&mut Vec<BlockId>>,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let mut v = DagVerifier::new(dag_root, expected, limits);
+        while let Some(id) = v.next_expected() {
+            let Some(bytes) = inner.read_raw(&id)? else {
+                return Err(StoreError::Dag {
+                    root: *root,
+                    source: Box::new(DagError::Missing { block: id }),
+                });
+            };
+            match v.push(bytes) {
+                Ok(block) => {
+                    inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    if let Some(ids) = ids.as_deref_mut() {
+                        ids.push(id);
+                    }
+                    if block.kind() == BlockKind::Leaf {
+                        sink(block.payload())?;
+                    }
+                }
+                Err(e) => {
+                    if matches!(
+                        e,
+                        DagError::HashMismatch { .. } | DagError::Malformed { .. }
+                    ) {
+                        inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                        inner.remove_corrupt(&id, &e)?;
+                    }
+                    return Err(StoreError::Dag {
+                        root: *root,
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+        Ok(v.size().unwrap_or(0))
+    }
+
+    /// The complete artifact `root`, if registered.
+    pub fn artifact(&self, root: &BlockId) -> Result<Option<ArtifactInfo>, StoreError> {
+        let inner = &self.inner;
+        let key = keys::id_key(keys::ARTIFACT, root.as_bytes());
+        let Some(v) = inner.backend.get(&key).map_err(inner.err("read"))? else {
+            return Ok(None);
+        };
+        let meta = ArtifactMeta::decode(&v)
+            .ok_or_else(|| inner.corrupt_index(&key, "artifact entry does not decode"))?;
+        Ok(Some(ArtifactInfo::new(*root, meta, self.last_used(root)?)))
+    }
+
+    fn last_used(&self, root: &BlockId) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let key = keys::id_key(keys::USED, root.as_bytes());
+        match inner.backend.get(&key).map_err(inner.err("read"))? {
+            None => Ok(0),
+            Some(v) => keys::decode_u64(&v)
+                .ok_or_else(|| inner.corrupt_index(&key, "last-use entry is not 8 bytes")),
+        }
+    }
+
+    /// Every complete artifact, by root.
+    pub fn artifacts(&self) -> Result<Vec<ArtifactInfo>, StoreError> {
+        let inner = &self.inner;
+        let mut metas = Vec::new();
+        let mut bad = None;
+        inner
+            .backend
+            .scan_prefix(&[keys::ARTIFACT], &mut |k, v| {
+                match (keys::id_after_prefix(k), ArtifactMeta::decode(v)) {
+                    (Some(root), Some(m)) => metas.push((root, m)),
+                    _ => bad = Some(k.to_vec()),
+                }
+                std::ops::ControlFlow::Continue(())
+            })
+            .map_err(inner.err("read"))?;
+        if let Some(k) = bad {
+            return Err(inner.corrupt_index(&k, "artifact entry does not decode"));
+        }
+        metas
+            .into_iter()
+            .map(|(root, m)| Ok(ArtifactInfo::new(root, m, self.last_used(&root)?)))
+            .collect()
+    }
+
+    /// Roots of every complete artifact (what a node announces).
+    pub fn artifact_roots(&self) -> Result<Vec<BlockId>, StoreError> {
+        Ok(self.artifacts()?.into_iter().map(|a| a.root).collect())
+    }
+
+    /// Marks artifact `root` as just used (LRU). No-op if it is not registered.
+    pub fn touch(&self, root: &BlockId) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let akey = keys::id_key(keys::ARTIFACT, root.as_bytes());
+        if !inner.backend.contains(&akey).map_err(inner.err("read"))? {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.put(
+            keys::id_key(keys::USED, root.as_bytes()),
+            st.clock.to_le_bytes().to_vec(),
+        );
+        st.clock += 1;
+        inner.apply(batch)
+    }
+
+    /// Makes artifact `root` complete and visible. `ids` are its blocks (any order,
+    /// repeats allowed), all put through `session`.
+    pub(crate) fn register(
+        &self,
+        session: &Session,
+        root: BlockId,
+        pin: bool,
+        mut ids: Vec<BlockId>,
+        manifest: &Manifest,
+    ) -> Result<ArtifactInfo, StoreError> {
+        ids.sort_unstable();
+        ids.dedup();
+        let blocks = u32::try_from(ids.len()).map_err(|_| StoreError::TooManyBlocks {
+            root,
+            max: u64::from(u32::MAX),
+        })?;
+        let inner = &self.inner;
+        let info = {
+            let mut st = inner.lock();
+            let akey = keys::id_key(keys::ARTIFACT, root.as_bytes());
+            let ukey = keys::id_key(keys::USED, root.as_bytes());
+            let mut batch = Batch::new();
+            let existing = inner.backend.get(&akey).map_err(inner.err("read"))?;
+            let mut newly_pinned = pin;
+            let (meta, new) = if let Some(v) = existing {
+                let mut meta = ArtifactMeta::decode(&v)
+                    .ok_or_else(|| inner.corrupt_index(&akey, "artifact entry does not decode"))?;
+                newly_pinned = pin && !meta.pinned;
+                if newly_pinned {
+                    meta.pinned = true;
+                    batch.put(akey, meta.encode());
+                }
+                // Its blocks all have reference entries; drop this session's marks.
+                for id in &ids {
+                    if let Some(l) = inner.loose_entry(id)?
+                        && l.boot == inner.boot
+                        && l.session == session.id
+                    {
+                        batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+                    }
+                }
+                (meta, false)
+            } else {
+                for id in &ids {
+                    let bkey = keys::id_key(keys::BLOCK, id.as_bytes());
+                    if !inner.backend.contains(&bkey).map_err(inner.err("read"))? {
+                        return Err(StoreError::Dag {
+                            root,
+                            source: Box::new(DagError::Missing { block: *id }),
+                        });
+                    }
+                }
+                // Every block must be durable before the artifact entry can be.
+                inner.flush()?;
+                let mut stored = 0u64;
+                for id in &ids {
+                    let rkey = keys::id_key(keys::REF, id.as_bytes());
+                    let loose = inner.loose_entry(id)?;
+                    let entry = match (inner.ref_entry(id)?, loose) {
+                        (Some(r), _) => RefEntry {
+                            count: r.count.checked_add(1).ok_or_else(|| {
+                                inner.corrupt_index(&rkey, "reference count overflows")
+                            })?,
+                            len: r.len,
+                        },
+                        (None, Some(l)) => RefEntry {
+                            count: 1,
+                            len: l.len,
+                        },
+                        // Invariant I1 says a stored block has a mark or a count; repair
+                        // by reading its length rather than failing.
+                        (None, None) => {
+                            let len = inner
+                                .backend
+                                .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
+                                .map_err(inner.err("read"))?
+                                .map_or(0, |b| b.len() as u32);
+                            st.blocks += 1;
+                            st.logical += u64::from(len);
+                            RefEntry { count: 1, len }
+                        }
+                    };
+                    stored += u64::from(entry.len);
+                    batch.put(rkey, entry.encode());
+                    if let Some(l) = loose
+                        && !(inner.is_protected(&st, &l) && l.session != session.id)
+                    {
+                        batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+                    }
+                }
+                let meta = ArtifactMeta {
+                    pinned: pin,
+                    file_bytes: manifest.total_size(),
+                    stored_bytes: stored,
+                    blocks,
+                    files: manifest.files().len() as u32,
+                };
+                for (n, chunk) in ids.chunks(IDS_PER_CHUNK).enumerate() {
+                    let mut v = Vec::with_capacity(chunk.len() * 32);
+                    for id in chunk {
+                        v.extend_from_slice(id.as_bytes());
+                    }
+                    batch.put(keys::list_key(&root, n as u32), v);
+                }
+                batch.put(akey, meta.encode());
+                (meta, true)
+            };
+            let used = st.clock;
+            batch.put(ukey, used.to_le_bytes().to_vec());
+            inner.apply(batch)?;
+            inner.flush()?;
+            st.clock += 1;
+            if new {
+                st.artifacts += 1;
+            }
+            if newly_pinned {
+                st.pinned += meta.stored_bytes;
+            }
+            ArtifactInfo::new(root, meta, used)
+        };
+        self.gc_if_over_cap();
+        Ok(info)
+    }
+}
+
+impl Session {
+    /// Registers artifact `root` after reading and verifying its whole DAG from the
+    /// store: the manifest and every file must be present and verify, else nothing is
+    /// registered. Blocks put through this session stay protected until then.
+    pub fn register(self, root: BlockId, pin: bool) -> Result<ArtifactInfo, StoreError> {
+        let store = self.store.clone();
+        let (manifest, ids) = store.verify_artifact(&root)?;
+        store.register(&self, root, pin, ids, &manifest)
+    }
+}

@@ -1,0 +1,340 @@
+//! Pins and garbage collection (specs/store.md §6).
+//!
+//! Owns: [`Store::pin`]/[`Store::unpin`], [`Store::gc`], [`Store::gc_to`] and
+//! [`Store::remove_artifact`]. GC first reclaims loose blocks that no live session
+//! protects, then evicts unpinned artifacts least recently used first until the
+//! logical size is at most the target. Evicting an artifact decrements the reference
+//! count of each block on its block list; a block whose count reaches zero is deleted
+//! unless a live session's loose mark protects it. Everything one GC run changes is one
+//! atomic batch. Does not own: deciding what to pin (the daemon pins what it built).
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+
+use rdht_core::BlockId;
+
+use crate::backend::Batch;
+use crate::error::StoreError;
+use crate::keys::{self, ArtifactMeta, LooseEntry, RefEntry};
+use crate::store::{Inner, State, Store};
+
+/// What one GC run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Artifacts evicted, least recently used first.
+    pub evicted: Vec<BlockId>,
+    /// Blocks deleted (loose or no longer referenced).
+    pub blocks_removed: u64,
+    /// Sum of their lengths.
+    pub bytes_freed: u64,
+    /// Logical bytes after the run (may exceed the target if pins hold the rest).
+    pub logical_bytes: u64,
+}
+
+/// Changes a GC run makes to the counters, applied once its batch is written.
+#[derive(Debug, Default)]
+struct Delta {
+    blocks: u64,
+    bytes: u64,
+    artifacts: u64,
+    pinned: u64,
+}
+
+/// Pending reference counts of one run: `None` means the entry goes.
+type Overlay = HashMap<BlockId, Option<RefEntry>>;
+
+impl Store {
+    /// Pins artifact `root`: GC never evicts it.
+    pub fn pin(&self, root: &BlockId) -> Result<(), StoreError> {
+        self.set_pin(root, true)
+    }
+
+    /// Unpins artifact `root`: GC may evict it when the store is over its cap.
+    pub fn unpin(&self, root: &BlockId) -> Result<(), StoreError> {
+        self.set_pin(root, false)
+    }
+
+    fn set_pin(&self, root: &BlockId, pinned: bool) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let key = keys::id_key(keys::ARTIFACT, root.as_bytes());
+        let v = inner
+            .backend
+            .get(&key)
+            .map_err(inner.err("read"))?
+            .ok_or(StoreError::UnknownArtifact { root: *root })?;
+        let mut meta = ArtifactMeta::decode(&v)
+            .ok_or_else(|| inner.corrupt_index(&key, "artifact entry does not decode"))?;
+        if meta.pinned == pinned {
+            return Ok(());
+        }
+        meta.pinned = pinned;
+        let mut batch = Batch::new();
+        batch.put(key, meta.encode());
+        inner.apply(batch)?;
+        inner.flush()?;
+        if pinned {
+            st.pinned += meta.stored_bytes;
+        } else {
+            st.pinned -= meta.stored_bytes;
+        }
+        Ok(())
+    }
+
+    /// Runs GC to the configured cap ([`crate::Config::max_bytes`]); without a cap it
+    /// only reclaims unprotected loose blocks.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        self.gc_to(self.inner.config.max_bytes.unwrap_or(u64::MAX))
+    }
+
+    /// Reclaims unprotected loose blocks, then evicts unpinned artifacts least recently
+    /// used first until logical bytes are at most `target`.
+    pub fn gc_to(&self, target: u64) -> Result<GcReport, StoreError> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let mut batch = Batch::new();
+        let mut delta = Delta::default();
+        let mut report = GcReport::default();
+        inner.reclaim_loose(&st, &mut batch, &mut delta, &mut report)?;
+
+        if st.logical - delta.bytes > target {
+            let mut candidates = Vec::new();
+            let mut bad = None;
+            inner
+                .backend
+                .scan_prefix(&[keys::ARTIFACT], &mut |k, v| {
+                    match (keys::id_after_prefix(k), ArtifactMeta::decode(v)) {
+                        (Some(root), Some(m)) if !m.pinned => candidates.push((0, root, m)),
+                        (Some(_), Some(_)) => {}
+                        _ => bad = Some(k.to_vec()),
+                    }
+                    ControlFlow::Continue(())
+                })
+                .map_err(inner.err("read"))?;
+            if let Some(k) = bad {
+                return Err(inner.corrupt_index(&k, "artifact entry does not decode"));
+            }
+            for c in &mut candidates {
+                c.0 = self.used_or_zero(&c.1)?;
+            }
+            candidates.sort_unstable_by_key(|c| (c.0, c.1));
+            let mut overlay = Overlay::new();
+            for (_, root, meta) in candidates {
+                if st.logical - delta.bytes <= target {
+                    break;
+                }
+                inner.evict(
+                    &st,
+                    &root,
+                    &meta,
+                    &mut overlay,
+                    &mut batch,
+                    &mut delta,
+                    &mut report,
+                )?;
+                report.evicted.push(root);
+            }
+            put_overlay(overlay, &mut batch);
+        }
+        inner.apply(batch)?;
+        inner.flush()?;
+        commit(&mut st, &delta);
+        inner
+            .counters
+            .evictions
+            .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
+        report.logical_bytes = st.logical;
+        if !report.evicted.is_empty() || report.blocks_removed > 0 {
+            tracing::info!(
+                evicted = report.evicted.len(),
+                blocks = report.blocks_removed,
+                bytes = report.bytes_freed,
+                "store gc"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Removes artifact `root` even if it is pinned, reclaiming blocks no other
+    /// artifact holds. Returns false if it was not registered.
+    pub fn remove_artifact(&self, root: &BlockId) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let key = keys::id_key(keys::ARTIFACT, root.as_bytes());
+        let Some(v) = inner.backend.get(&key).map_err(inner.err("read"))? else {
+            return Ok(false);
+        };
+        let meta = ArtifactMeta::decode(&v)
+            .ok_or_else(|| inner.corrupt_index(&key, "artifact entry does not decode"))?;
+        let mut batch = Batch::new();
+        let mut delta = Delta::default();
+        let mut report = GcReport::default();
+        let mut overlay = Overlay::new();
+        inner.evict(
+            &st,
+            root,
+            &meta,
+            &mut overlay,
+            &mut batch,
+            &mut delta,
+            &mut report,
+        )?;
+        put_overlay(overlay, &mut batch);
+        inner.apply(batch)?;
+        inner.flush()?;
+        commit(&mut st, &delta);
+        Ok(true)
+    }
+
+    fn used_or_zero(&self, root: &BlockId) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let key = keys::id_key(keys::USED, root.as_bytes());
+        Ok(inner
+            .backend
+            .get(&key)
+            .map_err(inner.err("read"))?
+            .and_then(|v| keys::decode_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Called after a registration: runs GC when the store is over its cap. A GC
+    /// failure is logged, not returned: the registration itself succeeded.
+    pub(crate) fn gc_if_over_cap(&self) {
+        let Some(cap) = self.inner.config.max_bytes else {
+            return;
+        };
+        if self.inner.lock().logical <= cap {
+            return;
+        }
+        if let Err(e) = self.gc_to(cap) {
+            tracing::warn!(error = %e, "store gc after registration failed");
+        }
+    }
+}
+
+fn put_overlay(overlay: Overlay, batch: &mut Batch) {
+    for (id, r) in overlay {
+        let key = keys::id_key(keys::REF, id.as_bytes());
+        match r {
+            Some(r) => batch.put(key, r.encode()),
+            None => batch.remove(key),
+        }
+    }
+}
+
+fn commit(st: &mut State, d: &Delta) {
+    st.blocks -= d.blocks;
+    st.logical -= d.bytes;
+    st.artifacts -= d.artifacts;
+    st.pinned -= d.pinned;
+}
+
+impl Inner {
+    /// Adds to `batch` the removal of every loose block no live session protects.
+    fn reclaim_loose(
+        &self,
+        st: &State,
+        batch: &mut Batch,
+        delta: &mut Delta,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
+        let mut loose = Vec::new();
+        let mut bad = None;
+        self.backend
+            .scan_prefix(&[keys::LOOSE], &mut |k, v| {
+                match (keys::id_after_prefix(k), LooseEntry::decode(v)) {
+                    (Some(id), Some(l)) => loose.push((id, l)),
+                    _ => bad = Some(k.to_vec()),
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(self.err("read"))?;
+        if let Some(k) = bad {
+            return Err(self.corrupt_index(&k, "loose mark does not decode"));
+        }
+        for (id, l) in loose {
+            if self.is_protected(st, &l) {
+                continue;
+            }
+            batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+            if self.ref_entry(&id)?.is_none() {
+                batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));
+                delta.blocks += 1;
+                delta.bytes += u64::from(l.len);
+                report.blocks_removed += 1;
+                report.bytes_freed += u64::from(l.len);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to `batch` the removal of artifact `root` and of the blocks only it holds.
+    #[allow(clippy::too_many_arguments)]
+    fn evict(
+        &self,
+        st: &State,
+        root: &BlockId,
+        meta: &ArtifactMeta,
+        overlay: &mut Overlay,
+        batch: &mut Batch,
+        delta: &mut Delta,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
+        for n in 0..meta.chunks() {
+            let key = keys::list_key(root, n);
+            let list = self
+                .backend
+                .get(&key)
+                .map_err(self.err("read"))?
+                .ok_or_else(|| self.corrupt_index(&key, "artifact block list chunk is missing"))?;
+            if list.len() % 32 != 0 {
+                return Err(self.corrupt_index(&key, "block list is not a whole number of ids"));
+            }
+            for chunk in list.chunks_exact(32) {
+                let mut bytes = [0u8; 32];
+                bytes.copy_from_slice(chunk);
+                let id = BlockId::from_bytes(bytes);
+                let current = match overlay.get(&id) {
+                    Some(r) => *r,
+                    None => self.ref_entry(&id)?,
+                };
+                let Some(r) = current else {
+                    continue;
+                };
+                if r.count > 1 {
+                    overlay.insert(
+                        id,
+                        Some(RefEntry {
+                            count: r.count - 1,
+                            len: r.len,
+                        }),
+                    );
+                    continue;
+                }
+                overlay.insert(id, None);
+                let loose = self.loose_entry(&id)?;
+                if loose.is_some_and(|l| self.is_protected(st, &l)) {
+                    // A live session still wants it; it stays, counted as loose.
+                    continue;
+                }
+                batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));
+                if loose.is_some() {
+                    batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+                }
+                delta.blocks += 1;
+                delta.bytes += u64::from(r.len);
+                report.blocks_removed += 1;
+                report.bytes_freed += u64::from(r.len);
+            }
+            batch.remove(key);
+        }
+        batch.remove(keys::id_key(keys::ARTIFACT, root.as_bytes()));
+        batch.remove(keys::id_key(keys::USED, root.as_bytes()));
+        delta.artifacts += 1;
+        if meta.pinned {
+            delta.pinned += meta.stored_bytes;
+        }
+        Ok(())
+    }
+}

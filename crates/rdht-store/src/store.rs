@@ -1,0 +1,583 @@
+//! The store API type: opening and recovery, blocks, sessions and stats
+//! (specs/store.md §3–§5).
+//!
+//! Owns: [`Store`] (one cheap-to-clone handle over a [`Backend`]), the [`BlockStore`]
+//! trait the network layer needs, [`Session`]s that protect blocks of an ingest or a
+//! fetch until their artifact is registered, and [`Stats`]. Does not own: artifact
+//! ingest/export and registration (`artifact.rs`), GC and pins (`gc.rs`), records
+//! (`records.rs`), or the network.
+//!
+//! Read first: [`Store::open`], [`BlockStore`], [`Session`].
+
+use std::collections::HashSet;
+use std::io;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use rdht_core::{Block, BlockId, BlockSource};
+
+use crate::backend::{Backend, Batch, MemoryBackend, SledBackend, SledOptions};
+use crate::error::{StoreError, hex_key};
+use crate::keys::{self, LooseEntry, RefEntry};
+
+/// How a store behaves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Size cap on logical bytes (sum of stored block lengths). When a registration
+    /// takes the store over it, GC evicts unpinned artifacts, least recently used
+    /// first. `None`: no cap.
+    pub max_bytes: Option<u64>,
+    /// Tuning of the sled backend (ignored by other backends).
+    pub sled: SledOptions,
+    /// `fsync` each exported file before renaming it into place. Off by default: a
+    /// crash then may leave an exported file empty, but never half-written under its
+    /// final name *and* reported as complete by the store.
+    pub sync_exports: bool,
+}
+
+/// Counters and sizes of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Distinct blocks the index holds (referenced by an artifact or loose).
+    pub blocks: u64,
+    /// Sum of their lengths.
+    pub logical_bytes: u64,
+    /// Bytes the backend occupies on disk.
+    pub disk_bytes: u64,
+    /// Complete artifacts.
+    pub artifacts: u64,
+    /// Stored bytes of pinned artifacts (their distinct blocks).
+    pub pinned_bytes: u64,
+    /// Block reads since open.
+    pub reads: u64,
+    /// Reads that returned a verified block.
+    pub hits: u64,
+    /// Reads that found nothing (including corrupt blocks).
+    pub misses: u64,
+    /// Artifacts evicted by GC since open.
+    pub evictions: u64,
+    /// Corrupt blocks or index entries found (and removed) since open.
+    pub corruptions: u64,
+}
+
+/// Mutable state guarded by the store lock.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) blocks: u64,
+    pub(crate) logical: u64,
+    pub(crate) artifacts: u64,
+    pub(crate) pinned: u64,
+    pub(crate) clock: u64,
+    pub(crate) active: HashSet<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) reads: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) corruptions: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Box<dyn Backend>,
+    pub(crate) path: PathBuf,
+    pub(crate) config: Config,
+    pub(crate) boot: u64,
+    pub(crate) state: Mutex<State>,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+/// The node's store of blocks, artifacts and build records. Clone it freely: clones
+/// share one backend. Every method is safe to call from several threads.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("boot", &self.inner.boot)
+            .finish()
+    }
+}
+
+/// The block operations the network layer needs. A miss is `Ok(None)` / `Ok(false)`.
+pub trait BlockStore: Send + Sync {
+    /// The block `id`, verified against its hash. A stored block that fails the check
+    /// is removed, counted in [`Stats::corruptions`] and reported as a miss.
+    fn get(&self, id: &BlockId) -> Result<Option<Block>, StoreError>;
+    /// Whether block `id` is stored (not verified; `get` verifies).
+    fn has(&self, id: &BlockId) -> Result<bool, StoreError>;
+    /// Stores a block, loose until an artifact registration references it. Returns
+    /// true if it was not stored before.
+    fn put(&self, block: &Block) -> Result<bool, StoreError>;
+    /// Stores `bytes` as block `id`, refusing bytes that are not a valid block hashing
+    /// to `id`.
+    fn put_bytes(&self, id: BlockId, bytes: Bytes) -> Result<bool, StoreError> {
+        let block =
+            Block::verified(id, bytes).map_err(|source| StoreError::InvalidBlock { id, source })?;
+        self.put(&block)
+    }
+    /// Deletes a loose block. Refuses ([`StoreError::BlockInUse`]) a block that a
+    /// complete artifact holds. Returns true if something was deleted.
+    fn delete(&self, id: &BlockId) -> Result<bool, StoreError>;
+}
+
+impl Store {
+    /// Opens (creating if needed) the on-disk store in directory `path`.
+    pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Store, StoreError> {
+        let path = path.as_ref();
+        let backend =
+            SledBackend::open(path, &config.sled).map_err(|source| StoreError::Backend {
+                op: "open",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Store::with_backend(Box::new(backend), config)
+    }
+
+    /// A store that lives in memory only. (It cannot fail today; the `Result` keeps
+    /// the signature of [`Store::open`].)
+    pub fn memory(config: Config) -> Result<Store, StoreError> {
+        Store::with_backend(Box::new(MemoryBackend::new()), config)
+    }
+
+    /// A store over any backend (used by tests to inject faults). Runs recovery: loose
+    /// blocks left by an earlier open are reclaimed and counters are rebuilt.
+    pub fn with_backend(backend: Box<dyn Backend>, config: Config) -> Result<Store, StoreError> {
+        let path = backend.path().map(Path::to_path_buf).unwrap_or_default();
+        let mut inner = Inner {
+            backend,
+            path,
+            config,
+            boot: 0,
+            state: Mutex::new(State::default()),
+            next_session: AtomicU64::new(1),
+            counters: Counters::default(),
+        };
+        inner.recover()?;
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Current counters and sizes.
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        let disk_bytes = self
+            .inner
+            .backend
+            .size_on_disk()
+            .map_err(self.inner.err("measure"))?;
+        let st = self.inner.lock();
+        let c = &self.inner.counters;
+        Ok(Stats {
+            blocks: st.blocks,
+            logical_bytes: st.logical,
+            disk_bytes,
+            artifacts: st.artifacts,
+            pinned_bytes: st.pinned,
+            reads: c.reads.load(Ordering::Relaxed),
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            corruptions: c.corruptions.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The database directory (empty for a memory store).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.backend.flush().map_err(self.inner.err("flush"))
+    }
+
+    /// Starts a session: blocks put through it are protected from GC until the session
+    /// registers their artifact or is dropped. The network layer fetches an artifact's
+    /// blocks through a session, then calls [`Session::register`].
+    pub fn session(&self) -> Session {
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        self.inner.lock().active.insert(id);
+        Session {
+            store: self.clone(),
+            id,
+        }
+    }
+}
+
+/// Protects the blocks it stores from GC until they are registered or it is dropped.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) store: Store,
+    pub(crate) id: u64,
+}
+
+impl Session {
+    /// Stores a block on behalf of this session. Returns true if it was new.
+    pub fn put(&self, block: &Block) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .inner
+            .put_blocks(self.id, std::slice::from_ref(block))?
+            > 0)
+    }
+
+    /// Stores several blocks in one atomic write. Returns how many were new.
+    pub fn put_many(&self, blocks: &[Block]) -> Result<u64, StoreError> {
+        self.store.inner.put_blocks(self.id, blocks)
+    }
+
+    /// Stores `bytes` as block `id`, refusing bytes that do not hash to `id`.
+    pub fn put_bytes(&self, id: BlockId, bytes: Bytes) -> Result<bool, StoreError> {
+        let block =
+            Block::verified(id, bytes).map_err(|source| StoreError::InvalidBlock { id, source })?;
+        self.put(&block)
+    }
+
+    /// The store this session writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.store.inner.lock().active.remove(&self.id);
+    }
+}
+
+impl BlockStore for Store {
+    fn get(&self, id: &BlockId) -> Result<Option<Block>, StoreError> {
+        let inner = &self.inner;
+        let Some(bytes) = inner.read_raw(id)? else {
+            return Ok(None);
+        };
+        match Block::verified(*id, bytes) {
+            Ok(block) => {
+                inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(block))
+            }
+            Err(e) => {
+                inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                inner.remove_corrupt(id, &e)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn has(&self, id: &BlockId) -> Result<bool, StoreError> {
+        self.inner
+            .backend
+            .contains(&keys::id_key(keys::BLOCK, id.as_bytes()))
+            .map_err(self.inner.err("read"))
+    }
+
+    fn put(&self, block: &Block) -> Result<bool, StoreError> {
+        Ok(self.inner.put_blocks(0, std::slice::from_ref(block))? > 0)
+    }
+
+    fn delete(&self, id: &BlockId) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        if let Some(r) = inner.ref_entry(id)? {
+            return Err(StoreError::BlockInUse {
+                id: *id,
+                holders: r.count,
+            });
+        }
+        let loose = inner.loose_entry(id)?;
+        let bkey = keys::id_key(keys::BLOCK, id.as_bytes());
+        let present = inner.backend.contains(&bkey).map_err(inner.err("read"))?;
+        if loose.is_none() && !present {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        batch.remove(bkey);
+        batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+        inner.apply(batch)?;
+        if let Some(l) = loose {
+            st.blocks -= 1;
+            st.logical -= u64::from(l.len);
+        }
+        Ok(true)
+    }
+}
+
+/// Reads blocks for [`rdht_core::assemble`] and [`rdht_core::Manifest::from_dag`];
+/// every block is verified (and a corrupt one removed) before it is returned.
+impl BlockSource for Store {
+    type Error = StoreError;
+    fn get_block(&mut self, id: &BlockId) -> Result<Option<Bytes>, StoreError> {
+        Ok(BlockStore::get(self, id)?.map(Block::into_bytes))
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the on-disk state inconsistent
+        // (every change is one atomic batch); the counters are at worst stale.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn err(&self, op: &'static str) -> impl Fn(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Backend {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.backend.apply(batch).map_err(self.err("write"))
+    }
+
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.backend.flush().map_err(self.err("flush"))
+    }
+
+    pub(crate) fn corrupt_index(&self, key: &[u8], reason: &'static str) -> StoreError {
+        self.counters.corruptions.fetch_add(1, Ordering::Relaxed);
+        StoreError::CorruptIndex {
+            key: hex_key(key),
+            reason,
+        }
+    }
+
+    pub(crate) fn ref_entry(&self, id: &BlockId) -> Result<Option<RefEntry>, StoreError> {
+        let key = keys::id_key(keys::REF, id.as_bytes());
+        match self.backend.get(&key).map_err(self.err("read"))? {
+            None => Ok(None),
+            Some(v) => RefEntry::decode(&v)
+                .map(Some)
+                .ok_or_else(|| self.corrupt_index(&key, "reference count is not 8 bytes")),
+        }
+    }
+
+    pub(crate) fn loose_entry(&self, id: &BlockId) -> Result<Option<LooseEntry>, StoreError> {
+        let key = keys::id_key(keys::LOOSE, id.as_bytes());
+        match self.backend.get(&key).map_err(self.err("read"))? {
+            None => Ok(None),
+            Some(v) => LooseEntry::decode(&v)
+                .map(Some)
+                .ok_or_else(|| self.corrupt_index(&key, "loose mark is not 20 bytes")),
+        }
+    }
+
+    /// Whether a loose mark still protects its block: written in this boot by a
+    /// session that is still active.
+    pub(crate) fn is_protected(&self, st: &State, l: &LooseEntry) -> bool {
+        l.boot == self.boot && l.session != 0 && st.active.contains(&l.session)
+    }
+
+    /// Raw bytes of block `id` (unverified), counting the read and a miss.
+    pub(crate) fn read_raw(&self, id: &BlockId) -> Result<Option<Bytes>, StoreError> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let bytes = self
+            .backend
+            .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
+            .map_err(self.err("read"))?;
+        if bytes.is_none() {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(bytes)
+    }
+
+    /// A stored block failed its check: log it, count it and remove its bytes so it is
+    /// never returned. Its reference entry stays: the artifacts holding it are now
+    /// incomplete until the block is put again.
+    pub(crate) fn remove_corrupt(
+        &self,
+        id: &BlockId,
+        e: &dyn std::fmt::Display,
+    ) -> Result<(), StoreError> {
+        tracing::error!(block = %id, error = %e, path = %self.path.display(),
+            "corrupt block in store; removing it");
+        self.counters.corruptions.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.lock();
+        let loose = self.loose_entry(id).unwrap_or(None);
+        let mut batch = Batch::new();
+        batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));
+        let referenced = self.ref_entry(id).unwrap_or(None).is_some();
+        if !referenced {
+            batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+        }
+        self.apply(batch)?;
+        if let (Some(l), false) = (loose, referenced) {
+            st.blocks -= 1;
+            st.logical -= u64::from(l.len);
+        }
+        Ok(())
+    }
+
+    /// Stores blocks in one atomic batch with loose marks for `session`. Returns how
+    /// many were new to the index.
+    pub(crate) fn put_blocks(&self, session: u64, blocks: &[Block]) -> Result<u64, StoreError> {
+        let mut st = self.lock();
+        let mut batch = Batch::new();
+        let mut new = 0u64;
+        let mut new_bytes = 0u64;
+        let mut seen = HashSet::new();
+        for block in blocks {
+            let id = block.id();
+            if !seen.insert(id) {
+                continue;
+            }
+            let bkey = keys::id_key(keys::BLOCK, id.as_bytes());
+            let len = block.bytes().len() as u32;
+            if self.ref_entry(&id)?.is_some() {
+                // Held by an artifact; re-put only if its bytes were lost (repair).
+                if !self.backend.contains(&bkey).map_err(self.err("read"))? {
+                    batch.put(bkey, block.bytes().clone());
+                }
+                continue;
+            }
+            let mark = LooseEntry {
+                boot: self.boot,
+                session,
+                len,
+            };
+            match self.loose_entry(&id)? {
+                Some(l) => {
+                    // Keep a mark that protects the block for another live session;
+                    // otherwise take it over.
+                    if !self.is_protected(&st, &l) && (l.session != session || l.boot != self.boot)
+                    {
+                        batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
+                    }
+                    if !self.backend.contains(&bkey).map_err(self.err("read"))? {
+                        batch.put(bkey, block.bytes().clone());
+                    }
+                }
+                None => {
+                    batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
+                    batch.put(bkey, block.bytes().clone());
+                    new += 1;
+                    new_bytes += u64::from(len);
+                }
+            }
+        }
+        self.apply(batch)?;
+        st.blocks += new;
+        st.logical += new_bytes;
+        Ok(new)
+    }
+
+    /// Runs at open: checks the format, starts a new boot, reclaims loose blocks of
+    /// earlier boots (left by crashed or abandoned ingests and fetches) and rebuilds
+    /// the counters from the index.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let b = &self.backend;
+        match b.get(keys::META_FORMAT).map_err(self.err("open"))? {
+            None => {
+                let mut batch = Batch::new();
+                batch.put(
+                    keys::META_FORMAT.to_vec(),
+                    keys::FORMAT_VERSION.to_le_bytes().to_vec(),
+                );
+                self.apply(batch)?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(&v[..])
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| self.corrupt_index(keys::META_FORMAT, "not 4 bytes"))?;
+                if found != keys::FORMAT_VERSION {
+                    return Err(StoreError::Format {
+                        path: self.path.clone(),
+                        found,
+                        expected: keys::FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        let boot = match b.get(keys::META_BOOT).map_err(self.err("open"))? {
+            None => 0,
+            Some(v) => keys::decode_u64(&v)
+                .ok_or_else(|| self.corrupt_index(keys::META_BOOT, "not 8 bytes"))?,
+        } + 1;
+        self.boot = boot;
+        let mut batch = Batch::new();
+        batch.put(keys::META_BOOT.to_vec(), boot.to_le_bytes().to_vec());
+        self.apply(batch)?;
+
+        // Reclaim loose blocks of earlier boots.
+        let mut stale = Vec::new();
+        let mut bad = None;
+        b.scan_prefix(&[keys::LOOSE], &mut |k, v| {
+            match (keys::id_after_prefix(k), LooseEntry::decode(v)) {
+                (Some(id), Some(_)) => stale.push(id),
+                _ => bad = Some(k.to_vec()),
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(self.err("open"))?;
+        if let Some(k) = bad {
+            return Err(self.corrupt_index(&k, "loose mark key or value has the wrong length"));
+        }
+        let mut batch = Batch::new();
+        for id in &stale {
+            batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+            if self.ref_entry(id)?.is_none() {
+                batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(blocks = stale.len(), path = %self.path.display(),
+                "reclaiming loose blocks left by an earlier run");
+        }
+        self.apply(batch)?;
+        self.flush()?;
+
+        let mut st = State::default();
+        let mut bad = None;
+        b.scan_prefix(&[keys::REF], &mut |k, v| {
+            match (keys::id_after_prefix(k), RefEntry::decode(v)) {
+                (Some(_), Some(r)) => {
+                    st.blocks += 1;
+                    st.logical += u64::from(r.len);
+                }
+                _ => bad = Some(k.to_vec()),
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(self.err("open"))?;
+        b.scan_prefix(&[keys::ARTIFACT], &mut |k, v| {
+            match (keys::id_after_prefix(k), keys::ArtifactMeta::decode(v)) {
+                (Some(_), Some(m)) => {
+                    st.artifacts += 1;
+                    if m.pinned {
+                        st.pinned += m.stored_bytes;
+                    }
+                }
+                _ => bad = Some(k.to_vec()),
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(self.err("open"))?;
+        b.scan_prefix(&[keys::USED], &mut |k, v| {
+            match keys::decode_u64(v) {
+                Some(t) => st.clock = st.clock.max(t + 1),
+                None => bad = Some(k.to_vec()),
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(self.err("open"))?;
+        if let Some(k) = bad {
+            return Err(self.corrupt_index(&k, "index entry has the wrong length or version"));
+        }
+        *self.state.get_mut().unwrap_or_else(PoisonError::into_inner) = st;
+        Ok(())
+    }
+}

@@ -1,0 +1,748 @@
+//! Behaviour tests of the store, each run on both backends (memory and sled).
+//!
+//! Owns: blocks, artifacts, sessions, GC, pins, records, stats and error cases through
+//! the public API, plus a model-based proptest against a `HashMap`. Does not own: crash
+//! tests (`tests/crash.rs`) and on-disk byte flips (`tests/corruption.rs`).
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap (house style).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use rdht_core::{Block, BlockError, BlockId, BuildKey, BuildRecord, DagError, Labels, SigningKey};
+use rdht_store::{
+    Backend, Batch, BlockStore, Config, IngestFile, MemoryBackend, SledBackend, SledOptions, Store,
+    StoreError, backend::Visitor,
+};
+use tempfile::TempDir;
+
+/// A store plus its raw backend (to corrupt bytes behind its back) and a scratch dir.
+struct Fx {
+    store: Store,
+    raw: Arc<dyn Backend>,
+    dir: TempDir,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Sled,
+}
+
+fn fixture(kind: Kind, config: Config) -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let raw: Arc<dyn Backend> = match kind {
+        Kind::Memory => Arc::new(MemoryBackend::new()),
+        Kind::Sled => {
+            Arc::new(SledBackend::open(&dir.path().join("db"), &SledOptions::default()).unwrap())
+        }
+    };
+    let store = Store::with_backend(Box::new(Shared(raw.clone())), config).unwrap();
+    Fx { store, raw, dir }
+}
+
+/// Lets the test and the store share one backend.
+struct Shared(Arc<dyn Backend>);
+
+impl Backend for Shared {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
+        self.0.get(key)
+    }
+    fn contains(&self, key: &[u8]) -> io::Result<bool> {
+        self.0.contains(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8], f: &mut Visitor<'_>) -> io::Result<()> {
+        self.0.scan_prefix(prefix, f)
+    }
+    fn apply(&self, batch: Batch) -> io::Result<()> {
+        self.0.apply(batch)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+    fn size_on_disk(&self) -> io::Result<u64> {
+        self.0.size_on_disk()
+    }
+    fn path(&self) -> Option<&Path> {
+        self.0.path()
+    }
+}
+
+/// Fails every write after the first `ok` ones with "no space left on device".
+struct DiskFull {
+    inner: MemoryBackend,
+    ok: AtomicUsize,
+}
+
+impl Backend for DiskFull {
+    fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
+        self.inner.get(key)
+    }
+    fn contains(&self, key: &[u8]) -> io::Result<bool> {
+        self.inner.contains(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8], f: &mut Visitor<'_>) -> io::Result<()> {
+        self.inner.scan_prefix(prefix, f)
+    }
+    fn apply(&self, batch: Batch) -> io::Result<()> {
+        if self.ok.load(Ordering::SeqCst) == 0 {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.ok.fetch_sub(1, Ordering::SeqCst);
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn size_on_disk(&self) -> io::Result<u64> {
+        self.inner.size_on_disk()
+    }
+    fn path(&self) -> Option<&Path> {
+        Some(Path::new("/fake/store"))
+    }
+}
+
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `files` (path, seed, len, executable) under `dir/name` and returns them
+/// as ingest entries.
+fn write_files(dir: &Path, name: &str, files: &[(&str, u64, usize, bool)]) -> Vec<IngestFile> {
+    let base = dir.join(name);
+    files
+        .iter()
+        .map(|&(path, seed, len, exec)| {
+            let p = base.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data(seed, len)).unwrap();
+            let mode = if exec { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            IngestFile::from_disk(path, &p).unwrap()
+        })
+        .collect()
+}
+
+fn labels(name: &str) -> Labels {
+    Labels {
+        crate_name: name.into(),
+        crate_version: "1.0.0".into(),
+        ..Labels::default()
+    }
+}
+
+fn ingest(fx: &Fx, name: &str, files: &[(&str, u64, usize, bool)], pin: bool) -> BlockId {
+    let files = write_files(fx.dir.path(), name, files);
+    fx.store.ingest(labels(name), files, pin).unwrap().root
+}
+
+/// Exports `root` and checks every file against `files`.
+fn check_export(fx: &Fx, root: &BlockId, files: &[(&str, u64, usize, bool)]) {
+    let out = tempfile::tempdir().unwrap();
+    let m = fx.store.export(root, out.path()).unwrap();
+    assert_eq!(m.files().len(), files.len());
+    for &(path, seed, len, exec) in files {
+        let p = out.path().join(path);
+        assert_eq!(std::fs::read(&p).unwrap(), data(seed, len), "{path}");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, if exec { 0o755 } else { 0o644 }, "{path}");
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() { super::$name(super::Kind::Memory) } )*
+        }
+        mod sled {
+            $( #[test] fn $name() { super::$name(super::Kind::Sled) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    blocks_put_get_has_delete,
+    put_refuses_bytes_that_do_not_hash_to_the_id,
+    corrupt_block_is_removed_and_never_returned,
+    ingest_export_round_trip,
+    failed_ingest_leaves_no_artifact,
+    shared_blocks_are_stored_once_and_survive_their_holders,
+    gc_evicts_unpinned_lru_first_and_never_pinned,
+    registration_over_cap_runs_gc,
+    records_are_deduplicated_per_builder,
+    fetch_session_registers_only_complete_dags,
+    plain_puts_then_add_artifact,
+    corrupt_leaf_fails_export_and_reput_repairs,
+);
+
+fn blocks_put_get_has_delete(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let s = &fx.store;
+    let b = Block::leaf(b"hello").unwrap();
+    assert!(!s.has(&b.id()).unwrap());
+    assert_eq!(s.get(&b.id()).unwrap(), None);
+    assert!(s.put(&b).unwrap());
+    assert!(!s.put(&b).unwrap(), "second put is not new");
+    assert!(s.has(&b.id()).unwrap());
+    assert_eq!(s.get(&b.id()).unwrap(), Some(b.clone()));
+    let st = s.stats().unwrap();
+    assert_eq!((st.blocks, st.logical_bytes), (1, 6));
+    assert_eq!((st.reads, st.hits, st.misses), (2, 1, 1));
+    assert!(s.delete(&b.id()).unwrap());
+    assert!(!s.delete(&b.id()).unwrap());
+    assert_eq!(s.get(&b.id()).unwrap(), None);
+    let st = s.stats().unwrap();
+    assert_eq!((st.blocks, st.logical_bytes), (0, 0));
+}
+
+fn put_refuses_bytes_that_do_not_hash_to_the_id(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let b = Block::leaf(b"hello").unwrap();
+    let wrong = Block::leaf(b"something else").unwrap().id();
+    match fx.store.put_bytes(wrong, b.bytes().clone()) {
+        Err(StoreError::InvalidBlock {
+            id,
+            source: BlockError::HashMismatch { expected, actual },
+        }) => {
+            assert_eq!((id, expected, actual), (wrong, wrong, b.id()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        fx.store.put_bytes(wrong, Bytes::from_static(&[9, 9])),
+        Err(StoreError::InvalidBlock {
+            source: BlockError::UnknownTag { tag: 9 },
+            ..
+        })
+    ));
+    assert!(!fx.store.has(&wrong).unwrap());
+    assert_eq!(fx.store.stats().unwrap().blocks, 0);
+    assert!(fx.store.put_bytes(b.id(), b.bytes().clone()).unwrap());
+}
+
+fn block_key(id: &BlockId) -> Vec<u8> {
+    let mut k = vec![b'b'];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn corrupt_block_is_removed_and_never_returned(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let b = Block::leaf(&data(1, 1000)).unwrap();
+    fx.store.put(&b).unwrap();
+    let mut bad = b.bytes().to_vec();
+    bad[500] ^= 0x40;
+    let mut batch = Batch::new();
+    batch.put(block_key(&b.id()), bad);
+    fx.raw.apply(batch).unwrap();
+    assert_eq!(fx.store.get(&b.id()).unwrap(), None);
+    assert!(!fx.store.has(&b.id()).unwrap(), "corrupt block is removed");
+    let st = fx.store.stats().unwrap();
+    assert_eq!((st.corruptions, st.misses, st.hits), (1, 1, 0));
+    assert_eq!((st.blocks, st.logical_bytes), (0, 0));
+    // It can be put again.
+    assert!(fx.store.put(&b).unwrap());
+    assert_eq!(fx.store.get(&b.id()).unwrap(), Some(b));
+}
+
+const FILES: &[(&str, u64, usize, bool)] = &[
+    ("empty", 1, 0, false),
+    ("one", 2, 1, false),
+    ("deps/libfoo-1234.rlib", 3, 16_384, false),
+    ("deps/libfoo-1234.rmeta", 4, 16_385, false),
+    ("build/foo-abcd/build-script-build", 5, 700_000, true),
+    ("foo.d", 6, 123, false),
+];
+
+fn ingest_export_round_trip(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let root = ingest(&fx, "a", FILES, true);
+    check_export(&fx, &root, FILES);
+    let info = fx.store.artifact(&root).unwrap().unwrap();
+    let total: usize = FILES.iter().map(|f| f.2).sum();
+    assert_eq!(info.file_bytes, total as u64);
+    assert_eq!(info.files, 6);
+    assert!(info.pinned);
+    let (manifest, ids) = fx.store.verify_artifact(&root).unwrap();
+    assert_eq!(manifest.labels().crate_name, "a");
+    assert_eq!(info.blocks as usize, ids.len());
+    // 700,000 bytes: 43 leaves + 1 interior; 16,385: 2 leaves + 1 interior; the
+    // others one leaf each (the empty file is one empty leaf); one manifest block.
+    assert_eq!(ids.len(), 44 + 3 + 1 + 1 + 1 + 1 + 1);
+    let st = fx.store.stats().unwrap();
+    assert_eq!(st.blocks, ids.len() as u64);
+    assert_eq!(st.logical_bytes, info.stored_bytes);
+    assert_eq!(st.pinned_bytes, info.stored_bytes);
+    assert_eq!(st.artifacts, 1);
+    assert_eq!(fx.store.artifact_roots().unwrap(), vec![root]);
+    // Ingesting the same files again gives the same root and stores nothing new.
+    let again = ingest(&fx, "a", FILES, false);
+    assert_eq!(again, root);
+    let st2 = fx.store.stats().unwrap();
+    assert_eq!(
+        (st2.blocks, st2.logical_bytes, st2.artifacts),
+        (st.blocks, st.logical_bytes, 1)
+    );
+    // Exporting over existing files replaces them.
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("one"), b"stale").unwrap();
+    fx.store.export(&root, out.path()).unwrap();
+    assert_eq!(std::fs::read(out.path().join("one")).unwrap(), data(2, 1));
+    // A directory where a file goes is a clear error.
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("foo.d")).unwrap();
+    assert!(matches!(
+        fx.store.export(&root, out.path()),
+        Err(StoreError::Destination { path, .. }) if path == out.path().join("foo.d")
+    ));
+}
+
+fn failed_ingest_leaves_no_artifact(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    // A missing file after a good one: blocks of the first are written, then it fails.
+    let mut files = write_files(fx.dir.path(), "x", &[("good", 7, 3_000_000, false)]);
+    let missing = fx.dir.path().join("nope");
+    files.push(IngestFile {
+        path: "nope".into(),
+        source: missing.clone(),
+        executable: false,
+    });
+    match fx.store.ingest(labels("x"), files, true) {
+        Err(e @ StoreError::File { .. }) => {
+            assert!(e.to_string().contains("nope"), "{e}");
+            assert_eq!(e.io_kind(), Some(io::ErrorKind::NotFound));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fx.store.artifacts().unwrap(), vec![]);
+    assert_eq!(fx.store.stats().unwrap().artifacts, 0);
+    // Its loose blocks (those of "good" written in whole batches) are reclaimed by GC.
+    let before = fx.store.stats().unwrap().blocks;
+    assert!(before > 0 && before <= 185, "{before}");
+    let report = fx.store.gc().unwrap();
+    assert_eq!(report.blocks_removed, before);
+    assert_eq!(report.evicted, vec![]);
+    let st = fx.store.stats().unwrap();
+    assert_eq!((st.blocks, st.logical_bytes), (0, 0));
+    // A bad path is refused before anything is read or written.
+    let files = write_files(fx.dir.path(), "y", &[("ok", 8, 10, false)]);
+    let bad = IngestFile {
+        path: "../escape".into(),
+        ..files[0].clone()
+    };
+    assert!(matches!(
+        fx.store.ingest(labels("y"), vec![bad], false),
+        Err(StoreError::IngestManifest(_))
+    ));
+    assert_eq!(fx.store.stats().unwrap().blocks, 0);
+    // A directory is not a file.
+    let dir = IngestFile {
+        path: "d".into(),
+        source: fx.dir.path().to_path_buf(),
+        executable: false,
+    };
+    assert!(matches!(
+        fx.store.ingest(labels("y"), vec![dir], false),
+        Err(StoreError::NotAFile { .. })
+    ));
+}
+
+fn shared_blocks_are_stored_once_and_survive_their_holders(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let shared = ("shared.rlib", 42, 200_000, false);
+    let a_files = [shared, ("a.rmeta", 1, 30_000, false)];
+    let b_files = [shared, ("b.rmeta", 2, 30_000, false)];
+    let a = ingest(&fx, "a", &a_files, false);
+    let b = ingest(&fx, "b", &b_files, false);
+    let (_, a_ids) = fx.store.verify_artifact(&a).unwrap();
+    let (_, b_ids) = fx.store.verify_artifact(&b).unwrap();
+    let mut union = a_ids.clone();
+    union.extend(&b_ids);
+    union.sort_unstable();
+    union.dedup();
+    assert!(union.len() < a_ids.len() + b_ids.len());
+    assert_eq!(fx.store.stats().unwrap().blocks, union.len() as u64);
+    // Deleting a held block is refused.
+    assert!(matches!(
+        fx.store.delete(&a_ids[0]),
+        Err(StoreError::BlockInUse { .. })
+    ));
+    assert!(fx.store.remove_artifact(&a).unwrap());
+    assert!(!fx.store.remove_artifact(&a).unwrap());
+    assert_eq!(fx.store.stats().unwrap().blocks, b_ids.len() as u64);
+    check_export(&fx, &b, &b_files);
+    assert!(matches!(
+        fx.store.export(&a, fx.dir.path()),
+        Err(StoreError::Dag { .. })
+    ));
+    fx.store.remove_artifact(&b).unwrap();
+    let st = fx.store.stats().unwrap();
+    assert_eq!((st.blocks, st.logical_bytes, st.artifacts), (0, 0, 0));
+    assert!(!fx.store.has(&union[0]).unwrap());
+}
+
+fn gc_evicts_unpinned_lru_first_and_never_pinned(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let p = ingest(&fx, "p", &[("p", 1, 100_000, false)], true);
+    let a = ingest(&fx, "a", &[("a", 2, 100_000, false)], false);
+    let b = ingest(&fx, "b", &[("b", 3, 100_000, false)], false);
+    let c = ingest(&fx, "c", &[("c", 4, 100_000, false)], false);
+    // Use `a` again: now `b` is the least recently used.
+    fx.store.export(&a, &fx.dir.path().join("out-a")).unwrap();
+    let size = |r| fx.store.artifact(r).unwrap().unwrap().stored_bytes;
+    let (sp, sa, sb, sc) = (size(&p), size(&a), size(&b), size(&c));
+    let total = fx.store.stats().unwrap().logical_bytes;
+    assert_eq!(total, sp + sa + sb + sc);
+    let report = fx.store.gc_to(total - sb).unwrap();
+    assert_eq!(report.evicted, vec![b]);
+    assert_eq!(report.logical_bytes, total - sb);
+    assert_eq!(report.bytes_freed, sb);
+    let report = fx.store.gc_to(0).unwrap();
+    assert_eq!(report.evicted, vec![c, a]);
+    assert_eq!(fx.store.artifact_roots().unwrap(), vec![p]);
+    let st = fx.store.stats().unwrap();
+    assert_eq!(st.logical_bytes, sp);
+    assert_eq!(st.pinned_bytes, sp);
+    assert_eq!(st.evictions, 3);
+    check_export(&fx, &p, &[("p", 1, 100_000, false)]);
+    // Unpinned, it goes too.
+    fx.store.unpin(&p).unwrap();
+    assert_eq!(fx.store.stats().unwrap().pinned_bytes, 0);
+    assert_eq!(fx.store.gc_to(0).unwrap().evicted, vec![p]);
+    assert_eq!(fx.store.stats().unwrap().blocks, 0);
+    assert!(matches!(
+        fx.store.pin(&p),
+        Err(StoreError::UnknownArtifact { root }) if root == p
+    ));
+}
+
+fn registration_over_cap_runs_gc(kind: Kind) {
+    let fx = fixture(
+        kind,
+        Config {
+            max_bytes: Some(250_000),
+            ..Config::default()
+        },
+    );
+    let a = ingest(&fx, "a", &[("a", 1, 100_000, false)], false);
+    let b = ingest(&fx, "b", &[("b", 2, 100_000, false)], false);
+    assert_eq!(fx.store.artifact_roots().unwrap().len(), 2);
+    let c = ingest(&fx, "c", &[("c", 3, 100_000, false)], true);
+    let mut roots = fx.store.artifact_roots().unwrap();
+    roots.sort();
+    let mut want = vec![b, c];
+    want.sort();
+    assert_eq!(roots, want, "a was least recently used");
+    assert!(fx.store.artifact(&a).unwrap().is_none());
+    assert!(fx.store.stats().unwrap().logical_bytes <= 250_000);
+    assert_eq!(fx.store.stats().unwrap().evictions, 1);
+}
+
+fn record(signer: u8, key: u8, root: &BlockId, time: u64) -> BuildRecord {
+    let sk = SigningKey::from_bytes(&[signer; 32]);
+    BuildRecord::sign(
+        BuildKey::from_bytes([key; 32]),
+        *root,
+        10,
+        time,
+        labels("r"),
+        &sk,
+    )
+    .unwrap()
+}
+
+fn records_are_deduplicated_per_builder(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let root = Block::leaf(b"root").unwrap().id();
+    let r1 = record(1, 7, &root, 100);
+    let r2 = record(2, 7, &root, 100);
+    let other = record(1, 8, &root, 100);
+    assert!(fx.store.put_record(&r1).unwrap());
+    assert!(!fx.store.put_record(&r1).unwrap());
+    assert!(fx.store.put_record(&r2).unwrap());
+    assert!(fx.store.put_record(&other).unwrap());
+    let key = BuildKey::from_bytes([7; 32]);
+    let mut got = fx.store.records(&key).unwrap();
+    got.sort_by_key(|r| r.builder());
+    let mut want = vec![r1.clone(), r2.clone()];
+    want.sort_by_key(|r| r.builder());
+    assert_eq!(got, want);
+    // A newer record from the same builder replaces; an older one does not.
+    let newer = record(1, 7, &root, 200);
+    assert!(fx.store.put_record(&newer).unwrap());
+    assert!(!fx.store.put_record(&r1).unwrap());
+    let got = fx.store.records(&key).unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&newer));
+    assert_eq!(
+        fx.store.build_keys().unwrap(),
+        vec![key, BuildKey::from_bytes([8; 32])]
+    );
+    // A stored record whose signature no longer verifies is dropped, never returned.
+    let mut k = vec![b'k'];
+    k.extend_from_slice(key.as_bytes());
+    k.extend_from_slice(r2.builder().as_bytes());
+    k.extend_from_slice(root.as_bytes());
+    let mut bad = r2.encode();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let mut batch = Batch::new();
+    batch.put(k, bad);
+    fx.raw.apply(batch).unwrap();
+    assert_eq!(fx.store.records(&key).unwrap(), vec![newer]);
+    assert_eq!(fx.store.stats().unwrap().corruptions, 1);
+}
+
+/// All blocks of `root` in `from`, in pre-order (as a peer would stream them).
+fn blocks_of(from: &Store, root: &BlockId) -> Vec<Block> {
+    let (_, ids) = from.verify_artifact(root).unwrap();
+    ids.iter()
+        .map(|id| from.get(id).unwrap().unwrap())
+        .collect()
+}
+
+fn fetch_session_registers_only_complete_dags(kind: Kind) {
+    let src = fixture(Kind::Memory, Config::default());
+    let root = ingest(&src, "a", FILES, false);
+    let blocks = blocks_of(&src.store, &root);
+    let fx = fixture(kind, Config::default());
+    let session = fx.store.session();
+    for b in &blocks[1..] {
+        session.put_bytes(b.id(), b.bytes().clone()).unwrap();
+    }
+    // GC while the fetch is in flight keeps its blocks.
+    assert_eq!(fx.store.gc_to(0).unwrap().blocks_removed, 0);
+    let missing = blocks[0].id();
+    match session.register(root, false) {
+        Err(StoreError::Dag { root: r, source }) => {
+            assert_eq!(r, root);
+            assert_eq!(*source, DagError::Missing { block: missing });
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fx.store.artifacts().unwrap(), vec![]);
+    // The session is gone: GC reclaims what it fetched.
+    let report = fx.store.gc_to(u64::MAX).unwrap();
+    assert_eq!(report.blocks_removed, blocks.len() as u64 - 1);
+    // A complete fetch registers.
+    let session = fx.store.session();
+    assert_eq!(session.put_many(&blocks).unwrap(), blocks.len() as u64);
+    let info = session.register(root, true).unwrap();
+    assert_eq!(info.blocks as usize, blocks.len());
+    assert_eq!(fx.store.gc_to(0).unwrap().blocks_removed, 0, "pinned");
+    check_export(&fx, &root, FILES);
+}
+
+fn plain_puts_then_add_artifact(kind: Kind) {
+    let src = fixture(Kind::Memory, Config::default());
+    let root = ingest(&src, "a", FILES, false);
+    let blocks = blocks_of(&src.store, &root);
+    let fx = fixture(kind, Config::default());
+    for b in &blocks {
+        fx.store.put(b).unwrap();
+    }
+    let info = fx.store.add_artifact(root, false).unwrap();
+    assert_eq!(
+        fx.store.artifact(&root).unwrap().unwrap().stored_bytes,
+        info.stored_bytes
+    );
+    assert_eq!(fx.store.stats().unwrap().blocks, blocks.len() as u64);
+    // Loose marks are gone: GC without a cap removes nothing.
+    assert_eq!(fx.store.gc().unwrap().blocks_removed, 0);
+    check_export(&fx, &root, FILES);
+}
+
+fn corrupt_leaf_fails_export_and_reput_repairs(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let files = [("big", 9, 100_000, false)];
+    let root = ingest(&fx, "a", &files, false);
+    let manifest = fx.store.manifest(&root).unwrap();
+    let file_root = manifest.files()[0].root;
+    let interior = fx.store.get(&file_root).unwrap().unwrap();
+    let leaf_id = interior.links().nth(3).unwrap().id;
+    let leaf = fx.store.get(&leaf_id).unwrap().unwrap();
+    let mut bad = leaf.bytes().to_vec();
+    bad[1] ^= 0xff;
+    let mut batch = Batch::new();
+    batch.put(block_key(&leaf_id), bad);
+    fx.raw.apply(batch).unwrap();
+    let out = fx.dir.path().join("out");
+    match fx.store.export(&root, &out) {
+        Err(StoreError::Dag { root: r, source }) => {
+            assert_eq!(r, root);
+            assert!(matches!(*source, DagError::HashMismatch { block, .. } if block == leaf_id));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !out.join("big").exists(),
+        "no half file under the final name"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(leftovers.len(), 0, "temp file removed");
+    assert!(!fx.store.has(&leaf_id).unwrap());
+    assert_eq!(fx.store.stats().unwrap().corruptions, 1);
+    // The network layer re-fetches the block: the artifact is whole again.
+    fx.store.put(&leaf).unwrap();
+    check_export(&fx, &root, &files);
+}
+
+#[test]
+fn disk_full_is_reported_with_path_and_leaves_no_artifact() {
+    let backend = DiskFull {
+        inner: MemoryBackend::new(),
+        ok: AtomicUsize::new(4),
+    };
+    let store = Store::with_backend(Box::new(backend), Config::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_files(dir.path(), "a", &[("big", 1, 3_000_000, false)]);
+    let err = store.ingest(labels("a"), files, true).unwrap_err();
+    assert!(err.is_disk_full(), "{err:?}");
+    assert!(err.to_string().contains("/fake/store"), "{err}");
+    assert_eq!(store.artifacts().unwrap(), vec![]);
+}
+
+#[test]
+fn sled_reopen_keeps_artifacts_records_pins_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let src = dir.path().join("src");
+    let files = write_files(&src, "a", FILES);
+    let rec = record(3, 3, &Block::leaf(b"x").unwrap().id(), 1);
+    let (root, before) = {
+        let store = Store::open(&db, Config::default()).unwrap();
+        let root = store.ingest(labels("a"), files, true).unwrap().root;
+        store.put_record(&rec).unwrap();
+        // A loose block from this run is reclaimed by the next open.
+        store.put(&Block::leaf(b"loose").unwrap()).unwrap();
+        let mut st = store.stats().unwrap();
+        st.blocks -= 1;
+        st.logical_bytes -= 6;
+        (root, st)
+    };
+    let store = Store::open(&db, Config::default()).unwrap();
+    let after = store.stats().unwrap();
+    assert_eq!(
+        (
+            after.blocks,
+            after.logical_bytes,
+            after.pinned_bytes,
+            after.artifacts
+        ),
+        (
+            before.blocks,
+            before.logical_bytes,
+            before.pinned_bytes,
+            before.artifacts
+        )
+    );
+    assert!(!store.has(&Block::leaf(b"loose").unwrap().id()).unwrap());
+    assert!(store.artifact(&root).unwrap().unwrap().pinned);
+    assert_eq!(store.records(&rec.key()).unwrap(), vec![rec]);
+    let out = tempfile::tempdir().unwrap();
+    store.export(&root, out.path()).unwrap();
+    for &(path, seed, len, _) in FILES {
+        assert_eq!(
+            std::fs::read(out.path().join(path)).unwrap(),
+            data(seed, len)
+        );
+    }
+}
+
+#[test]
+fn sled_open_errors_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Store::open(&file, Config::default()).unwrap_err();
+    match &err {
+        StoreError::Backend { op, path, .. } => {
+            assert_eq!((*op, path.as_path()), ("open", file.as_path()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+}
+
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Put(u8),
+    Get(u8),
+    Delete(u8),
+    Gc,
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    prop_oneof![
+        (0u8..16).prop_map(ModelOp::Put),
+        (0u8..16).prop_map(ModelOp::Get),
+        (0u8..16).prop_map(ModelOp::Delete),
+        Just(ModelOp::Gc),
+    ]
+}
+
+fn model_block(n: u8) -> Block {
+    Block::leaf(&data(u64::from(n), usize::from(n) * 1000)).unwrap()
+}
+
+fn run_model(kind: Kind, ops: &[ModelOp]) {
+    let fx = fixture(kind, Config::default());
+    let mut model: HashMap<u8, Block> = HashMap::new();
+    for op in ops {
+        match op {
+            ModelOp::Put(n) => {
+                let new = fx.store.put(&model_block(*n)).unwrap();
+                assert_eq!(new, model.insert(*n, model_block(*n)).is_none());
+            }
+            ModelOp::Get(n) => {
+                let got = fx.store.get(&model_block(*n).id()).unwrap();
+                assert_eq!(got.as_ref(), model.get(n));
+                assert_eq!(
+                    fx.store.has(&model_block(*n).id()).unwrap(),
+                    model.contains_key(n)
+                );
+            }
+            ModelOp::Delete(n) => {
+                let deleted = fx.store.delete(&model_block(*n).id()).unwrap();
+                assert_eq!(deleted, model.remove(n).is_some());
+            }
+            // Plain puts are loose: GC reclaims all of them.
+            ModelOp::Gc => {
+                let r = fx.store.gc().unwrap();
+                assert_eq!(r.blocks_removed, model.len() as u64);
+                model.clear();
+            }
+        }
+        let st = fx.store.stats().unwrap();
+        assert_eq!(st.blocks, model.len() as u64);
+        let bytes: u64 = model.values().map(|b| b.bytes().len() as u64).sum();
+        assert_eq!(st.logical_bytes, bytes);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn blocks_match_a_hashmap_model_in_memory(ops in proptest::collection::vec(model_op(), 1..40)) {
+        run_model(Kind::Memory, &ops);
+    }
+
+    #[test]
+    fn blocks_match_a_hashmap_model_on_sled(ops in proptest::collection::vec(model_op(), 1..40)) {
+        run_model(Kind::Sled, &ops);
+    }
+}
