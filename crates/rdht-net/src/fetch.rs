@@ -1,0 +1,451 @@
+//! The multi-provider artifact fetch: the manifest DAG first, then every file DAG,
+//! spread over providers, each block verified on arrival.
+//!
+//! Owns: work units (one `DagVerifier` per DAG), per-provider workers, dropping and
+//! banning providers, resuming a unit on another provider. Does not own: finding
+//! providers (`node.rs`), wire layouts (`wire.rs`), what verification means (rdht-core).
+//! Read first: [`fetch_artifact`]. Spec: `specs/swarm.md` §3.4–§3.6 and §8.
+//!
+//! Invariant: a block reaches the sink only after `DagVerifier::push` accepted it, so
+//! corrupt bytes never leave this module.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::io::BufReader;
+use futures::stream::FuturesUnordered;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::PeerId;
+use rdht_core::manifest::MAX_MANIFEST_LEN;
+use rdht_core::{BlockId, DagVerifier, Limits, Manifest};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::config::FetchConfig;
+use crate::error::{DropReason, FetchError};
+use crate::source::{BlockSink, BlockSource};
+use crate::wire::{self, Frame};
+
+/// Read buffer of a block stream.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// What a finished fetch did.
+#[derive(Debug, Clone, Default)]
+pub struct FetchReport {
+    /// The swarm the artifact came from.
+    pub swarm: String,
+    /// Distinct file DAGs in the manifest.
+    pub files: usize,
+    /// Blocks received from peers, verified and handed to the sink.
+    pub blocks_fetched: u64,
+    /// Bytes of those blocks.
+    pub bytes_fetched: u64,
+    /// Blocks found in the local source and not fetched.
+    pub blocks_local: u64,
+    /// Verified blocks received from each provider.
+    pub by_peer: HashMap<PeerId, u64>,
+    /// Providers dropped during the fetch, and why.
+    pub dropped: Vec<(PeerId, DropReason)>,
+    /// Providers banned for sending corrupt data (also listed in `dropped`).
+    pub banned: Vec<PeerId>,
+}
+
+/// What a fetch needs from the node.
+pub(crate) struct FetchCtx<'a> {
+    pub(crate) swarm: &'a str,
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) source: &'a dyn BlockSource,
+    pub(crate) cfg: &'a FetchConfig,
+    pub(crate) ban: &'a (dyn Fn(PeerId) + Sync),
+}
+
+/// One DAG being verified, and, for the manifest, its blocks.
+struct Unit {
+    verifier: DagVerifier,
+    size: u64,
+    collected: Option<HashMap<BlockId, Bytes>>,
+}
+
+impl Unit {
+    fn new(root: BlockId, size: Option<u64>, limits: Limits, collect: bool) -> Unit {
+        Unit {
+            verifier: DagVerifier::new(root, size, limits),
+            size: size.unwrap_or(0),
+            collected: collect.then(HashMap::new),
+        }
+    }
+
+    fn accept(&mut self, bytes: Bytes) -> Result<rdht_core::Block, rdht_core::DagError> {
+        let block = self.verifier.push(bytes)?;
+        if let Some(c) = &mut self.collected {
+            c.insert(block.id(), block.bytes().clone());
+        }
+        Ok(block)
+    }
+
+    /// Advances over blocks the local source already holds. Returns how many.
+    fn advance_local(
+        &mut self,
+        source: &dyn BlockSource,
+        root: BlockId,
+    ) -> Result<u64, FetchError> {
+        let mut n = 0;
+        while let Some(id) = self.verifier.next_expected() {
+            let bytes = source.get_block(&id).map_err(|source| FetchError::Source {
+                root,
+                block: id,
+                source,
+            })?;
+            let Some(bytes) = bytes else { break };
+            if let Err(e) = self.accept(bytes) {
+                warn!(block = %id, "local block fails verification; fetching it: {e}");
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The providers of one fetch and what happened to them.
+struct Pool {
+    peers: Vec<PeerId>,
+    dropped: HashSet<PeerId>,
+    tried: HashSet<PeerId>,
+}
+
+struct Work {
+    queue: VecDeque<Unit>,
+    in_flight: usize,
+    done: Vec<Unit>,
+}
+
+struct Shared {
+    work: Mutex<Work>,
+    notify: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+enum BatchError {
+    Drop(DropReason),
+    Fatal(FetchError),
+}
+
+struct WorkerEnd {
+    peer: PeerId,
+    blocks: u64,
+    bytes: u64,
+    result: Result<(), BatchError>,
+}
+
+/// Fetches artifact `root` from `providers`, delivering verified blocks to `sink`.
+pub(crate) async fn fetch_artifact(
+    ctx: &FetchCtx<'_>,
+    root: BlockId,
+    providers: Vec<PeerId>,
+    sink: &dyn BlockSink,
+) -> Result<FetchReport, FetchError> {
+    let span = tracing::info_span!("fetch", %root, swarm = ctx.swarm);
+    async move {
+        let mut peers = Vec::new();
+        for p in providers {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+        if peers.is_empty() {
+            return Err(FetchError::NoProviders { root });
+        }
+        let mut pool = Pool {
+            peers,
+            dropped: HashSet::new(),
+            tried: HashSet::new(),
+        };
+        let mut report = FetchReport {
+            swarm: ctx.swarm.to_string(),
+            ..FetchReport::default()
+        };
+
+        let limits = Limits {
+            max_size: MAX_MANIFEST_LEN as u64,
+            ..Limits::default()
+        };
+        let mut manifest_unit = Unit::new(root, None, limits, true);
+        report.blocks_local += manifest_unit.advance_local(ctx.source, root)?;
+        let mut units = vec![manifest_unit];
+        if !units[0].verifier.is_complete() {
+            units = run(ctx, root, units, &mut pool, sink, &mut report).await?;
+        }
+        let mut blocks = units.pop().and_then(|u| u.collected).unwrap_or_default();
+        let manifest =
+            Manifest::from_dag(root, &mut blocks).map_err(|e| FetchError::BadManifest {
+                root,
+                reason: e.to_string(),
+            })?;
+
+        let mut seen = HashSet::new();
+        let mut units = Vec::new();
+        for f in manifest.files() {
+            if !seen.insert(f.root) {
+                continue;
+            }
+            let mut u = Unit::new(f.root, Some(f.size), Limits::default(), false);
+            report.blocks_local += u.advance_local(ctx.source, root)?;
+            if !u.verifier.is_complete() {
+                units.push(u);
+            }
+        }
+        report.files = seen.len();
+        if !units.is_empty() {
+            run(ctx, root, units, &mut pool, sink, &mut report).await?;
+        }
+        info!(
+            blocks = report.blocks_fetched,
+            bytes = report.bytes_fetched,
+            local = report.blocks_local,
+            dropped = report.dropped.len(),
+            "artifact fetched"
+        );
+        Ok(report)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs units to completion over the pool's providers; returns the completed units.
+async fn run(
+    ctx: &FetchCtx<'_>,
+    root: BlockId,
+    units: Vec<Unit>,
+    pool: &mut Pool,
+    sink: &dyn BlockSink,
+    report: &mut FetchReport,
+) -> Result<Vec<Unit>, FetchError> {
+    let shared = Shared {
+        work: Mutex::new(Work {
+            queue: units.into(),
+            in_flight: 0,
+            done: Vec::new(),
+        }),
+        notify: Notify::new(),
+    };
+    let mut workers = FuturesUnordered::new();
+    let mut candidates = pool
+        .peers
+        .iter()
+        .copied()
+        .filter(|p| !pool.dropped.contains(p))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut last = DropReason::Disconnected("no provider was usable".into());
+    loop {
+        // Keep up to max_providers workers while work remains and providers are left.
+        let remaining = {
+            let w = shared.lock();
+            !w.queue.is_empty() || w.in_flight > 0
+        };
+        while remaining && workers.len() < ctx.cfg.max_providers.max(1) {
+            let Some(peer) = candidates.next() else { break };
+            pool.tried.insert(peer);
+            workers.push(worker(peer, ctx, &shared, sink));
+        }
+        let Some(end) = workers.next().await else {
+            break;
+        };
+        let end: WorkerEnd = end;
+        report.blocks_fetched += end.blocks;
+        report.bytes_fetched += end.bytes;
+        if end.blocks > 0 {
+            *report.by_peer.entry(end.peer).or_default() += end.blocks;
+        }
+        match end.result {
+            Ok(()) => {}
+            Err(BatchError::Fatal(e)) => return Err(e),
+            Err(BatchError::Drop(reason)) => {
+                if matches!(reason, DropReason::Corrupt(_)) {
+                    (ctx.ban)(end.peer);
+                    report.banned.push(end.peer);
+                }
+                info!(peer = %end.peer, "provider dropped: {reason}");
+                pool.dropped.insert(end.peer);
+                report.dropped.push((end.peer, reason.clone()));
+                last = reason;
+            }
+        }
+    }
+    drop(workers);
+    let work = shared.work.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !work.queue.is_empty() {
+        return Err(FetchError::AllProvidersFailed {
+            root,
+            tried: pool.tried.len(),
+            last,
+        });
+    }
+    Ok(work.done)
+}
+
+/// Takes batches from the queue and fetches them from `peer` until the work is done or
+/// the peer fails.
+async fn worker(
+    peer: PeerId,
+    ctx: &FetchCtx<'_>,
+    shared: &Shared,
+    sink: &dyn BlockSink,
+) -> WorkerEnd {
+    let mut end = WorkerEnd {
+        peer,
+        blocks: 0,
+        bytes: 0,
+        result: Ok(()),
+    };
+    loop {
+        let notified = shared.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let batch = {
+            let mut w = shared.lock();
+            if w.queue.is_empty() {
+                if w.in_flight == 0 {
+                    return end;
+                }
+                None
+            } else {
+                let mut batch = Vec::new();
+                let mut bytes = 0u64;
+                let mut wants = 0usize;
+                while let Some(u) = w.queue.front() {
+                    let n = u.verifier.pending().count();
+                    if !batch.is_empty()
+                        && (bytes >= ctx.cfg.batch_bytes || wants + n > wire::MAX_WANTS)
+                    {
+                        break;
+                    }
+                    bytes += u.size.max(1);
+                    wants += n;
+                    batch.extend(w.queue.pop_front());
+                }
+                w.in_flight += batch.len();
+                Some(batch)
+            }
+        };
+        let Some(mut batch) = batch else {
+            notified.await;
+            continue;
+        };
+        let span = tracing::debug_span!("batch", %peer, units = batch.len());
+        let res = fetch_batch(peer, ctx, &mut batch, sink, &mut end)
+            .instrument(span)
+            .await;
+        {
+            let mut w = shared.lock();
+            w.in_flight -= batch.len();
+            for u in batch.into_iter().rev() {
+                if u.verifier.is_complete() {
+                    w.done.push(u);
+                } else {
+                    w.queue.push_front(u);
+                }
+            }
+        }
+        shared.notify.notify_waiters();
+        if let Err(e) = res {
+            end.result = Err(e);
+            return end;
+        }
+    }
+}
+
+fn io_drop(e: std::io::Error) -> BatchError {
+    BatchError::Drop(DropReason::Disconnected(e.to_string()))
+}
+
+/// One request: the pending subtrees of every unit in `batch`, streamed in order.
+async fn fetch_batch(
+    peer: PeerId,
+    ctx: &FetchCtx<'_>,
+    batch: &mut [Unit],
+    sink: &dyn BlockSink,
+    end: &mut WorkerEnd,
+) -> Result<(), BatchError> {
+    let wants: Vec<BlockId> = batch.iter().flat_map(|u| u.verifier.pending()).collect();
+    debug!(wants = wants.len(), "requesting blocks");
+    let mut control = ctx.control.clone();
+    let stream = tokio::time::timeout(
+        ctx.cfg.connect_timeout,
+        control.open_stream(peer, wire::BLOCKS_PROTOCOL),
+    )
+    .await
+    .map_err(|_| {
+        BatchError::Drop(DropReason::Disconnected(
+            "opening a stream timed out".into(),
+        ))
+    })?
+    .map_err(|e| BatchError::Drop(DropReason::Disconnected(e.to_string())))?;
+    let (r, mut w) = stream.split();
+    let request = wire::encode_block_request(&wants);
+    tokio::time::timeout(ctx.cfg.stall_timeout, async {
+        w.write_all(&request).await?;
+        w.flush().await?;
+        w.close().await
+    })
+    .await
+    .map_err(|_| BatchError::Drop(DropReason::Stalled))?
+    .map_err(io_drop)?;
+
+    let mut r = BufReader::with_capacity(READ_BUFFER, r);
+    let stall = ctx.cfg.stall_timeout;
+    for unit in batch.iter_mut() {
+        while !unit.verifier.is_complete() {
+            let frame = read(&mut r, stall).await?;
+            match frame {
+                Frame::Block(bytes) => {
+                    let len = bytes.len() as u64;
+                    let block = unit
+                        .accept(bytes)
+                        .map_err(|e| BatchError::Drop(DropReason::Corrupt(e.to_string())))?;
+                    let id = block.id();
+                    sink.put_block(block).map_err(|source| {
+                        BatchError::Fatal(FetchError::Sink {
+                            root: unit.verifier.root(),
+                            block: id,
+                            source,
+                        })
+                    })?;
+                    end.blocks += 1;
+                    end.bytes += len;
+                }
+                Frame::Missing(id) => return Err(BatchError::Drop(DropReason::Missing(id))),
+                Frame::End => {
+                    return Err(BatchError::Drop(DropReason::Corrupt(
+                        "the stream ended before the requested DAGs were complete".into(),
+                    )));
+                }
+            }
+        }
+    }
+    match read(&mut r, stall).await? {
+        Frame::End => Ok(()),
+        _ => Err(BatchError::Drop(DropReason::Corrupt(
+            "frames after the last requested block".into(),
+        ))),
+    }
+}
+
+async fn read<R: futures::AsyncRead + Unpin>(
+    r: &mut R,
+    stall: std::time::Duration,
+) -> Result<Frame, BatchError> {
+    match tokio::time::timeout(stall, wire::read_frame(r)).await {
+        Err(_) => Err(BatchError::Drop(DropReason::Stalled)),
+        Ok(Err(e)) if e.is_violation() => Err(BatchError::Drop(DropReason::Corrupt(e.to_string()))),
+        Ok(Err(e)) => Err(BatchError::Drop(DropReason::Disconnected(e.to_string()))),
+        Ok(Ok(f)) => Ok(f),
+    }
+}

@@ -1,0 +1,455 @@
+//! The node: every configured swarm, and the cloneable [`NodeHandle`] the daemon calls.
+//!
+//! Owns: start-up of all swarms, announce policy (which swarm gets which announcement),
+//! lookup order (swarms in configured order), the node-wide ban list, record fetches,
+//! and handing artifact fetches to `fetch.rs`. Does not own: the libp2p event loop
+//! (`swarm.rs`) or storage (the caller's [`BlockSource`] / [`BlockSink`]).
+//! Spec: `specs/swarm.md` §4 (records), §6 (announce and lookup order), §8 (bans).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{Multiaddr, PeerId};
+use rdht_core::{BlockId, BuildKey, BuildRecord};
+use tracing::{debug, info, warn};
+
+use crate::config::{AnnouncePolicy, FetchConfig, NodeConfig};
+use crate::error::{DropReason, FetchError, NetError, PeerFailure};
+use crate::fetch::{self, FetchCtx, FetchReport};
+use crate::source::{BlockSink, BlockSource};
+use crate::swarm::{self, Command, Lookup, SwarmHandle};
+use crate::wire::{self, ProviderKey};
+
+/// Most announcements in flight at once during [`NodeHandle::reannounce`].
+const REANNOUNCE_CONCURRENCY: usize = 64;
+
+/// A verified record and the peer it came from.
+#[derive(Debug, Clone)]
+pub struct FetchedRecord {
+    /// The swarm it was found in.
+    pub swarm: String,
+    /// The peer that served it.
+    pub peer: PeerId,
+    /// The record; its signature has been verified.
+    pub record: BuildRecord,
+}
+
+/// The outcome of [`NodeHandle::fetch_records`].
+#[derive(Debug, Clone, Default)]
+pub struct RecordsReport {
+    /// Verified records, one per distinct encoding, in arrival order.
+    pub records: Vec<FetchedRecord>,
+    /// Providers that failed or sent bad records (the latter are banned).
+    pub failures: Vec<PeerFailure>,
+}
+
+struct Inner {
+    peer_id: PeerId,
+    swarms: Vec<SwarmHandle>,
+    source: Arc<dyn BlockSource>,
+    fetch: FetchConfig,
+    bans: Mutex<HashMap<PeerId, Instant>>,
+}
+
+/// A handle on a running node. Cheap to clone; every method is safe to call from many
+/// tasks at once.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.inner.peer_id)
+            .field(
+                "swarms",
+                &self
+                    .inner
+                    .swarms
+                    .iter()
+                    .map(|s| &s.name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl NodeHandle {
+    /// Starts every swarm of `config` (listen, bootstrap) and returns once all are up.
+    /// `source` serves blocks and records to other peers.
+    pub async fn start(
+        config: NodeConfig,
+        source: Arc<dyn BlockSource>,
+    ) -> Result<NodeHandle, NetError> {
+        config.validate()?;
+        let mut swarms: Vec<SwarmHandle> = Vec::new();
+        for sc in &config.swarms {
+            match swarm::start(sc, &config.keypair, source.clone()).await {
+                Ok(h) => swarms.push(h),
+                Err(e) => {
+                    for s in &swarms {
+                        s.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let peer_id = config.keypair.public().to_peer_id();
+        info!(%peer_id, swarms = swarms.len(), "node started");
+        Ok(NodeHandle {
+            inner: Arc::new(Inner {
+                peer_id,
+                swarms,
+                source,
+                fetch: config.fetch,
+                bans: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Shuts the node down when `signal` completes (e.g. ctrl-c).
+    pub fn shutdown_on(&self, signal: impl Future<Output = ()> + Send + 'static) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            signal.await;
+            node.shutdown().await;
+        });
+    }
+
+    /// Stops every swarm: connections close, serving stops. Later calls return
+    /// [`NetError::Stopped`].
+    pub async fn shutdown(&self) {
+        for s in &self.inner.swarms {
+            s.shutdown().await;
+        }
+        info!(peer_id = %self.inner.peer_id, "node stopped");
+    }
+
+    /// This node's peer id (the same in every swarm).
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The configured swarm names, in lookup order.
+    pub fn swarm_names(&self) -> Vec<String> {
+        self.inner.swarms.iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn swarm(&self, name: &str) -> Result<&SwarmHandle, NetError> {
+        self.inner
+            .swarms
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| NetError::UnknownSwarm { name: name.into() })
+    }
+
+    /// Announces `key` in every swarm whose policy is [`AnnouncePolicy::Automatic`];
+    /// returns their names. Completes when each announcement's DHT query has ended.
+    pub async fn provide(&self, key: ProviderKey) -> Result<Vec<String>, NetError> {
+        let mut names = Vec::new();
+        for s in &self.inner.swarms {
+            if s.announce == AnnouncePolicy::Automatic {
+                self.provide_via(s, key).await?;
+                names.push(s.name.clone());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Announces `key` in the named swarm only, whatever its policy.
+    pub async fn provide_in(&self, swarm: &str, key: ProviderKey) -> Result<(), NetError> {
+        let s = self.swarm(swarm)?;
+        self.provide_via(s, key).await
+    }
+
+    async fn provide_via(&self, s: &SwarmHandle, key: ProviderKey) -> Result<(), NetError> {
+        let stored = s.request(|reply| Command::Provide { key, reply }).await?;
+        if !stored {
+            warn!(swarm = %s.name, %key, "the provider store refused the key");
+        }
+        debug!(swarm = %s.name, %key, "announced");
+        Ok(())
+    }
+
+    /// Re-announces everything the node holds (after a restart), with bounded
+    /// concurrency, following each swarm's policy as [`NodeHandle::provide`] does.
+    /// Returns how many keys were announced.
+    pub async fn reannounce(
+        &self,
+        keys: impl IntoIterator<Item = ProviderKey>,
+    ) -> Result<usize, NetError> {
+        let results: Vec<Result<Vec<String>, NetError>> = futures::stream::iter(keys)
+            .map(|k| self.provide(k))
+            .buffer_unordered(REANNOUNCE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut n = 0;
+        for r in results {
+            r?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Looks `key` up in each swarm in order; returns the first lookup that found
+    /// providers, or `None` when no swarm knows one.
+    pub async fn find_providers(&self, key: ProviderKey) -> Result<Option<Lookup>, NetError> {
+        for s in &self.inner.swarms {
+            let lookup = self
+                .lookup(s, key, self.inner.fetch.max_providers.max(1) * 2)
+                .await?;
+            if !lookup.providers.is_empty() {
+                return Ok(Some(lookup));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Looks `key` up in the named swarm, stopping once `limit` providers are known.
+    pub async fn find_providers_in(
+        &self,
+        swarm: &str,
+        key: ProviderKey,
+        limit: usize,
+    ) -> Result<Lookup, NetError> {
+        let s = self.swarm(swarm)?;
+        self.lookup(s, key, limit).await
+    }
+
+    async fn lookup(
+        &self,
+        s: &SwarmHandle,
+        key: ProviderKey,
+        limit: usize,
+    ) -> Result<Lookup, NetError> {
+        let mut lookup = s
+            .request(|reply| Command::FindProviders { key, limit, reply })
+            .await?;
+        lookup.providers.retain(|p| !self.is_banned(p));
+        debug!(swarm = %s.name, %key, providers = lookup.providers.len(), "lookup done");
+        Ok(lookup)
+    }
+
+    /// Peers currently connected, per swarm, in lookup order.
+    pub async fn peers(&self) -> Result<Vec<(String, Vec<PeerId>)>, NetError> {
+        let mut out = Vec::new();
+        for s in &self.inner.swarms {
+            out.push((
+                s.name.clone(),
+                s.request(|reply| Command::Peers { reply }).await?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Addresses listened on, per swarm, in lookup order.
+    pub async fn listen_addrs(&self) -> Result<Vec<(String, Vec<Multiaddr>)>, NetError> {
+        let mut out = Vec::new();
+        for s in &self.inner.swarms {
+            out.push((
+                s.name.clone(),
+                s.request(|reply| Command::ListenAddrs { reply }).await?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Peers banned now (for corrupt blocks or bad records).
+    pub fn banned_peers(&self) -> Vec<PeerId> {
+        let now = Instant::now();
+        let mut bans = self.inner.bans.lock().unwrap_or_else(|e| e.into_inner());
+        bans.retain(|_, until| *until > now);
+        bans.keys().copied().collect()
+    }
+
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        let bans = self.inner.bans.lock().unwrap_or_else(|e| e.into_inner());
+        bans.get(peer).is_some_and(|u| *u > Instant::now())
+    }
+
+    /// Bans `peer` in every swarm for the configured ban duration: it is disconnected,
+    /// refused, dropped from routing tables and skipped by lookups.
+    pub fn ban(&self, peer: PeerId) {
+        let until = Instant::now() + self.inner.fetch.ban_duration;
+        warn!(%peer, duration = ?self.inner.fetch.ban_duration, "banning peer");
+        self.inner
+            .bans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, until);
+        for s in &self.inner.swarms {
+            s.ban(peer, until);
+        }
+    }
+
+    /// Asks the providers of `key` (swarms in order; the first swarm that yields a
+    /// verified record wins) for their signed records. Every returned record passed
+    /// `BuildRecord::decode_for` (signature checked) and is for `key`; a peer that sends a
+    /// bad one is banned and all its records are discarded.
+    pub async fn fetch_records(&self, key: BuildKey) -> Result<RecordsReport, NetError> {
+        let mut report = RecordsReport::default();
+        for s in &self.inner.swarms {
+            let lookup = self
+                .lookup(
+                    s,
+                    ProviderKey::Build(key),
+                    self.inner.fetch.max_providers.max(1) * 2,
+                )
+                .await?;
+            let answers = futures::future::join_all(
+                lookup
+                    .providers
+                    .iter()
+                    .map(|p| async move { (*p, self.records_from(s, *p, key).await) }),
+            )
+            .await;
+            for (peer, answer) in answers {
+                match answer {
+                    Ok(records) => {
+                        for record in records {
+                            let enc = record.encode();
+                            if !report.records.iter().any(|r| r.record.encode() == enc) {
+                                report.records.push(FetchedRecord {
+                                    swarm: s.name.clone(),
+                                    peer,
+                                    record,
+                                });
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        if matches!(reason, DropReason::Corrupt(_)) {
+                            self.ban(peer);
+                        }
+                        report.failures.push(PeerFailure { peer, reason });
+                    }
+                }
+            }
+            if !report.records.is_empty() {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn records_from(
+        &self,
+        s: &SwarmHandle,
+        peer: PeerId,
+        key: BuildKey,
+    ) -> Result<Vec<BuildRecord>, DropReason> {
+        let cfg = &self.inner.fetch;
+        let mut control = s.control.clone();
+        let mut stream = tokio::time::timeout(
+            cfg.connect_timeout,
+            control.open_stream(peer, wire::RECORDS_PROTOCOL),
+        )
+        .await
+        .map_err(|_| DropReason::Disconnected("opening a stream timed out".into()))?
+        .map_err(|e| DropReason::Disconnected(e.to_string()))?;
+        let raw = tokio::time::timeout(cfg.stall_timeout, async {
+            stream
+                .write_all(&wire::encode_records_request(&key))
+                .await?;
+            stream.flush().await?;
+            stream.close().await?;
+            let raw = wire::read_records_response(&mut stream).await?;
+            // Nothing may follow the response.
+            let mut extra = [0u8; 1];
+            match stream.read(&mut extra).await {
+                Ok(0) | Err(_) => Ok(raw),
+                Ok(_) => Err(wire::WireError::Limit {
+                    what: "bytes after the record response",
+                    value: 1,
+                    max: 0,
+                }),
+            }
+        })
+        .await
+        .map_err(|_| DropReason::Stalled)?
+        .map_err(|e| {
+            if e.is_violation() {
+                DropReason::Corrupt(e.to_string())
+            } else {
+                DropReason::Disconnected(e.to_string())
+            }
+        })?;
+        let mut records = Vec::with_capacity(raw.len());
+        for bytes in raw {
+            // Signature, version and labels are checked, and the record must be for `key`
+            // (a valid record replayed for another key is rejected).
+            let record = BuildRecord::decode_for(&bytes, key)
+                .map_err(|e| DropReason::Corrupt(e.to_string()))?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Fetches artifact `root`: looks its providers up in each swarm in order and
+    /// fetches from the first swarm that has any, moving to the next swarm if all of
+    /// them fail. Verified blocks go to `sink`; blocks the node's source already holds
+    /// are skipped.
+    pub async fn fetch_artifact(
+        &self,
+        root: BlockId,
+        sink: &dyn BlockSink,
+    ) -> Result<FetchReport, FetchError> {
+        let mut last = None;
+        for s in &self.inner.swarms {
+            let lookup = self
+                .lookup(
+                    s,
+                    ProviderKey::Artifact(root),
+                    self.inner.fetch.max_providers.max(1) * 2,
+                )
+                .await?;
+            if lookup.providers.is_empty() {
+                continue;
+            }
+            match self.fetch_via(s, root, lookup.providers, sink).await {
+                Err(e @ FetchError::AllProvidersFailed { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(FetchError::NoProviders { root }))
+    }
+
+    /// Fetches artifact `root` from the given providers of the named swarm, without a
+    /// lookup.
+    pub async fn fetch_artifact_from(
+        &self,
+        swarm: &str,
+        root: BlockId,
+        providers: &[PeerId],
+        sink: &dyn BlockSink,
+    ) -> Result<FetchReport, FetchError> {
+        let s = self.swarm(swarm)?;
+        self.fetch_via(s, root, providers.to_vec(), sink).await
+    }
+
+    async fn fetch_via(
+        &self,
+        s: &SwarmHandle,
+        root: BlockId,
+        providers: Vec<PeerId>,
+        sink: &dyn BlockSink,
+    ) -> Result<FetchReport, FetchError> {
+        let ban = |peer: PeerId| self.ban(peer);
+        let providers: Vec<PeerId> = providers
+            .into_iter()
+            .filter(|p| *p != self.inner.peer_id && !self.is_banned(p))
+            .collect();
+        let ctx = FetchCtx {
+            swarm: &s.name,
+            control: s.control.clone(),
+            source: &*self.inner.source,
+            cfg: &self.inner.fetch,
+            ban: &ban,
+        };
+        fetch::fetch_artifact(&ctx, root, providers, sink).await
+    }
+}

@@ -1,0 +1,649 @@
+//! One libp2p swarm: transport (TCP, optional pnet, noise, yamux), behaviour (Kademlia in
+//! server mode, identify feeding Kademlia, ping, streams, block list), start-up
+//! (listen, bootstrap) and the task that owns the `Swarm` and answers commands.
+//!
+//! Owns: [`SwarmHandle`], the command loop, serving inbound block and record streams.
+//! Does not own: fetching (see `fetch.rs`), deciding which swarm to ask (`node.rs`).
+//! Spec: `specs/swarm.md` §2 (transport), §3–§4 (serving), §6 (announce), §8 (bans).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::Either;
+use futures::io::BufWriter;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::transport::Boxed;
+use libp2p::core::{muxing::StreamMuxerBox, upgrade};
+use libp2p::identity::Keypair;
+use libp2p::kad;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
+use libp2p::pnet::PnetConfig;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, identify, noise, ping, tcp,
+    yamux,
+};
+use rdht_core::Block;
+use rdht_core::block::INTERIOR_TAG;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{AnnouncePolicy, SwarmConfig};
+use crate::error::NetError;
+use crate::source::BlockSource;
+use crate::wire::{self, Frame, ProviderKey};
+
+/// How long a requester may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Buffer of the block stream writer.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// The behaviours of one swarm.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// The outcome of one provider lookup.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The swarm asked.
+    pub swarm: String,
+    /// Providers found (not us, not banned), in discovery order.
+    pub providers: Vec<PeerId>,
+    /// Wall time of the lookup.
+    pub duration: Duration,
+    /// Kademlia requests sent (a proxy for hops: iterative lookups send about α per hop).
+    pub requests: u32,
+    /// Requests that were answered.
+    pub successes: u32,
+}
+
+pub(crate) enum Command {
+    Provide {
+        key: ProviderKey,
+        reply: oneshot::Sender<bool>,
+    },
+    FindProviders {
+        key: ProviderKey,
+        limit: usize,
+        reply: oneshot::Sender<Lookup>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Ban {
+        peer: PeerId,
+        until: Instant,
+    },
+    Shutdown,
+}
+
+/// A running swarm: the command channel to its task and its stream control.
+pub(crate) struct SwarmHandle {
+    pub(crate) name: String,
+    pub(crate) announce: AnnouncePolicy,
+    pub(crate) control: libp2p_stream::Control,
+    cmd: mpsc::Sender<Command>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl SwarmHandle {
+    pub(crate) async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    pub(crate) fn ban(&self, peer: PeerId, until: Instant) {
+        // A full or closed channel means the task is busy or gone; the fetch has already
+        // dropped the peer, and the node-level ban list still filters it.
+        let _ = self.cmd.try_send(Command::Ban { peer, until });
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.cmd.send(Command::Shutdown).await;
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+fn build_transport(
+    cfg: &SwarmConfig,
+    keypair: &Keypair,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
+    let psk = cfg.key.map(|k| k.psk());
+    let noise = noise::Config::new(keypair).map_err(|e| NetError::Transport {
+        swarm: cfg.name.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut yamux = yamux::Config::default();
+    yamux.set_max_num_streams(1024);
+    Ok(tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
+        .and_then(move |socket, _| async move {
+            match psk {
+                Some(psk) => PnetConfig::new(psk)
+                    .handshake(socket)
+                    .await
+                    .map(Either::Left)
+                    .map_err(std::io::Error::other),
+                None => Ok(Either::Right(socket)),
+            }
+        })
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux)
+        .timeout(Duration::from_secs(20))
+        .boxed())
+}
+
+fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair) -> Behaviour {
+    let peer = keypair.public().to_peer_id();
+    let store = MemoryStore::with_config(
+        peer,
+        MemoryStoreConfig {
+            max_records: 1024,
+            max_value_bytes: 65 * 1024,
+            max_providers_per_key: kad::K_VALUE.get(),
+            // Bounds the distinct keys in the provider map: ours and other peers'.
+            max_provided_keys: cfg.max_provider_keys,
+        },
+    );
+    let mut kcfg = kad::Config::new(wire::KAD_PROTOCOL);
+    kcfg.set_query_timeout(cfg.query_timeout);
+    let mut kad = kad::Behaviour::with_config(peer, store, kcfg);
+    kad.set_mode(Some(kad::Mode::Server));
+    Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
+        kad,
+        identify: identify::Behaviour::new(identify::Config::new(
+            wire::IDENTIFY_VERSION.to_string(),
+            keypair.public(),
+        )),
+        ping: ping::Behaviour::default(),
+        stream: libp2p_stream::Behaviour::new(),
+    }
+}
+
+struct Find {
+    reply: oneshot::Sender<Lookup>,
+    limit: usize,
+    providers: Vec<PeerId>,
+    started: Instant,
+}
+
+struct Task {
+    name: String,
+    swarm: Swarm<Behaviour>,
+    local: PeerId,
+    provides: HashMap<kad::QueryId, oneshot::Sender<bool>>,
+    finds: HashMap<kad::QueryId, Find>,
+    bans: HashMap<PeerId, Instant>,
+    boot_peers: HashSet<PeerId>,
+    boot_ok: bool,
+    boot_failed: usize,
+    boot_error: String,
+}
+
+/// Starts one swarm: listens, dials the bootstrap peers, waits for one to answer, then
+/// runs the swarm task.
+pub(crate) async fn start(
+    cfg: &SwarmConfig,
+    keypair: &Keypair,
+    source: Arc<dyn BlockSource>,
+) -> Result<SwarmHandle, NetError> {
+    let span = info_span!("swarm", swarm = %cfg.name);
+    let transport = build_transport(cfg, keypair)?;
+    let behaviour = build_behaviour(cfg, keypair);
+    let local = keypair.public().to_peer_id();
+    let swarm = Swarm::new(
+        transport,
+        behaviour,
+        local,
+        libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(cfg.idle_timeout),
+    );
+    let mut task = Task {
+        name: cfg.name.clone(),
+        swarm,
+        local,
+        provides: HashMap::new(),
+        finds: HashMap::new(),
+        bans: HashMap::new(),
+        boot_peers: cfg.bootstrap.iter().map(|b| b.peer).collect(),
+        boot_ok: false,
+        boot_failed: 0,
+        boot_error: String::new(),
+    };
+    let mut control = task.swarm.behaviour().stream.new_control();
+    let blocks_in = control
+        .accept(wire::BLOCKS_PROTOCOL)
+        .map_err(|e| NetError::Transport {
+            swarm: cfg.name.clone(),
+            reason: e.to_string(),
+        })?;
+    let records_in = control
+        .accept(wire::RECORDS_PROTOCOL)
+        .map_err(|e| NetError::Transport {
+            swarm: cfg.name.clone(),
+            reason: e.to_string(),
+        })?;
+
+    // Listen, and wait until every listener has an address.
+    let mut listeners = HashMap::new();
+    for addr in &cfg.listen {
+        let id = task
+            .swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                swarm: cfg.name.clone(),
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        listeners.insert(id, addr.clone());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !listeners.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, task.swarm.select_next_some()).await;
+        match ev {
+            Err(_) => {
+                let (_, addr) = listeners.into_iter().next().unzip();
+                return Err(NetError::Listen {
+                    swarm: cfg.name.clone(),
+                    addr: addr.unwrap_or_else(Multiaddr::empty),
+                    reason: "no address came up within 10 s".into(),
+                });
+            }
+            Ok(SwarmEvent::NewListenAddr { listener_id, .. }) => {
+                listeners.remove(&listener_id);
+            }
+            Ok(SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            }) if listeners.contains_key(&listener_id) => {
+                return Err(NetError::Listen {
+                    swarm: cfg.name.clone(),
+                    addr: listeners
+                        .remove(&listener_id)
+                        .unwrap_or_else(Multiaddr::empty),
+                    reason: format!("{reason:?}"),
+                });
+            }
+            Ok(ev) => task.on_event(ev),
+        }
+    }
+
+    // Bootstrap: dial every peer, succeed on the first connection.
+    for b in &cfg.bootstrap {
+        task.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&b.peer, b.addr.clone());
+        let opts = DialOpts::peer_id(b.peer)
+            .addresses(vec![b.addr.clone()])
+            .build();
+        if let Err(e) = task.swarm.dial(opts) {
+            task.boot_failed += 1;
+            task.boot_error = e.to_string();
+        }
+    }
+    if !cfg.bootstrap.is_empty() {
+        let deadline = tokio::time::Instant::now() + cfg.bootstrap_timeout;
+        while !task.boot_ok && task.boot_failed < cfg.bootstrap.len() {
+            match tokio::time::timeout_at(deadline, task.swarm.select_next_some()).await {
+                Ok(ev) => task.on_event(ev),
+                Err(_) => {
+                    task.boot_error = format!("timed out after {:?}", cfg.bootstrap_timeout);
+                    break;
+                }
+            }
+        }
+        if !task.boot_ok {
+            return Err(NetError::NoReachableBootstrap {
+                swarm: cfg.name.clone(),
+                tried: cfg.bootstrap.len(),
+                last_error: task.boot_error.clone(),
+            });
+        }
+        if let Err(e) = task.swarm.behaviour_mut().kad.bootstrap() {
+            debug!(parent: &span, "kademlia bootstrap: {e}");
+        }
+    }
+    info!(parent: &span, peer = %local, addrs = ?task.swarm.listeners().collect::<Vec<_>>(), "swarm started");
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let limit = Arc::new(Semaphore::new(cfg.max_inbound_streams));
+    let name = cfg.name.clone();
+    let handle = tokio::spawn(
+        async move {
+            let mut servers = JoinSet::new();
+            servers.spawn(accept_loop(blocks_in, source.clone(), limit.clone(), true));
+            servers.spawn(accept_loop(records_in, source, limit, false));
+            task.run(cmd_rx).await;
+            servers.shutdown().await;
+            info!("swarm stopped");
+        }
+        .instrument(span),
+    );
+    Ok(SwarmHandle {
+        name,
+        announce: cfg.announce,
+        control,
+        cmd: cmd_tx,
+        task: tokio::sync::Mutex::new(Some(handle)),
+    })
+}
+
+impl Task {
+    async fn run(&mut self, mut cmds: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.on_command(cmd),
+                },
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                _ = tick.tick() => self.expire_bans(),
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Provide { key, reply } => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(key.kad_key())
+                {
+                    Ok(qid) => {
+                        self.provides.insert(qid, reply);
+                    }
+                    Err(e) => {
+                        warn!(%key, "cannot provide: {e}");
+                        let _ = reply.send(false);
+                    }
+                }
+            }
+            Command::FindProviders { key, limit, reply } => {
+                let qid = self.swarm.behaviour_mut().kad.get_providers(key.kad_key());
+                self.finds.insert(
+                    qid,
+                    Find {
+                        reply,
+                        limit: limit.max(1),
+                        providers: Vec::new(),
+                        started: Instant::now(),
+                    },
+                );
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Ban { peer, until } => {
+                info!(%peer, "banning peer");
+                self.bans.insert(peer, until);
+                let b = self.swarm.behaviour_mut();
+                b.blocked.block_peer(peer);
+                b.kad.remove_peer(&peer);
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn expire_bans(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.bans.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+            info!(peer = %p, "ban expired");
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => debug!(%address, "listening"),
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                debug!(peer = %peer_id, "connected");
+                if self.boot_peers.contains(&peer_id) {
+                    self.boot_ok = true;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                debug!(%peer, "dial failed: {error}");
+                if self.boot_peers.contains(&peer) {
+                    self.boot_failed += 1;
+                    self.boot_error = error.to_string();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&wire::KAD_PROTOCOL) => {
+                // Identify does not feed Kademlia by itself.
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, ev: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id,
+            result,
+            stats,
+            step,
+        } = ev
+        else {
+            return;
+        };
+        match result {
+            kad::QueryResult::StartProviding(res) => {
+                if let Some(reply) = self.provides.remove(&id) {
+                    if let Err(e) = &res {
+                        debug!(swarm = %self.name, "announcement incomplete: {e}");
+                    }
+                    // The record is stored locally either way; peers that missed the
+                    // announcement learn it at the next republication.
+                    let _ = reply.send(true);
+                }
+            }
+            kad::QueryResult::GetProviders(res) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { key, providers }) = res {
+                    self.found_providers(id, &key, providers);
+                }
+                if step.last
+                    && let Some(find) = self.finds.remove(&id)
+                {
+                    let _ = find.reply.send(Lookup {
+                        swarm: self.name.clone(),
+                        providers: find.providers,
+                        duration: find.started.elapsed(),
+                        requests: stats.num_requests(),
+                        successes: stats.num_successes(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn found_providers(&mut self, id: kad::QueryId, key: &kad::RecordKey, found: HashSet<PeerId>) {
+        let Some(find) = self.finds.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut new = Vec::new();
+        for p in found {
+            let banned = self.bans.get(&p).is_some_and(|u| *u > now);
+            if p != self.local && !banned && !find.providers.contains(&p) {
+                find.providers.push(p);
+                new.push(p);
+            }
+        }
+        let enough = find.providers.len() >= find.limit;
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let stored: Vec<kad::ProviderRecord> = kad.store_mut().providers(key);
+        if enough && let Some(mut q) = kad.query_mut(&id) {
+            q.finish();
+        }
+        // Dial now: the query still knows the providers' addresses.
+        for p in new {
+            let addrs: Vec<Multiaddr> = stored
+                .iter()
+                .filter(|r| r.provider == p)
+                .flat_map(|r| r.addresses.iter().cloned())
+                .collect();
+            let opts = DialOpts::peer_id(p)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(addrs)
+                .extend_addresses_through_behaviour()
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(peer = %p, "dialing provider: {e}");
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    mut incoming: libp2p_stream::IncomingStreams,
+    source: Arc<dyn BlockSource>,
+    limit: Arc<Semaphore>,
+    blocks: bool,
+) {
+    let mut tasks = JoinSet::new();
+    while let Some((peer, stream)) = incoming.next().await {
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            debug!(%peer, "too many inbound streams; refusing one");
+            continue;
+        };
+        let source = source.clone();
+        let span = tracing::debug_span!("serve", %peer, blocks);
+        tasks.spawn(
+            async move {
+                let res = if blocks {
+                    serve_blocks(stream, &*source).await
+                } else {
+                    serve_records(stream, &*source).await
+                };
+                if let Err(e) = res {
+                    debug!("serving stream ended: {e}");
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Streams every requested subtree in pre-order; see `specs/swarm.md` §3.
+async fn serve_blocks(stream: Stream, source: &dyn BlockSource) -> Result<(), wire::WireError> {
+    let (mut r, w) = stream.split();
+    let wants = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_block_request(&mut r))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    debug!(wants = wants.len(), "block request");
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER, w);
+    let mut stack = Vec::new();
+    for want in wants {
+        stack.push(want);
+        while let Some(id) = stack.pop() {
+            let bytes = match source.get_block(&id) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    return finish(&mut w, Frame::Missing(id)).await;
+                }
+                Err(e) => {
+                    warn!(block = %id, "reading block to serve: {e}");
+                    return finish(&mut w, Frame::Missing(id)).await;
+                }
+            };
+            if bytes.first() == Some(&INTERIOR_TAG) {
+                match Block::from_bytes(bytes.clone()) {
+                    Ok(b) => {
+                        let first = stack.len();
+                        stack.extend(b.links().map(|l| l.id));
+                        stack[first..].reverse();
+                    }
+                    Err(e) => {
+                        warn!(block = %id, "stored block is invalid: {e}");
+                        return finish(&mut w, Frame::Missing(id)).await;
+                    }
+                }
+            }
+            wire::write_frame(&mut w, &Frame::Block(bytes)).await?;
+        }
+    }
+    finish(&mut w, Frame::End).await
+}
+
+async fn finish<W: futures::AsyncWrite + Unpin>(
+    w: &mut W,
+    last: Frame,
+) -> Result<(), wire::WireError> {
+    wire::write_frame(w, &last).await?;
+    w.flush().await?;
+    w.close().await?;
+    Ok(())
+}
+
+async fn serve_records(
+    mut stream: Stream,
+    source: &dyn BlockSource,
+) -> Result<(), wire::WireError> {
+    let key = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_records_request(&mut stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    let records: Vec<Vec<u8>> = match source.build_records(&key) {
+        Ok(rs) => rs.iter().map(|r| r.encode()).collect(),
+        Err(e) => {
+            warn!(%key, "reading records to serve: {e}");
+            Vec::new()
+        }
+    };
+    debug!(%key, n = records.len(), "record request");
+    stream
+        .write_all(&wire::encode_records_response(&records))
+        .await?;
+    stream.flush().await?;
+    stream.close().await?;
+    Ok(())
+}

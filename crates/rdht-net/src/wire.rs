@@ -1,0 +1,372 @@
+//! Wire formats of the two rdht stream protocols: block streaming and record exchange,
+//! plus the Kademlia provider-key namespace.
+//!
+//! Owns: protocol names, message layouts and their size limits; async readers and
+//! writers over any `AsyncRead`/`AsyncWrite`. Does not own: verification of block
+//! contents (rdht-core's `DagVerifier`) or of records (`BuildRecord::decode`), nor who
+//! to talk to. Read first: [`Frame`], [`read_frame`]. Spec: `specs/swarm.md` §3–§4.
+
+use bytes::{Bytes, BytesMut};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use rdht_core::record::MAX_RECORD_LEN;
+use rdht_core::{BlockId, BuildKey, MAX_BLOCK_LEN};
+
+/// The block streaming protocol.
+pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/blocks/1");
+/// The build record protocol.
+pub const RECORDS_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/records/1");
+/// The Kademlia protocol name (keeps rdht's DHT apart from IPFS's).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/kad/1.0.0");
+/// The identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/rdht/1.0.0";
+/// The version byte opening every request.
+pub const WIRE_VERSION: u8 = 1;
+/// Most subtree roots one block request may name.
+pub const MAX_WANTS: usize = 8192;
+/// Most records one record response may carry.
+pub const MAX_RECORDS: usize = 64;
+
+/// Frame tag: a block follows.
+pub const TAG_BLOCK: u8 = 0x00;
+/// Frame tag: the sender lacks the named block; the stream ends.
+pub const TAG_MISSING: u8 = 0x01;
+/// Frame tag: every requested subtree was sent; the stream ends.
+pub const TAG_END: u8 = 0x02;
+
+/// Provider-key namespace tag for build keys.
+pub const KEY_TAG_BUILD: u8 = 0x01;
+/// Provider-key namespace tag for artifact roots.
+pub const KEY_TAG_ARTIFACT: u8 = 0x02;
+
+/// What a node announces as a Kademlia provider record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKey {
+    /// "I hold a record for this build key."
+    Build(BuildKey),
+    /// "I hold every block of this artifact."
+    Artifact(BlockId),
+}
+
+impl ProviderKey {
+    /// The 33-byte DHT key: a namespace tag, then the 32-byte id.
+    pub fn to_bytes(&self) -> [u8; 33] {
+        let (tag, id) = match self {
+            ProviderKey::Build(k) => (KEY_TAG_BUILD, k.as_bytes()),
+            ProviderKey::Artifact(r) => (KEY_TAG_ARTIFACT, r.as_bytes()),
+        };
+        let mut out = [0u8; 33];
+        out[0] = tag;
+        out[1..].copy_from_slice(id);
+        out
+    }
+
+    pub(crate) fn kad_key(&self) -> libp2p::kad::RecordKey {
+        libp2p::kad::RecordKey::new(&self.to_bytes())
+    }
+}
+
+impl std::fmt::Display for ProviderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProviderKey::Build(k) => write!(f, "build:{k}"),
+            ProviderKey::Artifact(r) => write!(f, "artifact:{r}"),
+        }
+    }
+}
+
+/// A message broke the wire format. `Io` with `UnexpectedEof` means "incomplete"; the
+/// other variants mean "invalid".
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The stream failed or ended early.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// A request with an unknown version byte.
+    #[error("unsupported wire version {0}")]
+    Version(u8),
+    /// A count or length over its limit (or zero where zero is not allowed).
+    #[error("{what} is {value}, outside 1..={max}")]
+    Limit {
+        /// What was counted.
+        what: &'static str,
+        /// The value received.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A frame with an unknown tag.
+    #[error("unknown frame tag {0:#04x}")]
+    Tag(u8),
+}
+
+impl WireError {
+    /// True when the peer broke the format (as opposed to the stream failing).
+    pub fn is_violation(&self) -> bool {
+        !matches!(self, WireError::Io(_))
+    }
+}
+
+async fn read_u32<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b).await?;
+    Ok(u32::from_le_bytes(b))
+}
+
+async fn read_id<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    r.read_exact(&mut b).await?;
+    Ok(b)
+}
+
+fn limit(what: &'static str, value: u64, max: usize) -> Result<(), WireError> {
+    if value == 0 || value > max as u64 {
+        return Err(WireError::Limit {
+            what,
+            value,
+            max: max as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Block request: `version u8 | count u32le | count × 32-byte subtree root`.
+pub fn encode_block_request(wants: &[BlockId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + 32 * wants.len());
+    out.push(WIRE_VERSION);
+    out.extend_from_slice(&(wants.len() as u32).to_le_bytes());
+    for w in wants {
+        out.extend_from_slice(w.as_bytes());
+    }
+    out
+}
+
+/// Reads a block request (at most [`MAX_WANTS`] roots).
+pub async fn read_block_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Vec<BlockId>, WireError> {
+    let mut v = [0u8; 1];
+    r.read_exact(&mut v).await?;
+    if v[0] != WIRE_VERSION {
+        return Err(WireError::Version(v[0]));
+    }
+    let count = read_u32(r).await?;
+    limit("want count", count.into(), MAX_WANTS)?;
+    let mut wants = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        wants.push(BlockId::from_bytes(read_id(r).await?));
+    }
+    Ok(wants)
+}
+
+/// One frame of a block response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// `0x00 | len u32le | len bytes`: the next block in pre-order (1..=16,385 bytes).
+    Block(Bytes),
+    /// `0x01 | 32-byte id`: the sender lacks this block; nothing follows.
+    Missing(BlockId),
+    /// `0x02`: everything requested was sent; nothing follows.
+    End,
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std::io::Result<()> {
+    match frame {
+        Frame::Block(bytes) => {
+            let mut head = [TAG_BLOCK, 0, 0, 0, 0];
+            head[1..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            w.write_all(&head).await?;
+            w.write_all(bytes).await
+        }
+        Frame::Missing(id) => {
+            w.write_all(&[TAG_MISSING]).await?;
+            w.write_all(id.as_bytes()).await
+        }
+        Frame::End => w.write_all(&[TAG_END]).await,
+    }
+}
+
+/// Reads one frame; a block longer than `MAX_BLOCK_LEN` is refused before it is read.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag).await?;
+    match tag[0] {
+        TAG_BLOCK => {
+            let len = read_u32(r).await?;
+            limit("block length", len.into(), MAX_BLOCK_LEN)?;
+            let mut buf = BytesMut::zeroed(len as usize);
+            r.read_exact(&mut buf).await?;
+            Ok(Frame::Block(buf.freeze()))
+        }
+        TAG_MISSING => Ok(Frame::Missing(BlockId::from_bytes(read_id(r).await?))),
+        TAG_END => Ok(Frame::End),
+        other => Err(WireError::Tag(other)),
+    }
+}
+
+/// Record request: `version u8 | 32-byte build key`.
+pub fn encode_records_request(key: &BuildKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33);
+    out.push(WIRE_VERSION);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Reads a record request.
+pub async fn read_records_request<R: AsyncRead + Unpin>(r: &mut R) -> Result<BuildKey, WireError> {
+    let mut v = [0u8; 1];
+    r.read_exact(&mut v).await?;
+    if v[0] != WIRE_VERSION {
+        return Err(WireError::Version(v[0]));
+    }
+    Ok(BuildKey::from_bytes(read_id(r).await?))
+}
+
+/// Record response: `count u8 | count × (len u32le | len bytes of an encoded record)`.
+/// At most [`MAX_RECORDS`] records of at most `MAX_RECORD_LEN` bytes; extra or
+/// oversized records are left out.
+pub fn encode_records_response(records: &[Vec<u8>]) -> Vec<u8> {
+    let fit: Vec<&Vec<u8>> = records
+        .iter()
+        .filter(|r| !r.is_empty() && r.len() <= MAX_RECORD_LEN)
+        .take(MAX_RECORDS)
+        .collect();
+    let mut out = vec![fit.len() as u8];
+    for r in fit {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// Reads a record response; the records are not yet verified.
+pub async fn read_records_response<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Vec<Vec<u8>>, WireError> {
+    let mut count = [0u8; 1];
+    r.read_exact(&mut count).await?;
+    if count[0] as usize > MAX_RECORDS {
+        return Err(WireError::Limit {
+            what: "record count",
+            value: count[0].into(),
+            max: MAX_RECORDS as u64,
+        });
+    }
+    let mut out = Vec::with_capacity(count[0] as usize);
+    for _ in 0..count[0] {
+        let len = read_u32(r).await?;
+        limit("record length", len.into(), MAX_RECORD_LEN)?;
+        let mut buf = vec![0u8; len as usize];
+        r.read_exact(&mut buf).await?;
+        out.push(buf);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+
+    #[test]
+    fn frames_round_trip_and_pin_the_layout() {
+        let id = BlockId::from_bytes([0xab; 32]);
+        let mut buf = Vec::new();
+        block_on(async {
+            write_frame(&mut buf, &Frame::Block(Bytes::from_static(&[0, 1, 2]))).await?;
+            write_frame(&mut buf, &Frame::Missing(id)).await?;
+            write_frame(&mut buf, &Frame::End).await
+        })
+        .unwrap();
+        // 00 | 03000000 | 000102, then 01 | ab×32, then 02.
+        assert_eq!(&buf[..8], &[0x00, 3, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(buf[8], 0x01);
+        assert_eq!(&buf[9..41], &[0xab; 32]);
+        assert_eq!(&buf[41..], &[0x02]);
+        let mut r = &buf[..];
+        let frames: Vec<Frame> = block_on(async {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(read_frame(&mut r).await.unwrap());
+            }
+            v
+        });
+        assert_eq!(
+            frames,
+            [
+                Frame::Block(Bytes::from_static(&[0, 1, 2])),
+                Frame::Missing(id),
+                Frame::End
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_or_unknown_frames_are_invalid_and_short_ones_incomplete() {
+        let too_long = [0x00, 0x02, 0x40, 0, 0]; // 16,386 bytes
+        let err = block_on(read_frame(&mut &too_long[..])).unwrap_err();
+        assert!(
+            matches!(err, WireError::Limit { value: 16386, .. }),
+            "{err}"
+        );
+        assert!(err.is_violation());
+        let empty = [0x00, 0, 0, 0, 0];
+        assert!(
+            block_on(read_frame(&mut &empty[..]))
+                .unwrap_err()
+                .is_violation()
+        );
+        let err = block_on(read_frame(&mut &[0x07][..])).unwrap_err();
+        assert!(matches!(err, WireError::Tag(7)));
+        let short = [0x00, 3, 0, 0, 0, 1];
+        let err = block_on(read_frame(&mut &short[..])).unwrap_err();
+        assert!(matches!(&err, WireError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof));
+        assert!(!err.is_violation());
+    }
+
+    #[test]
+    fn requests_round_trip_and_are_bounded() {
+        let wants = vec![BlockId::from_bytes([1; 32]), BlockId::from_bytes([2; 32])];
+        let enc = encode_block_request(&wants);
+        assert_eq!(&enc[..5], &[1, 2, 0, 0, 0]);
+        assert_eq!(block_on(read_block_request(&mut &enc[..])).unwrap(), wants);
+        let mut huge = vec![1u8];
+        huge.extend_from_slice(&((MAX_WANTS as u32) + 1).to_le_bytes());
+        assert!(
+            block_on(read_block_request(&mut &huge[..]))
+                .unwrap_err()
+                .is_violation()
+        );
+        let mut v2 = enc.clone();
+        v2[0] = 2;
+        assert!(matches!(
+            block_on(read_block_request(&mut &v2[..])),
+            Err(WireError::Version(2))
+        ));
+
+        let key = BuildKey::from_bytes([9; 32]);
+        let enc = encode_records_request(&key);
+        assert_eq!(block_on(read_records_request(&mut &enc[..])).unwrap(), key);
+        let recs = vec![vec![1, 2, 3], vec![4]];
+        let enc = encode_records_response(&recs);
+        assert_eq!(enc, [2, 3, 0, 0, 0, 1, 2, 3, 1, 0, 0, 0, 4]);
+        assert_eq!(
+            block_on(read_records_response(&mut &enc[..])).unwrap(),
+            recs
+        );
+        let too_many = [MAX_RECORDS as u8 + 1];
+        assert!(block_on(read_records_response(&mut &too_many[..])).is_err());
+    }
+
+    #[test]
+    fn provider_keys_are_namespaced() {
+        let id = [7u8; 32];
+        let a = ProviderKey::Artifact(BlockId::from_bytes(id)).to_bytes();
+        let b = ProviderKey::Build(BuildKey::from_bytes(id)).to_bytes();
+        assert_eq!(a[0], KEY_TAG_ARTIFACT);
+        assert_eq!(b[0], KEY_TAG_BUILD);
+        assert_eq!(a[1..], b[1..]);
+        assert_ne!(a, b);
+    }
+}
