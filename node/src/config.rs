@@ -111,9 +111,7 @@ pub struct Config {
 pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf, ConfigError> {
     match given {
         Some(d) => Ok(d),
-        None => directories::ProjectDirs::from("", "", "rdht")
-            .map(|p| p.data_dir().to_path_buf())
-            .ok_or(ConfigError::NoDataDir),
+        None => rdht_api::default_data_dir().ok_or(ConfigError::NoDataDir),
     }
 }
 

@@ -43,3 +43,10 @@ pub const SOCKET_NAME: &str = "api.sock";
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
+
+/// The data directory used when neither `--data-dir` nor `RDHT_DATA_DIR` is given: the
+/// platform's data directory for rdht (`~/.local/share/rdht` on Linux). `None` when the
+/// platform has no home directory.
+pub fn default_data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "rdht").map(|p| p.data_dir().to_path_buf())
+}

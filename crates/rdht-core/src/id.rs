@@ -65,6 +65,13 @@ macro_rules! id32 {
 
             /// Parses exactly 64 hex digits (either case).
             fn from_str(s: &str) -> Result<Self, Self::Err> {
+                if s.len() != 64 {
+                    return Err(ParseIdError {
+                        what: $what,
+                        input: s.chars().take(80).collect(),
+                        reason: format!("expected 64 hex digits, got {} characters", s.chars().count()),
+                    });
+                }
                 blake3::Hash::from_hex(s)
                     .map(|h| Self(*h.as_bytes()))
                     .map_err(|e| ParseIdError {

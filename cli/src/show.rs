@@ -1,0 +1,181 @@
+//! How the CLI shows daemon answers: aligned text for people, JSON (`--json`) for scripts.
+//!
+//! Owns: both renderings of every response the CLI prints. Does not own: fetching them.
+//! Invariant: JSON field names are stable; ids and keys are lowercase hex strings.
+
+use indicatif::HumanBytes;
+use rdht_api::proto::{NodeStatus, PeerInfo, RecordView};
+use rdht_core::{BuildRecord, BuilderKey};
+use serde_json::{Value, json};
+
+/// `rdht id`.
+pub fn id(peer_id: &str, builder: &BuilderKey, listen: &[String]) -> (String, Value) {
+    let mut text = format!("peer id:     {peer_id}\nbuilder key: {builder}\n");
+    if listen.is_empty() {
+        text.push_str("listening:   (nothing: no swarm is configured)\n");
+    }
+    for (i, a) in listen.iter().enumerate() {
+        let label = if i == 0 {
+            "listening:  "
+        } else {
+            "            "
+        };
+        text.push_str(&format!("{label} {a}\n"));
+    }
+    let v =
+        json!({ "peer_id": peer_id, "builder_key": builder.to_string(), "listen_addrs": listen });
+    (text, v)
+}
+
+/// `rdht status`.
+pub fn status(s: &NodeStatus) -> (String, Value) {
+    let st = &s.store;
+    let cap = if st.max_bytes == 0 {
+        "no cap".to_string()
+    } else {
+        format!("cap {}", HumanBytes(st.max_bytes))
+    };
+    let text = format!(
+        "peer id:   {}\npeers:     {}\nstore:     {} blocks, {} ({} on disk), {} pinned, {cap}\n\
+         reads:     {} hits, {} misses, {} evictions\nresolves:  {} hits, {} misses\n\
+         transfer:  {} in, {} out\n",
+        s.peer_id,
+        s.peers,
+        st.blocks,
+        HumanBytes(st.logical_bytes),
+        HumanBytes(st.disk_bytes),
+        HumanBytes(st.pinned_bytes),
+        st.hits,
+        st.misses,
+        st.evictions,
+        s.resolve_hits,
+        s.resolve_misses,
+        HumanBytes(s.bytes_in),
+        HumanBytes(s.bytes_out),
+    );
+    let v = json!({
+        "peer_id": s.peer_id,
+        "listen_addrs": s.listen_addrs,
+        "peers": s.peers,
+        "store": {
+            "blocks": st.blocks,
+            "logical_bytes": st.logical_bytes,
+            "disk_bytes": st.disk_bytes,
+            "pinned_bytes": st.pinned_bytes,
+            "max_bytes": st.max_bytes,
+            "reads": st.reads,
+            "hits": st.hits,
+            "misses": st.misses,
+            "evictions": st.evictions,
+        },
+        "resolve_hits": s.resolve_hits,
+        "resolve_misses": s.resolve_misses,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+    });
+    (text, v)
+}
+
+/// `rdht peers`.
+pub fn peers(peers: &[PeerInfo]) -> (String, Value) {
+    let text: String = peers
+        .iter()
+        .map(|p| format!("{}  {}  {}\n", p.peer_id, p.swarm, p.addrs.join(",")))
+        .collect();
+    let v = peers
+        .iter()
+        .map(|p| json!({ "peer_id": p.peer_id, "swarm": p.swarm, "addrs": p.addrs }))
+        .collect();
+    (text, Value::Array(v))
+}
+
+/// `rdht records KEY`. Records that fail to decode are shown as such, not hidden.
+pub fn records(views: &[RecordView]) -> (String, Value) {
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for view in views {
+        let decision = if view.trusted {
+            "trusted"
+        } else {
+            "not trusted"
+        };
+        match BuildRecord::decode(&view.record) {
+            Ok(r) => {
+                let b = r.body();
+                text.push_str(&format!(
+                    "builder {}\n  root    {}\n  size    {}\n  built   {} (unix)\n  unit    {} {} {} [{}]\n  {decision}: {}\n",
+                    b.builder,
+                    b.root,
+                    b.size,
+                    b.time,
+                    b.labels.crate_name,
+                    b.labels.crate_version,
+                    b.labels.target,
+                    b.labels.crate_types.join(","),
+                    view.reason
+                ));
+                out.push(json!({
+                    "builder": b.builder.to_string(),
+                    "key": b.key.to_string(),
+                    "root": b.root.to_string(),
+                    "size": b.size,
+                    "time": b.time,
+                    "crate_name": b.labels.crate_name,
+                    "crate_version": b.labels.crate_version,
+                    "target": b.labels.target,
+                    "rustc": b.labels.rustc,
+                    "crate_types": b.labels.crate_types,
+                    "trusted": view.trusted,
+                    "reason": view.reason,
+                }));
+            }
+            Err(e) => {
+                text.push_str(&format!("invalid record: {e}\n"));
+                out.push(json!({ "error": e.to_string(), "trusted": false }));
+            }
+        }
+    }
+    (text, Value::Array(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdht_api::proto::StoreStatus;
+
+    #[test]
+    fn id_and_status_text() {
+        let b = BuilderKey::from_bytes([0xab; 32]);
+        let (text, v) = id(
+            "12D3KooWx",
+            &b,
+            &["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWx".into()],
+        );
+        assert_eq!(
+            text,
+            format!(
+                "peer id:     12D3KooWx\nbuilder key: {}\nlistening:   /ip4/127.0.0.1/tcp/1/p2p/12D3KooWx\n",
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(v["builder_key"], "ab".repeat(32));
+        let s = NodeStatus {
+            peer_id: "p".into(),
+            peers: 2,
+            store: StoreStatus {
+                blocks: 3,
+                logical_bytes: 2048,
+                max_bytes: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (text, v) = status(&s);
+        assert!(
+            text.contains("store:     3 blocks, 2.00 KiB (0 B on disk), 0 B pinned, no cap\n"),
+            "{text}"
+        );
+        assert_eq!(v["store"]["logical_bytes"], 2048);
+        assert_eq!(v["peers"], 2);
+    }
+}
