@@ -8,11 +8,17 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
-use rdht_net::{MemoryBlocks, ProviderKey};
+use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, SigningKey};
+use rdht_net::{
+    AnnouncePolicy, BlockSource, DropReason, FetchError, MemoryBlocks, NetError, NodeConfig,
+    NodeHandle, ProviderKey, SwarmKey,
+};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -69,6 +75,398 @@ async fn ten_node_swarm_finds_and_fetches_through_the_dht() {
     assert_eq!(again.blocks_local as usize, art.blocks.len());
 
     for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A source that serves `limit` blocks, then blocks the serving thread until released:
+/// a provider that freezes mid-stream so the test can kill it there.
+struct FreezingSource {
+    inner: Arc<MemoryBlocks>,
+    served: AtomicUsize,
+    limit: usize,
+    reached: tokio::sync::Notify,
+    gate: (Mutex<bool>, Condvar),
+}
+
+impl FreezingSource {
+    fn release(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+}
+
+impl BlockSource for FreezingSource {
+    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Bytes>> {
+        if self.served.fetch_add(1, Ordering::SeqCst) + 1 == self.limit {
+            self.reached.notify_one();
+            let mut open = self.gate.0.lock().unwrap();
+            while !*open {
+                open = self.gate.1.wait(open).unwrap();
+            }
+        }
+        self.inner.get_block(id)
+    }
+
+    fn build_records(&self, key: &BuildKey) -> std::io::Result<Vec<BuildRecord>> {
+        self.inner.build_records(key)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provider_killed_mid_fetch_the_fetch_completes_from_another() {
+    init_tracing();
+    let art = Artifact::new(2, &[512 * 1024; 6]);
+    let freezing = Arc::new(FreezingSource {
+        inner: art.store(),
+        served: AtomicUsize::new(0),
+        limit: 40,
+        reached: tokio::sync::Notify::new(),
+        gate: (Mutex::new(false), Condvar::new()),
+    });
+    let doomed = node(vec![swarm("public", vec![])], freezing.clone()).await;
+    let honest = node(
+        vec![swarm("public", vec![addr(&doomed, "public").await])],
+        art.store(),
+    )
+    .await;
+    let sink = Arc::new(MemoryBlocks::new());
+    let mut cfg = NodeConfig::new(vec![swarm(
+        "public",
+        vec![addr(&doomed, "public").await, addr(&honest, "public").await],
+    )]);
+    cfg.fetch = fetch_config();
+    // One provider at a time, the doomed one first: it is mid-stream when killed.
+    cfg.fetch.max_providers = 1;
+    let fetcher = node_with(cfg, sink.clone()).await;
+
+    let providers = [doomed.peer_id(), honest.peer_id()];
+    let fetch = {
+        let fetcher = fetcher.clone();
+        let sink = sink.clone();
+        let root = art.root;
+        tokio::spawn(async move {
+            fetcher
+                .fetch_artifact_from("public", root, &providers, &*sink)
+                .await
+        })
+    };
+    tokio::time::timeout(T, freezing.reached.notified())
+        .await
+        .expect("the doomed provider serves 40 blocks");
+    doomed.shutdown().await;
+    freezing.release();
+
+    let report = tokio::time::timeout(T, fetch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.blocks_fetched as usize, art.blocks.len());
+    assert_eq!(report.dropped.len(), 1);
+    assert_eq!(report.dropped[0].0, doomed.peer_id());
+    assert!(
+        matches!(report.dropped[0].1, DropReason::Disconnected(_)),
+        "{:?}",
+        report.dropped
+    );
+    assert!(report.banned.is_empty());
+    let from_doomed = report.by_peer[&doomed.peer_id()];
+    assert!((1..40).contains(&from_doomed), "{from_doomed}");
+    assert_eq!(
+        report.by_peer[&honest.peer_id()],
+        art.blocks.len() as u64 - from_doomed
+    );
+    art.assert_exactly_in(&sink);
+    fetcher.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupting_provider_is_banned_and_the_fetch_completes_from_an_honest_one() {
+    init_tracing();
+    let art = Artifact::new(3, &[300_000, 40_000, 1]);
+    // The malicious store serves valid interior blocks and flipped leaves.
+    let evil_store = Arc::new(MemoryBlocks::new());
+    for b in &art.blocks {
+        let mut bytes = b.bytes().to_vec();
+        if b.kind() == rdht_core::BlockKind::Leaf {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x01;
+        }
+        evil_store.insert_raw(b.id(), Bytes::from(bytes));
+    }
+    let evil = node(vec![swarm("public", vec![])], evil_store).await;
+    let honest = node(
+        vec![swarm("public", vec![addr(&evil, "public").await])],
+        art.store(),
+    )
+    .await;
+    let sink = Arc::new(MemoryBlocks::new());
+    let mut cfg = NodeConfig::new(vec![swarm("public", vec![addr(&honest, "public").await])]);
+    cfg.fetch = fetch_config();
+    cfg.fetch.max_providers = 1;
+    let fetcher = node_with(cfg, sink.clone()).await;
+
+    evil.provide(ProviderKey::Artifact(art.root)).await.unwrap();
+    honest
+        .provide(ProviderKey::Artifact(art.root))
+        .await
+        .unwrap();
+    eventually(T, "both providers to be found", || async {
+        let l = fetcher
+            .find_providers(ProviderKey::Artifact(art.root))
+            .await
+            .unwrap()?;
+        (l.providers.len() == 2).then_some(())
+    })
+    .await;
+
+    // The evil provider goes first so that it is certainly asked.
+    let report = fetcher
+        .fetch_artifact_from(
+            "public",
+            art.root,
+            &[evil.peer_id(), honest.peer_id()],
+            &*sink,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.banned, [evil.peer_id()]);
+    assert!(matches!(report.dropped[..], [(p, DropReason::Corrupt(_))] if p == evil.peer_id()));
+    assert_eq!(report.by_peer.get(&evil.peer_id()), None);
+    assert_eq!(report.blocks_fetched as usize, art.blocks.len());
+    art.assert_exactly_in(&sink);
+    assert_eq!(fetcher.banned_peers(), [evil.peer_id()]);
+
+    // Banned: disconnected, and skipped by later lookups.
+    eventually(T, "the banned peer to be disconnected", || async {
+        let peers = fetcher.peers().await.unwrap();
+        (!peers[0].1.contains(&evil.peer_id())).then_some(())
+    })
+    .await;
+    let l = fetcher
+        .find_providers(ProviderKey::Artifact(art.root))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.providers, [honest.peer_id()]);
+
+    // Fetching again resumes from the blocks now held: nothing is asked of anyone.
+    let report = fetcher.fetch_artifact(art.root, &*sink).await.unwrap();
+    assert_eq!(
+        (report.blocks_fetched, report.blocks_local as usize),
+        (0, art.blocks.len())
+    );
+    for n in [fetcher, honest, evil] {
+        n.shutdown().await;
+    }
+}
+
+fn key(seed: u8) -> SwarmKey {
+    SwarmKey::from_bytes([seed; 32])
+}
+
+fn private(name: &str, k: SwarmKey, boot: Vec<rdht_net::BootstrapPeer>) -> rdht_net::SwarmConfig {
+    let mut s = swarm(name, boot);
+    s.key = Some(k);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_swarm_needs_the_swarm_key() {
+    init_tracing();
+    let store = Arc::new(MemoryBlocks::new());
+    let first = node(vec![private("private", key(7), vec![])], store.clone()).await;
+    let boot = addr(&first, "private").await;
+
+    // No key: the pnet handshake never completes (the listener waits for a nonce the
+    // keyless dialer never sends), so no bootstrap peer is reachable in time.
+    let mut cfg = NodeConfig::new(vec![swarm("private", vec![boot.clone()])]);
+    cfg.swarms[0].bootstrap_timeout = Duration::from_secs(3);
+    match NodeHandle::start(cfg, store.clone()).await {
+        Err(NetError::NoReachableBootstrap {
+            swarm, tried: 1, ..
+        }) => assert_eq!(swarm, "private"),
+        other => panic!("a keyless node joined: {other:?}"),
+    }
+    // The wrong key fails the same way.
+    let mut cfg = NodeConfig::new(vec![private("private", key(8), vec![boot.clone()])]);
+    cfg.swarms[0].bootstrap_timeout = Duration::from_secs(3);
+    assert!(matches!(
+        NodeHandle::start(cfg, store.clone()).await,
+        Err(NetError::NoReachableBootstrap { .. })
+    ));
+    // A bootstrap address nobody listens on.
+    let mut dead = boot.clone();
+    dead.addr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+    let cfg = NodeConfig::new(vec![private("private", key(7), vec![dead])]);
+    assert!(matches!(
+        NodeHandle::start(cfg, store.clone()).await,
+        Err(NetError::NoReachableBootstrap { .. })
+    ));
+    // The right key, read from a swarm.key file, joins.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("swarm.key");
+    std::fs::write(&path, key(7).to_file_text()).unwrap();
+    let from_file = SwarmKey::from_file(&path).unwrap();
+    let joined = node(vec![private("private", from_file, vec![boot])], store).await;
+    let peers = joined.peers().await.unwrap();
+    assert_eq!(peers[0].1, [first.peer_id()]);
+    joined.shutdown().await;
+    first.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn announcements_stay_in_their_swarm_and_lookups_go_private_first() {
+    init_tracing();
+    let store = Arc::new(MemoryBlocks::new());
+    // `a` is in both swarms; it announces automatically only in the private one.
+    let mut a_public = swarm("public", vec![]);
+    a_public.announce = AnnouncePolicy::Explicit;
+    let a = node(
+        vec![private("private", key(9), vec![]), a_public],
+        store.clone(),
+    )
+    .await;
+    // `b` is in both swarms too; `c` only in the public one.
+    let b = node(
+        vec![
+            private("private", key(9), vec![addr(&a, "private").await]),
+            swarm("public", vec![addr(&a, "public").await]),
+        ],
+        store.clone(),
+    )
+    .await;
+    let c = node(vec![swarm("public", vec![addr(&b, "public").await])], store).await;
+
+    let only_private = ProviderKey::Build(BuildKey::from_bytes([1; 32]));
+    let also_public = ProviderKey::Build(BuildKey::from_bytes([2; 32]));
+    assert_eq!(a.provide(only_private).await.unwrap(), ["private"]);
+    a.provide_in("public", also_public).await.unwrap();
+    assert!(matches!(
+        a.provide_in("nope", also_public).await,
+        Err(NetError::UnknownSwarm { .. })
+    ));
+
+    let l = eventually(T, "b to find the private key", || async {
+        b.find_providers(only_private).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        (l.swarm.as_str(), &l.providers[..]),
+        ("private", &[a.peer_id()][..])
+    );
+    // Public miss, private hit: the public lookup of the private key finds nobody.
+    let lp = b
+        .find_providers_in("public", only_private, 8)
+        .await
+        .unwrap();
+    assert!(lp.providers.is_empty(), "{lp:?}");
+    assert!(c.find_providers(only_private).await.unwrap().is_none());
+
+    // The key announced in public is found by c, and by b after a private miss.
+    let l = eventually(T, "c to find the public key", || async {
+        c.find_providers(also_public).await.unwrap()
+    })
+    .await;
+    assert_eq!(l.providers, [a.peer_id()]);
+    let l = b.find_providers(also_public).await.unwrap().unwrap();
+    assert_eq!(l.swarm, "public");
+    assert!(
+        b.find_providers_in("private", also_public, 8)
+            .await
+            .unwrap()
+            .providers
+            .is_empty()
+    );
+    for n in [c, b, a] {
+        n.shutdown().await;
+    }
+}
+
+/// Serves, for any build key, a validly signed record made for another key.
+struct ReplayingSource(BuildRecord);
+
+impl BlockSource for ReplayingSource {
+    fn get_block(&self, _: &BlockId) -> std::io::Result<Option<Bytes>> {
+        Ok(None)
+    }
+    fn build_records(&self, _: &BuildKey) -> std::io::Result<Vec<BuildRecord>> {
+        Ok(vec![self.0.clone()])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_are_verified_and_replays_get_the_sender_banned() {
+    init_tracing();
+    let signer = SigningKey::from_bytes(&[5; 32]);
+    let build = BuildKey::from_bytes([3; 32]);
+    let record = BuildRecord::sign(
+        build,
+        BlockId::from_bytes([4; 32]),
+        10,
+        1_700_000_000,
+        Labels::default(),
+        &signer,
+    )
+    .unwrap();
+    let other = BuildRecord::sign(
+        BuildKey::from_bytes([6; 32]),
+        BlockId::from_bytes([4; 32]),
+        10,
+        1_700_000_000,
+        Labels::default(),
+        &signer,
+    )
+    .unwrap();
+    let good_store = Arc::new(MemoryBlocks::new());
+    good_store.insert_record(record.clone());
+    let good = node(vec![swarm("public", vec![])], good_store).await;
+    let replayer = node(
+        vec![swarm("public", vec![addr(&good, "public").await])],
+        Arc::new(ReplayingSource(other)),
+    )
+    .await;
+    let asker = node(
+        vec![swarm("public", vec![addr(&good, "public").await])],
+        Arc::new(MemoryBlocks::new()),
+    )
+    .await;
+    good.provide(ProviderKey::Build(build)).await.unwrap();
+    replayer.provide(ProviderKey::Build(build)).await.unwrap();
+    eventually(T, "both record providers to be found", || async {
+        let l = asker
+            .find_providers(ProviderKey::Build(build))
+            .await
+            .unwrap()?;
+        (l.providers.len() == 2).then_some(())
+    })
+    .await;
+
+    let report = asker.fetch_records(build).await.unwrap();
+    assert_eq!(report.records.len(), 1);
+    assert_eq!(report.records[0].peer, good.peer_id());
+    assert_eq!(report.records[0].record.encode(), record.encode());
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.failures[0].peer, replayer.peer_id());
+    assert!(matches!(report.failures[0].reason, DropReason::Corrupt(_)));
+    assert_eq!(asker.banned_peers(), [replayer.peer_id()]);
+
+    // Nobody holds a record for an unknown key: an empty answer, not an error.
+    let none = asker
+        .fetch_records(BuildKey::from_bytes([0xee; 32]))
+        .await
+        .unwrap();
+    assert!(none.records.is_empty() && none.failures.is_empty());
+    // And an unknown artifact is a clear error.
+    assert!(matches!(
+        asker
+            .fetch_artifact(BlockId::from_bytes([0xee; 32]), &MemoryBlocks::new())
+            .await,
+        Err(FetchError::NoProviders { .. })
+    ));
+    for n in [asker, replayer, good] {
         n.shutdown().await;
     }
 }
