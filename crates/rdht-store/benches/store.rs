@@ -135,7 +135,11 @@ fn main() {
     {
         config.sled.segment_size = seg;
     }
-    println!("sled segment size {}", config.sled.segment_size);
+    config.sled.low_space = std::env::var("RDHT_STORE_BENCH_LOW_SPACE").is_ok();
+    println!(
+        "sled segment size {}, low space mode {}",
+        config.sled.segment_size, config.sled.low_space
+    );
     let store = Store::open(tmp.path().join("db"), config).expect("open store");
     let w0 = written();
     let t = Instant::now();

@@ -218,6 +218,9 @@ pub struct SledOptions {
     /// sled's log segment size (a power of two, at most 16 MiB). Values larger than
     /// a quarter of a segment go to separate blob files.
     pub segment_size: usize,
+    /// sled's `Mode::LowSpace` (clean log segments more eagerly) instead of
+    /// `Mode::HighThroughput`.
+    pub low_space: bool,
 }
 
 impl Default for SledOptions {
@@ -225,6 +228,7 @@ impl Default for SledOptions {
         SledOptions {
             cache_capacity: 64 << 20,
             segment_size: 512 << 10,
+            low_space: false,
         }
     }
 }
@@ -246,16 +250,40 @@ impl std::fmt::Debug for SledBackend {
 impl SledBackend {
     /// Opens (creating if needed) the sled database in directory `path`.
     pub fn open(path: &Path, options: &SledOptions) -> io::Result<SledBackend> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity)
             .segment_size(options.segment_size)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(if options.low_space {
+                sled::Mode::LowSpace
+            } else {
+                sled::Mode::HighThroughput
+            });
+        let db = guard("open", || config.open())?;
         Ok(SledBackend {
             db,
             path: path.to_path_buf(),
         })
+    }
+}
+
+/// Runs a sled call, turning a panic into an `InvalidData` error. sled 0.34 panics on
+/// some corrupt files (e.g. "tried to serialize Uninitialized" while recovering a
+/// damaged snapshot); the store must return an error instead.
+fn guard<T>(what: &str, f: impl FnOnce() -> sled::Result<T>) -> io::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Ok(r?),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("sled panicked during {what} (its files are probably corrupt): {msg}"),
+            ))
+        }
     }
 }
 
@@ -265,21 +293,23 @@ fn ivec_bytes(v: sled::IVec) -> Bytes {
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
-        Ok(self.db.get(key)?.map(ivec_bytes))
+        Ok(guard("get", || self.db.get(key))?.map(ivec_bytes))
     }
 
     fn contains(&self, key: &[u8]) -> io::Result<bool> {
-        Ok(self.db.contains_key(key)?)
+        guard("get", || self.db.contains_key(key))
     }
 
     fn scan_prefix(&self, prefix: &[u8], f: &mut Visitor<'_>) -> io::Result<()> {
-        for item in self.db.scan_prefix(prefix) {
-            let (k, v) = item?;
-            if f(&k, &v).is_break() {
-                break;
+        guard("scan", || {
+            for item in self.db.scan_prefix(prefix) {
+                let (k, v) = item?;
+                if f(&k, &v).is_break() {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn apply(&self, batch: Batch) -> io::Result<()> {
@@ -290,16 +320,15 @@ impl Backend for SledBackend {
                 Op::Remove(k) => b.remove(k),
             }
         }
-        Ok(self.db.apply_batch(b)?)
+        guard("write", || self.db.apply_batch(b))
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.db.flush()?;
-        Ok(())
+        guard("flush", || self.db.flush()).map(drop)
     }
 
     fn size_on_disk(&self) -> io::Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        guard("measure", || self.db.size_on_disk())
     }
 
     fn path(&self) -> Option<&Path> {

@@ -2,7 +2,7 @@
 //! (specs/store.md §5).
 //!
 //! Owns: storing records by (build key, builder, root), deduplicated, and reading them
-//! back through `BuildRecord::decode`, which re-verifies every signature. Does not own:
+//! back through `BuildRecord::decode_for`, which re-verifies every signature. Does not own:
 //! the record format or trust policy (which builders to believe).
 
 use std::ops::ControlFlow;
@@ -51,7 +51,7 @@ impl Store {
         inner
             .backend
             .scan_prefix(&prefix, &mut |k, v| {
-                match BuildRecord::decode(v) {
+                match BuildRecord::decode_for(v, *key) {
                     Ok(r) if keys::record_key(&r.key(), &r.builder(), &r.root()) == k => {
                         out.push(r)
                     }

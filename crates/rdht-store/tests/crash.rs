@@ -17,7 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdht_core::{BlockId, Labels};
-use rdht_store::{BlockStore, Config, IngestFile, Store};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use rdht_store::{Backend, BlockStore, Config, IngestFile, SledBackend, SledOptions, Store};
 
 const ROUNDS: u64 = 40;
 const CAP: u64 = 6 << 20;
@@ -138,7 +141,9 @@ fn read_log(path: &Path) -> BTreeMap<BlockId, Done> {
 }
 
 fn check(db: &Path, done: &BTreeMap<BlockId, Done>) {
-    let store = Store::open(db, Config::default()).expect("reopen after SIGKILL");
+    let raw =
+        Arc::new(SledBackend::open(db, &SledOptions::default()).expect("reopen after SIGKILL"));
+    let store = Store::with_backend(Box::new(raw.clone()), Config::default()).expect("recover");
     let artifacts = store.artifacts().expect("list");
     let listed: HashSet<BlockId> = artifacts.iter().map(|a| a.root).collect();
     let mut all_ids = HashSet::new();
@@ -185,6 +190,30 @@ fn check(db: &Path, done: &BTreeMap<BlockId, Done>) {
     assert_eq!(stats.blocks, all_ids.len() as u64);
     assert_eq!(stats.artifacts, artifacts.len() as u64);
     assert_eq!(stats.corruptions, 0);
+    // At rest, the raw map holds exactly those blocks, one reference entry each, and
+    // no loose mark (invariants I1–I3 of specs/store.md).
+    let count = |prefix: u8| {
+        let mut keys = HashSet::new();
+        raw.scan_prefix(&[prefix], &mut |k, _| {
+            keys.insert(k[1..].to_vec());
+            ControlFlow::Continue(())
+        })
+        .expect("scan");
+        keys
+    };
+    let want: HashSet<Vec<u8>> = all_ids.iter().map(|id| id.as_bytes().to_vec()).collect();
+    for (prefix, what) in [(b'b', "stored blocks"), (b'r', "reference entries")] {
+        let got = count(prefix);
+        assert!(
+            got == want,
+            "{what}: {} held, artifacts hold {}, {} not held by any artifact",
+            got.len(),
+            want.len(),
+            got.difference(&want).count()
+        );
+    }
+    assert_eq!(count(b'l').len(), 0, "no loose mark survives recovery");
+    assert_eq!(store.gc_to(u64::MAX).expect("gc").blocks_removed, 0);
 }
 
 fn parent() {
