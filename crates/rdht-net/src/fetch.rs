@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use futures::io::BufReader;
 use futures::stream::FuturesUnordered;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
@@ -26,9 +25,6 @@ use crate::config::FetchConfig;
 use crate::error::{DropReason, FetchError};
 use crate::source::{BlockSink, BlockSource};
 use crate::wire::{self, Frame};
-
-/// Read buffer of a block stream.
-const READ_BUFFER: usize = 256 * 1024;
 
 /// What a finished fetch did.
 #[derive(Debug, Clone, Default)]
@@ -399,7 +395,7 @@ async fn fetch_batch(
     .map_err(|_| BatchError::Drop(DropReason::Stalled))?
     .map_err(io_drop)?;
 
-    let mut r = BufReader::with_capacity(READ_BUFFER, r);
+    let mut r = r;
     let stall = ctx.cfg.stall_timeout;
     for unit in batch.iter_mut() {
         while !unit.verifier.is_complete() {

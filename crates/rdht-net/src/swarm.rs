@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::Either;
-use futures::io::BufWriter;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::core::transport::Boxed;
 use libp2p::core::{muxing::StreamMuxerBox, upgrade};
@@ -38,8 +37,6 @@ use crate::wire::{self, Frame, ProviderKey};
 
 /// How long a requester may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Buffer of the block stream writer.
-const WRITE_BUFFER: usize = 256 * 1024;
 
 /// The behaviours of one swarm.
 #[derive(NetworkBehaviour)]
@@ -134,8 +131,7 @@ fn build_transport(
         swarm: cfg.name.clone(),
         reason: e.to_string(),
     })?;
-    let mut yamux = yamux::Config::default();
-    yamux.set_max_num_streams(1024);
+    let yamux = yamux::Config::default();
     Ok(tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
         .and_then(move |socket, _| async move {
             match psk {
@@ -581,7 +577,7 @@ async fn serve_blocks(stream: Stream, source: &dyn BlockSource) -> Result<(), wi
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
     debug!(wants = wants.len(), "block request");
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER, w);
+    let mut w = w;
     let mut stack = Vec::new();
     for want in wants {
         stack.push(want);
