@@ -287,8 +287,9 @@ fn guard<T>(what: &str, f: impl FnOnce() -> sled::Result<T>) -> io::Result<T> {
     }
 }
 
+/// Wraps sled's value without copying it.
 fn ivec_bytes(v: sled::IVec) -> Bytes {
-    Bytes::copy_from_slice(&v)
+    Bytes::from_owner(v)
 }
 
 impl Backend for SledBackend {
