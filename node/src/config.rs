@@ -37,7 +37,20 @@ listen = ["/ip4/0.0.0.0/tcp/4517"]
 # recently used artifacts this node did not build itself.
 # Flag: --store-max-bytes. Env: RDHT_STORE_MAX_BYTES.
 store_max_bytes = 21474836480
+
+# The public swarm: open to anyone, no key. Only crates.io crates are announced
+# there, and no single unknown builder's record is trusted from it.
+# public = false
+# public_listen = ["/ip4/0.0.0.0/tcp/4518"]
+# public_bootstrap = "/etc/rdht/public-bootstrap.txt"
+
+# Builders whose records are trusted (hex public keys, as `rdht id` prints them).
+# This node's own key is always trusted. Also managed with `rdht trust add|remove`.
+# trusted_keys = []
 "#;
+
+/// Default public-swarm listen address.
+pub const DEFAULT_PUBLIC_LISTEN: &str = "/ip4/0.0.0.0/tcp/4518";
 
 /// Configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +88,14 @@ pub struct FileConfig {
     pub swarm_key: Option<PathBuf>,
     /// Store size cap in bytes.
     pub store_max_bytes: Option<u64>,
+    /// Join the public swarm.
+    pub public: Option<bool>,
+    /// Public-swarm listen addresses.
+    pub public_listen: Option<Vec<String>>,
+    /// Public-swarm bootstrap list file.
+    pub public_bootstrap: Option<PathBuf>,
+    /// Trusted builder keys (hex).
+    pub trusted_keys: Option<Vec<String>>,
 }
 
 /// Values from flags or environment (clap resolves flag over env).
@@ -105,6 +126,14 @@ pub struct Config {
     pub swarm_key: Option<PathBuf>,
     /// Store size cap in bytes.
     pub store_max_bytes: u64,
+    /// Join the public swarm.
+    pub public: bool,
+    /// Public-swarm listen addresses.
+    pub public_listen: Vec<String>,
+    /// Public-swarm bootstrap list file.
+    pub public_bootstrap: Option<PathBuf>,
+    /// Trusted builder keys from the file (hex; checked when the daemon starts).
+    pub trusted_keys: Vec<String>,
 }
 
 /// The data directory: the given one, or the platform's data directory for rdht.
@@ -159,6 +188,12 @@ pub fn load(
             .store_max_bytes
             .or(file.store_max_bytes)
             .unwrap_or(DEFAULT_STORE_MAX_BYTES),
+        public: file.public.unwrap_or(false),
+        public_listen: file
+            .public_listen
+            .unwrap_or_else(|| vec![DEFAULT_PUBLIC_LISTEN.to_string()]),
+        public_bootstrap: file.public_bootstrap,
+        trusted_keys: file.trusted_keys.unwrap_or_default(),
     };
     Ok((config, created))
 }

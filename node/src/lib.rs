@@ -2,9 +2,14 @@
 //! and the local API together.
 //!
 //! Owns: configuration ([`config`]), identity ([`identity`]), the data-directory lock
-//! ([`lock`]) and the daemon's lifecycle. Does not own: formats (`rdht-core`), storage
-//! layout (`rdht-store`) or wire protocols (`rdht-net`, `rdht-api`).
+//! ([`lock`]), trusted builders ([`trust`]), the store/swarm adapters ([`glue`]) and the
+//! daemon's lifecycle and request handling ([`daemon`]). Does not own: formats
+//! (`rdht-core`), storage layout (`rdht-store`) or wire protocols (`rdht-net`,
+//! `rdht-api`).
 
 pub mod config;
+pub mod daemon;
+pub mod glue;
 pub mod identity;
 pub mod lock;
+pub mod trust;

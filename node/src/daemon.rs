@@ -1,0 +1,850 @@
+//! The daemon's lifecycle and request handling: prepare the data directory, take the
+//! lock, open the store, start the swarms, serve the local API until asked to stop, then
+//! stop cleanly (specs/local-api.md).
+//!
+//! Owns: wiring store, swarms, trust and the API together, and what each request does.
+//! Does not own: storage layout (rdht-store), protocols (rdht-net, rdht-api) or formats
+//! (rdht-core). Store calls block, so they run on tokio's blocking pool.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdht_api::proto::{NodeStatus, PeerInfo, RecordView, Resolution, Scope, StoreStatus};
+use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
+use rdht_core::{BlockId, BuildKey, BuildRecord, Labels};
+use rdht_net::{
+    AnnouncePolicy, FetchError, Keypair, Multiaddr, NetError, NodeConfig, NodeHandle, PeerId,
+    ProviderKey, SwarmConfig, SwarmKey,
+};
+use rdht_store::{IngestFile, Store, StoreError};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::glue::{FetchSink, ServeStore};
+use crate::identity::{Identity, IdentityError};
+use crate::lock::{DataDirLock, LockError};
+use crate::trust::{TrustError, TrustSet};
+
+/// Name of the private swarm.
+pub const PRIVATE_SWARM: &str = "private";
+/// Name of the public swarm.
+pub const PUBLIC_SWARM: &str = "public";
+/// Directory of the store inside the data directory.
+pub const STORE_DIR: &str = "store";
+/// How long in-flight requests may run on after a stop is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an announcement may hold up a put or publish.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The daemon could not start or stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory could not be created or secured.
+    #[error("data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another daemon holds the data directory.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The identity key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The trusted keys could not be loaded.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    /// A configured address is not a multiaddr.
+    #[error("invalid listen address {addr:?}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// A swarm key or bootstrap file could not be used.
+    #[error(transparent)]
+    NetConfig(#[from] rdht_net::ConfigError),
+    /// The swarms could not be started.
+    #[error("starting the swarm: {0}")]
+    Net(#[from] NetError),
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The API socket could not be set up.
+    #[error("API socket {}: {source}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every connection.
+struct Shared {
+    config: Config,
+    identity: Identity,
+    peer_id: PeerId,
+    store: Store,
+    net: Option<NodeHandle>,
+    trust: Mutex<TrustSet>,
+    resolve_hits: AtomicU64,
+    resolve_misses: AtomicU64,
+    bytes_in: Arc<AtomicU64>,
+    stop: Notify,
+}
+
+fn api_err(kind: ErrorKind, msg: impl std::fmt::Display) -> ApiError {
+    ApiError::new(kind, msg.to_string())
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    let kind = match &e {
+        StoreError::UnknownArtifact { .. } => ErrorKind::NotFound,
+        StoreError::IngestManifest(_)
+        | StoreError::NotAFile { .. }
+        | StoreError::FileChanged { .. }
+        | StoreError::Destination { .. } => ErrorKind::BadRequest,
+        _ => ErrorKind::Internal,
+    };
+    api_err(kind, e)
+}
+
+fn fetch_err(e: FetchError) -> ApiError {
+    let kind = match &e {
+        FetchError::NoProviders { .. } => ErrorKind::NotFound,
+        _ => ErrorKind::Unavailable,
+    };
+    api_err(kind, e)
+}
+
+/// Runs `f` with the store on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| api_err(ErrorKind::Internal, format!("store task failed: {e}")))?
+        .map_err(store_err)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn parse_addrs(addrs: &[String]) -> Result<Vec<Multiaddr>, DaemonError> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse::<Multiaddr>().map_err(|e| DaemonError::Listen {
+                addr: a.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The swarms `config` asks for, private first. Our own entry is dropped from bootstrap
+/// lists (a shared file lists every node, this one included).
+fn swarm_configs(config: &Config, me: PeerId) -> Result<Vec<SwarmConfig>, DaemonError> {
+    let mut swarms = Vec::new();
+    match (&config.swarm_key, &config.bootstrap) {
+        (Some(key), bootstrap) => {
+            let mut s = SwarmConfig::new(PRIVATE_SWARM);
+            s.key = Some(SwarmKey::from_file(key)?);
+            s.listen = parse_addrs(&config.listen)?;
+            if let Some(b) = bootstrap {
+                s.bootstrap = rdht_net::read_bootstrap_file(b)?;
+            }
+            s.bootstrap.retain(|b| b.peer != me);
+            s.announce = AnnouncePolicy::Automatic;
+            swarms.push(s);
+        }
+        (None, Some(b)) => {
+            return Err(DaemonError::Config(format!(
+                "a bootstrap list ({}) is given without a swarm key: a private swarm needs both (--swarm-key)",
+                b.display()
+            )));
+        }
+        (None, None) => {}
+    }
+    if config.public {
+        let mut s = SwarmConfig::new(PUBLIC_SWARM);
+        s.listen = parse_addrs(&config.public_listen)?;
+        if let Some(b) = &config.public_bootstrap {
+            s.bootstrap = rdht_net::read_bootstrap_file(b)?;
+        }
+        s.bootstrap.retain(|b| b.peer != me);
+        // Only what the caller explicitly scopes as public goes here.
+        s.announce = AnnouncePolicy::Explicit;
+        swarms.push(s);
+    }
+    Ok(swarms)
+}
+
+async fn start_net(
+    keypair: Keypair,
+    swarms: Vec<SwarmConfig>,
+    store: &Store,
+) -> Result<NodeHandle, DaemonError> {
+    let source = Arc::new(ServeStore {
+        store: store.clone(),
+    });
+    let config = NodeConfig {
+        keypair: keypair.clone(),
+        swarms: swarms.clone(),
+        fetch: Default::default(),
+    };
+    match NodeHandle::start(config, source.clone()).await {
+        Ok(n) => Ok(n),
+        Err(NetError::NoReachableBootstrap {
+            swarm,
+            tried,
+            last_error,
+        }) => {
+            warn!(%swarm, tried, %last_error, "no bootstrap peer is reachable; starting as the first node of the swarm (peers can bootstrap from this one)");
+            let swarms = swarms
+                .into_iter()
+                .map(|mut s| {
+                    s.bootstrap.clear();
+                    s
+                })
+                .collect();
+            let config = NodeConfig {
+                keypair,
+                swarms,
+                fetch: Default::default(),
+            };
+            Ok(NodeHandle::start(config, source).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Runs the daemon until `shutdown` completes or a client sends `Shutdown`.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let dir = config.data_dir.clone();
+    prepare_dir(&dir)?;
+    let _lock = DataDirLock::acquire(&dir)?;
+    let (identity, created) = Identity::load_or_create(&dir)?;
+    if created {
+        info!(builder = %identity.builder_key(), "created a new identity");
+    }
+    let mut secret = identity.signing_key().to_bytes();
+    // Invariant: any 32 bytes are a valid ed25519 secret key.
+    let keypair =
+        Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes are an ed25519 secret key");
+    let peer_id = keypair.public().to_peer_id();
+    let trust = TrustSet::load(&dir, identity.builder_key(), &config.trusted_keys)?;
+    let store_path = dir.join(STORE_DIR);
+    let store_config = rdht_store::Config {
+        max_bytes: (config.store_max_bytes > 0).then_some(config.store_max_bytes),
+        ..Default::default()
+    };
+    let store = {
+        let path = store_path.clone();
+        tokio::task::spawn_blocking(move || Store::open(path, store_config))
+            .await
+            .map_err(|e| DaemonError::Config(format!("store open task failed: {e}")))??
+    };
+    let swarms = swarm_configs(&config, peer_id)?;
+    let net = if swarms.is_empty() {
+        None
+    } else {
+        Some(start_net(keypair, swarms, &store).await?)
+    };
+
+    let socket = rdht_api::socket_path(&dir);
+    // We hold the lock, so a socket file left here belongs to a dead daemon.
+    if socket.exists() {
+        std::fs::remove_file(&socket).map_err(|source| DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        })?;
+    }
+    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        },
+    )?;
+
+    let shared = Arc::new(Shared {
+        config,
+        identity,
+        peer_id,
+        store,
+        net,
+        trust: Mutex::new(trust),
+        resolve_hits: AtomicU64::new(0),
+        resolve_misses: AtomicU64::new(0),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        stop: Notify::new(),
+    });
+    let listen = shared.listen_addrs().await;
+    let stats = shared.store.stats().ok();
+    info!(
+        peer_id = %shared.peer_id,
+        builder = %shared.identity.builder_key(),
+        listen = ?listen,
+        store = %store_path.display(),
+        store_bytes = stats.map(|s| s.logical_bytes).unwrap_or(0),
+        store_artifacts = stats.map(|s| s.artifacts).unwrap_or(0),
+        socket = %socket.display(),
+        "rdht-node started"
+    );
+    if shared.net.is_some() {
+        let s = shared.clone();
+        tokio::spawn(async move { s.reannounce().await });
+    }
+
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => { info!("stop requested by signal"); break; }
+            () = shared.stop.notified() => { info!("stop requested over the API"); break; }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => { conns.spawn(serve(shared.clone(), stream)); }
+                Err(e) => warn!("accepting an API connection failed: {e}"),
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            open = conns.len(),
+            "requests still running after {DRAIN_TIMEOUT:?}; cancelling them"
+        );
+        conns.shutdown().await;
+    }
+    if let Some(net) = &shared.net {
+        net.shutdown().await;
+    }
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("flushing the store: {e}"),
+        Err(e) => warn!("flushing the store: {e}"),
+    }
+    info!("rdht-node stopped");
+    Ok(())
+}
+
+async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    let mut conn = ServerConn::new(stream);
+    loop {
+        let Incoming { id, request } = match conn.next().await {
+            Ok(Some(i)) => i,
+            Ok(None) => return,
+            Err(e) => {
+                debug!("dropping an API connection: {e}");
+                return;
+            }
+        };
+        debug!(id, ?request, "request");
+        let answer = shared.handle(&mut conn, id, request).await;
+        if let Err(e) = &answer {
+            debug!(id, "request failed: {e}");
+        }
+        if let Err(e) = conn.reply(id, answer).await {
+            debug!("API client went away: {e}");
+            return;
+        }
+    }
+}
+
+impl Shared {
+    fn trust(&self) -> MutexGuard<'_, TrustSet> {
+        self.trust.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn listen_addrs(&self) -> Vec<String> {
+        let Some(net) = &self.net else {
+            return Vec::new();
+        };
+        match net.listen_addrs().await {
+            Ok(per_swarm) => per_swarm
+                .into_iter()
+                .flat_map(|(_, addrs)| addrs)
+                .map(|a| format!("{a}/p2p/{}", self.peer_id))
+                .collect(),
+            Err(e) => {
+                warn!("listing listen addresses: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Announces everything the store holds, after a (re)start.
+    async fn reannounce(&self) {
+        let Some(net) = &self.net else { return };
+        let held = blocking(&self.store, |s| Ok((s.artifact_roots()?, s.build_keys()?))).await;
+        let (roots, keys) = match held {
+            Ok(v) => v,
+            Err(e) => {
+                warn!("listing what to re-announce: {e}");
+                return;
+            }
+        };
+        let all = roots
+            .into_iter()
+            .map(ProviderKey::Artifact)
+            .chain(keys.into_iter().map(ProviderKey::Build));
+        match net.reannounce(all).await {
+            Ok(n) => info!(keys = n, "re-announced the store's contents"),
+            Err(e) => warn!("re-announcing: {e}"),
+        }
+    }
+
+    /// Announces `keys` in the automatic swarms, plus `also_in` when given. Failures
+    /// only cost findability, so they are logged, not returned.
+    async fn announce(&self, keys: &[ProviderKey], also_in: Option<&str>) {
+        let Some(net) = &self.net else { return };
+        for &key in keys {
+            let work = async {
+                net.provide(key).await?;
+                if let Some(swarm) = also_in {
+                    net.provide_in(swarm, key).await?;
+                }
+                Ok::<(), NetError>(())
+            };
+            match tokio::time::timeout(ANNOUNCE_TIMEOUT, work).await {
+                Ok(Ok(())) => debug!(%key, "announced"),
+                Ok(Err(e)) => warn!(%key, "announcing failed: {e}"),
+                Err(_) => warn!(%key, "announcing timed out after {ANNOUNCE_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut ServerConn<UnixStream>,
+        id: u64,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        match request {
+            Request::Id => Ok(Response::Id {
+                peer_id: self.peer_id.to_string(),
+                builder: self.identity.builder_key(),
+                listen_addrs: self.listen_addrs().await,
+            }),
+            Request::Status => self.status().await,
+            Request::Peers => self.peers().await,
+            Request::Put { files, labels, pin } => self.put(conn, id, files, labels, pin).await,
+            Request::Export { root, dest } => self.export(conn, id, root, dest).await,
+            Request::Resolve { key } => {
+                let r = self.resolve(key).await?;
+                let counter = match r {
+                    Resolution::Hit { .. } => &self.resolve_hits,
+                    Resolution::Miss { .. } => &self.resolve_misses,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(Response::Resolved(r))
+            }
+            Request::Publish {
+                key,
+                root,
+                labels,
+                scope,
+            } => self.publish(key, root, labels, scope).await,
+            Request::Records { key } => self.records(key).await,
+            Request::Gc => {
+                let report = blocking(&self.store, |s| s.gc()).await?;
+                Ok(Response::Gc {
+                    evicted_artifacts: report.evicted.len() as u64,
+                    freed_bytes: report.bytes_freed,
+                })
+            }
+            Request::TrustAdd { builder } => {
+                let mut t = self.trust();
+                t.add(builder)
+                    .map_err(|e| api_err(ErrorKind::Internal, e))?;
+                Ok(Response::Trust(t.list()))
+            }
+            Request::TrustRemove { builder } => {
+                let mut t = self.trust();
+                t.remove(builder)
+                    .map_err(|e| api_err(ErrorKind::BadRequest, e))?;
+                Ok(Response::Trust(t.list()))
+            }
+            Request::TrustList => Ok(Response::Trust(self.trust().list())),
+            Request::Shutdown => {
+                self.stop.notify_one();
+                Ok(Response::ShuttingDown)
+            }
+        }
+    }
+
+    async fn status(&self) -> Result<Response, ApiError> {
+        let s = blocking(&self.store, |s| s.stats()).await?;
+        let peers = match &self.net {
+            Some(net) => net
+                .peers()
+                .await
+                .map(|p| p.iter().map(|(_, v)| v.len() as u32).sum())
+                .unwrap_or(0),
+            None => 0,
+        };
+        Ok(Response::Status(NodeStatus {
+            peer_id: self.peer_id.to_string(),
+            listen_addrs: self.listen_addrs().await,
+            peers,
+            store: StoreStatus {
+                blocks: s.blocks,
+                logical_bytes: s.logical_bytes,
+                disk_bytes: s.disk_bytes,
+                pinned_bytes: s.pinned_bytes,
+                max_bytes: self.config.store_max_bytes,
+                reads: s.reads,
+                hits: s.hits,
+                misses: s.misses,
+                evictions: s.evictions,
+            },
+            resolve_hits: self.resolve_hits.load(Ordering::Relaxed),
+            resolve_misses: self.resolve_misses.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: 0,
+        }))
+    }
+
+    async fn peers(&self) -> Result<Response, ApiError> {
+        let Some(net) = &self.net else {
+            return Ok(Response::Peers(Vec::new()));
+        };
+        let per_swarm = net
+            .peers()
+            .await
+            .map_err(|e| api_err(ErrorKind::Unavailable, e))?;
+        Ok(Response::Peers(
+            per_swarm
+                .into_iter()
+                .flat_map(|(swarm, peers)| {
+                    peers.into_iter().map(move |p| PeerInfo {
+                        peer_id: p.to_string(),
+                        addrs: Vec::new(),
+                        swarm: swarm.clone(),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    async fn put(
+        &self,
+        conn: &mut ServerConn<UnixStream>,
+        id: u64,
+        files: Vec<rdht_api::proto::PutFile>,
+        labels: Labels,
+        pin: bool,
+    ) -> Result<Response, ApiError> {
+        for f in &files {
+            if !Path::new(&f.source).is_absolute() {
+                return Err(api_err(
+                    ErrorKind::BadRequest,
+                    format!("source path {:?} is not absolute", f.source),
+                ));
+            }
+        }
+        let n = files.len();
+        let _ = conn
+            .progress(id, Progress::Step(format!("storing {n} files")))
+            .await;
+        let info = blocking(&self.store, move |s| {
+            let files = files
+                .into_iter()
+                .map(|f| IngestFile::from_disk(f.path, f.source))
+                .collect::<Result<Vec<_>, _>>()?;
+            s.ingest(labels, files, pin)
+        })
+        .await?;
+        self.announce(&[ProviderKey::Artifact(info.root)], None)
+            .await;
+        Ok(Response::Put {
+            root: info.root,
+            files: info.files,
+            bytes: info.file_bytes,
+        })
+    }
+
+    /// Fetches artifact `root` from the swarms into the store, forwarding byte progress.
+    async fn fetch(
+        &self,
+        conn: &mut ServerConn<UnixStream>,
+        id: u64,
+        root: BlockId,
+    ) -> Result<String, ApiError> {
+        let Some(net) = &self.net else {
+            return Err(api_err(
+                ErrorKind::NotFound,
+                format!("artifact {root} is not in the local store and no swarm is configured"),
+            ));
+        };
+        let session = self.store.session();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let report = {
+            let sink = FetchSink::new(&session, self.bytes_in.clone(), Some(tx));
+            let fetch = net.fetch_artifact(root, &sink);
+            tokio::pin!(fetch);
+            loop {
+                tokio::select! {
+                    r = &mut fetch => break r,
+                    Some(done) = rx.recv() => {
+                        let _ = conn.progress(id, Progress::Bytes { done, total: None }).await;
+                    }
+                }
+            }
+        }
+        .map_err(fetch_err)?;
+        let swarm = report.swarm.clone();
+        tokio::task::spawn_blocking(move || session.register(root, false))
+            .await
+            .map_err(|e| api_err(ErrorKind::Internal, format!("store task failed: {e}")))?
+            .map_err(store_err)?;
+        info!(%root, %swarm, blocks = report.blocks_fetched, bytes = report.bytes_fetched, "fetched artifact");
+        // We hold it now: serve it in the swarm it came from, and only there.
+        if let Err(e) = net.provide_in(&swarm, ProviderKey::Artifact(root)).await {
+            warn!(%root, "announcing a fetched artifact: {e}");
+        }
+        Ok(swarm)
+    }
+
+    async fn export(
+        &self,
+        conn: &mut ServerConn<UnixStream>,
+        id: u64,
+        root: BlockId,
+        dest: String,
+    ) -> Result<Response, ApiError> {
+        if !Path::new(&dest).is_absolute() {
+            return Err(api_err(
+                ErrorKind::BadRequest,
+                format!("destination {dest:?} is not absolute"),
+            ));
+        }
+        let held = blocking(&self.store, move |s| s.artifact(&root)).await?;
+        if held.is_none() {
+            self.fetch(conn, id, root).await?;
+        }
+        let manifest = blocking(&self.store, move |s| s.export(&root, Path::new(&dest))).await?;
+        Ok(Response::Exported {
+            files: manifest.files().len() as u32,
+            bytes: manifest.total_size(),
+        })
+    }
+
+    /// The trusted root with the most trusted records (latest record breaks ties).
+    fn choose(&self, records: &[BuildRecord]) -> Option<(BlockId, Vec<BuildRecord>)> {
+        let trust = self.trust();
+        let trusted: Vec<&BuildRecord> = records.iter().filter(|r| trust.decide(r).0).collect();
+        let mut best: Option<(BlockId, Vec<BuildRecord>)> = None;
+        for r in &trusted {
+            let same: Vec<BuildRecord> = trusted
+                .iter()
+                .filter(|o| o.root() == r.root())
+                .map(|o| (*o).clone())
+                .collect();
+            let better = match &best {
+                None => true,
+                Some((_, b)) => {
+                    same.len() > b.len()
+                        || (same.len() == b.len()
+                            && same.iter().map(|x| x.body().time).max()
+                                > b.iter().map(|x| x.body().time).max())
+                }
+            };
+            if better {
+                best = Some((r.root(), same));
+            }
+        }
+        best
+    }
+
+    async fn resolve(&self, key: BuildKey) -> Result<Resolution, ApiError> {
+        let local = blocking(&self.store, move |s| s.records(&key)).await?;
+        if let Some((root, records)) = self.choose(&local)
+            && blocking(&self.store, move |s| s.artifact(&root))
+                .await?
+                .is_some()
+        {
+            return Ok(Resolution::Hit {
+                root,
+                records: records.iter().map(BuildRecord::encode).collect(),
+                source: "local".into(),
+            });
+        }
+        let Some(net) = &self.net else {
+            return Ok(Resolution::Miss {
+                reason: "no trusted record in the local store and no swarm is configured".into(),
+            });
+        };
+        let report = match net.fetch_records(key).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Resolution::Miss {
+                    reason: format!("record lookup failed: {e}"),
+                });
+            }
+        };
+        let fetched: Vec<BuildRecord> = report.records.iter().map(|f| f.record.clone()).collect();
+        if fetched.is_empty() {
+            return Ok(Resolution::Miss {
+                reason: "no provider has a record for this key".into(),
+            });
+        }
+        let keep = fetched.clone();
+        blocking(&self.store, move |s| {
+            for r in &keep {
+                s.put_record(r)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let Some((root, records)) = self.choose(&fetched) else {
+            return Ok(Resolution::Miss {
+                reason: format!(
+                    "{} record(s) found, none from a trusted builder",
+                    fetched.len()
+                ),
+            });
+        };
+        let swarm = match blocking(&self.store, move |s| s.artifact(&root)).await? {
+            Some(_) => "local".to_string(),
+            None => {
+                let session = self.store.session();
+                let sink = FetchSink::new(&session, self.bytes_in.clone(), None);
+                let report = match net.fetch_artifact(root, &sink).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Ok(Resolution::Miss {
+                            reason: format!("fetching artifact {root} failed: {e}"),
+                        });
+                    }
+                };
+                tokio::task::spawn_blocking(move || session.register(root, false))
+                    .await
+                    .map_err(|e| api_err(ErrorKind::Internal, format!("store task failed: {e}")))?
+                    .map_err(store_err)?;
+                report.swarm
+            }
+        };
+        Ok(Resolution::Hit {
+            root,
+            records: records.iter().map(BuildRecord::encode).collect(),
+            source: swarm,
+        })
+    }
+
+    async fn publish(
+        &self,
+        key: BuildKey,
+        root: BlockId,
+        labels: Labels,
+        scope: Scope,
+    ) -> Result<Response, ApiError> {
+        let info = blocking(&self.store, move |s| s.artifact(&root))
+            .await?
+            .ok_or_else(|| {
+                api_err(
+                    ErrorKind::NotFound,
+                    format!("artifact {root} is not in the store; put it first"),
+                )
+            })?;
+        let record = BuildRecord::sign(
+            key,
+            root,
+            info.file_bytes,
+            now(),
+            labels,
+            self.identity.signing_key(),
+        )
+        .map_err(|e| api_err(ErrorKind::BadRequest, e))?;
+        let stored = record.clone();
+        blocking(&self.store, move |s| {
+            s.put_record(&stored)?;
+            s.pin(&root)
+        })
+        .await?;
+        let public = match scope {
+            Scope::Everywhere if self.config.public => Some(PUBLIC_SWARM),
+            _ => None,
+        };
+        self.announce(
+            &[ProviderKey::Build(key), ProviderKey::Artifact(root)],
+            public,
+        )
+        .await;
+        Ok(Response::Published {
+            record: record.encode(),
+        })
+    }
+
+    async fn records(&self, key: BuildKey) -> Result<Response, ApiError> {
+        let mut all = blocking(&self.store, move |s| s.records(&key)).await?;
+        if let Some(net) = &self.net {
+            match net.fetch_records(key).await {
+                Ok(report) => {
+                    for f in report.records {
+                        if !all.contains(&f.record) {
+                            all.push(f.record);
+                        }
+                    }
+                }
+                Err(e) => warn!(%key, "asking the swarm for records: {e}"),
+            }
+        }
+        let trust = self.trust();
+        Ok(Response::Records(
+            all.iter()
+                .map(|r| {
+                    let (trusted, reason) = trust.decide(r);
+                    RecordView {
+                        record: r.encode(),
+                        trusted,
+                        reason,
+                    }
+                })
+                .collect(),
+        ))
+    }
+}
