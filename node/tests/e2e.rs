@@ -1,0 +1,342 @@
+//! End-to-end tests with real processes: `rdht-node` daemons on loopback in temp dirs,
+//! driven by the `rdht` CLI (built by `cargo test --workspace`, next to `rdht-node`).
+//! Waits poll with deadlines; ports are chosen by the OS.
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn node_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rdht-node"))
+}
+
+fn rdht_bin() -> PathBuf {
+    let p = node_bin().with_file_name("rdht");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so the CLI is built",
+        p.display()
+    );
+    p
+}
+
+/// A running daemon, killed when dropped.
+struct Node {
+    dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(dir: &Path, args: &[&str]) -> Node {
+        let mut n = Node {
+            dir: dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        n.spawn();
+        n
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        let child = Command::new(node_bin())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let socket = self.dir.join("api.sock");
+        let start = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "rdht-node exited with {status}:\n{}",
+                    std::fs::read_to_string(self.log()).unwrap()
+                );
+            }
+            assert!(start.elapsed() < DEADLINE, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < DEADLINE, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn rdht(&self, args: &[&str]) -> Output {
+        let out = Command::new(rdht_bin())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rdht {args:?} failed: {}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
+        out
+    }
+
+    fn stdout(&self, args: &[&str]) -> String {
+        String::from_utf8(self.rdht(args).stdout).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Deterministic incompressible bytes.
+fn content(seed: &str, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut v);
+    v
+}
+
+/// Path → (content hash, executable) for every file under `root`.
+fn snapshot(root: &Path) -> BTreeMap<String, (blake3::Hash, bool)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (blake3::Hash, bool)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+                let exec = std::fs::metadata(&p).unwrap().permissions().mode() & 0o111 != 0;
+                out.insert(rel, (blake3::hash(&std::fs::read(&p).unwrap()), exec));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A 100 MiB tree: two large files, many small ones, two executables.
+fn make_tree(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut write = |rel: &str, len: usize, exec: bool| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content(rel, len)).unwrap();
+        let mode = if exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        total += len as u64;
+    };
+    write("lib/libbig-0123456789abcdef.rlib", 60 << 20, false);
+    write("lib/libmid-0123456789abcdef.rmeta", 25 << 20, false);
+    for i in 0..150 {
+        write(&format!("deps/small{i:03}.o"), 100 << 10, false);
+    }
+    write("bin/tool", (300 << 10) + 7, true);
+    write("build/build-script-build", 1 << 20, true);
+    write("empty", 0, false);
+    total
+}
+
+struct Swarm {
+    tmp: tempfile::TempDir,
+    key: PathBuf,
+    boot: PathBuf,
+}
+
+impl Swarm {
+    fn new() -> Swarm {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("swarm.key");
+        let boot = tmp.path().join("bootstrap.txt");
+        let out = Command::new(rdht_bin())
+            .args(["swarm", "keygen", "--out"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::write(&boot, "# test swarm\n").unwrap();
+        Swarm { tmp, key, boot }
+    }
+
+    /// Starts node `name` and adds its address to the bootstrap file.
+    fn node(&self, name: &str) -> Node {
+        let n = Node::start(
+            &self.tmp.path().join(name),
+            &[
+                "--swarm-key",
+                self.key.to_str().unwrap(),
+                "--bootstrap",
+                self.boot.to_str().unwrap(),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ],
+        );
+        let line = n.stdout(&["swarm", "bootstrap-line"]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.boot)
+            .unwrap();
+        f.write_all(line.as_bytes()).unwrap();
+        n
+    }
+}
+
+#[test]
+fn put_on_one_get_on_another_then_restart_and_fetch_again() {
+    let swarm = Swarm::new();
+    let tree = swarm.tmp.path().join("tree");
+    let total = make_tree(&tree);
+    assert_eq!(
+        total,
+        (60 << 20) + (25 << 20) + 150 * (100 << 10) + (300 << 10) + 7 + (1 << 20)
+    );
+    let mut n1 = swarm.node("n1");
+    let _n2 = swarm.node("n2");
+    let mut n3 = swarm.node("n3");
+
+    let root = n1
+        .stdout(&["put", tree.to_str().unwrap()])
+        .trim()
+        .to_string();
+    assert_eq!(root.len(), 64, "{root}");
+    let out3 = swarm.tmp.path().join("out3");
+    let got: serde_json::Value =
+        serde_json::from_str(&n3.stdout(&["--json", "get", &root, out3.to_str().unwrap()]))
+            .unwrap();
+    assert_eq!(got["files"], 155);
+    assert_eq!(got["bytes"], total);
+    let want = snapshot(&tree);
+    assert_eq!(want.len(), 155);
+    assert_eq!(snapshot(&out3), want, "byte-identical with executable bits");
+    let st: serde_json::Value = serde_json::from_str(&n3.stdout(&["--json", "status"])).unwrap();
+    assert_eq!(st["peers"], 2);
+    assert!(st["bytes_in"].as_u64().unwrap() > total, "{st}");
+
+    // Restart n1: clean stop, same store; n3 forgets everything and fetches again, and
+    // n1 is the only holder (n2 never fetched it).
+    assert!(n1.stop().success(), "SIGTERM gives exit 0");
+    n1.spawn();
+    assert!(n3.stop().success());
+    std::fs::remove_dir_all(&n3.dir).unwrap();
+    n3.spawn();
+    let out3b = swarm.tmp.path().join("out3b");
+    n3.rdht(&["get", &root, out3b.to_str().unwrap()]);
+    assert_eq!(snapshot(&out3b), want);
+    let st: serde_json::Value = serde_json::from_str(&n1.stdout(&["--json", "status"])).unwrap();
+    assert!(
+        st["store"]["pinned_bytes"].as_u64().unwrap() >= total,
+        "{st}"
+    );
+}
+
+#[test]
+fn garbage_and_oversized_frames_do_not_stop_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(&tmp.path().join("n"), &[]);
+    let socket = node.dir.join("api.sock");
+    // Garbage inside a valid length prefix: an error frame comes back.
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.write_all(&[0, 0, 0, 6, 0xde, 0xad, 0xbe, 0xef, 0xff, 0x00])
+        .unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    let frame: rdht_api::proto::ServerFrame = rdht_api::proto::decode(&body).unwrap();
+    assert!(
+        matches!(frame.reply, rdht_api::proto::Reply::Failed(ref e) if e.kind == rdht_api::ErrorKind::UnsupportedVersion || e.kind == rdht_api::ErrorKind::BadFrame),
+        "{frame:?}"
+    );
+    // A 4 GiB length prefix: answered, then that connection is closed.
+    let mut big = UnixStream::connect(&socket).unwrap();
+    big.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    big.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    big.read_exact(&mut body).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        big.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the error"
+    );
+    // Half a frame, then hang up.
+    let mut half = UnixStream::connect(&socket).unwrap();
+    half.write_all(&[0, 0, 1, 0, 1, 2]).unwrap();
+    drop(half);
+    // A normal request is answered.
+    let id = node.stdout(&["--json", "id"]);
+    let v: serde_json::Value = serde_json::from_str(&id).unwrap();
+    assert!(
+        v["peer_id"].as_str().unwrap().starts_with("12D3KooW"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("n");
+    let _first = Node::start(&dir, &[]);
+    let out = Command::new(node_bin())
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!(
+            "rdht-node: another rdht-node is already running with data directory {} (it holds {})",
+            dir.display(),
+            dir.join("lock").display()
+        )),
+        "{err}"
+    );
+    // The API socket and key are owner-only.
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.join("api.sock")), 0o600);
+    assert_eq!(mode(dir.join("identity.key")), 0o600);
+    assert_eq!(mode(dir.clone()), 0o700);
+}
