@@ -393,13 +393,13 @@ impl Store {
         let inner = &self.inner;
         let mut v = DagVerifier::new(dag_root, expected, limits);
         while let Some(id) = v.next_expected() {
-            let Some(bytes) = inner.read_raw(&id)? else {
+            let Some(raw) = inner.read_raw(&id)? else {
                 return Err(StoreError::Dag {
                     root: *root,
                     source: Box::new(DagError::Missing { block: id }),
                 });
             };
-            match v.push(bytes) {
+            match v.push(raw.bytes) {
                 Ok(block) => {
                     inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                     if let Some(ids) = ids.as_deref_mut() {
@@ -415,7 +415,7 @@ impl Store {
                         DagError::HashMismatch { .. } | DagError::Malformed { .. }
                     ) {
                         inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-                        inner.remove_corrupt(&id, &e)?;
+                        inner.remove_corrupt(&id, &raw.index, &e)?;
                     }
                     return Err(StoreError::Dag {
                         root: *root,
@@ -567,11 +567,7 @@ impl Store {
                         // Invariant I1 says a stored block has a mark or a count; repair
                         // by reading its length rather than failing.
                         (None, None) => {
-                            let len = inner
-                                .backend
-                                .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
-                                .map_err(inner.err("read"))?
-                                .map_or(0, |b| b.len() as u32);
+                            let len = inner.stored_len(id)?.unwrap_or(0);
                             st.blocks += 1;
                             st.logical += u64::from(len);
                             RefEntry { count: 1, len }

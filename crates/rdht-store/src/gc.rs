@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
-use rdht_core::BlockId;
+use rdht_core::{Block, BlockId};
 
 use crate::backend::Batch;
 use crate::error::StoreError;
 use crate::keys::{self, ArtifactMeta, LooseEntry, RefEntry};
+use crate::packs::{Loc, Packs};
 use crate::store::{Inner, State, Store};
 
 /// What one GC run did.
@@ -30,6 +31,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Logical bytes after the run (may exceed the target if pins hold the rest).
     pub logical_bytes: u64,
+    /// Pack files deleted (their live blocks, if any, moved to the current pack).
+    pub packs_removed: u64,
 }
 
 /// Changes a GC run makes to the counters, applied once its batch is written.
@@ -144,6 +147,9 @@ impl Store {
             .counters
             .evictions
             .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
+        if let Some(packs) = &inner.packs {
+            inner.compact(&mut st, packs, &mut report)?;
+        }
         report.logical_bytes = st.logical;
         if !report.evicted.is_empty() || report.blocks_removed > 0 {
             tracing::info!(
@@ -230,7 +236,93 @@ fn commit(st: &mut State, d: &Delta) {
     st.pinned -= d.pinned;
 }
 
+/// Blocks moved per batch while compacting a pack (bounds memory to ~4 MiB).
+const COMPACT_CHUNK: usize = 256;
+
 impl Inner {
+    /// Deletes every pack file (but the current one) less than half of whose bytes are
+    /// live, first moving its live blocks to the current pack. Each moved chunk is made
+    /// durable in its new pack before the index points to it, and the index is flushed
+    /// before the old pack is deleted, so a crash at any point leaves every index entry
+    /// pointing at durable bytes.
+    fn compact(
+        &self,
+        st: &mut State,
+        packs: &Packs,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
+        let current = packs.current();
+        let mut live: HashMap<u32, Vec<(BlockId, Loc)>> = HashMap::new();
+        self.backend
+            .scan_prefix(&[keys::BLOCK], &mut |k, v| {
+                // An entry that does not decode is left for reads to report as corrupt.
+                if let (Some(id), Some(loc)) = (keys::id_after_prefix(k), Loc::decode(v)) {
+                    live.entry(loc.pack).or_default().push((id, loc));
+                }
+                ControlFlow::Continue(())
+            })
+            .map_err(self.err("read"))?;
+        for n in packs.list().map_err(self.pack_err("list"))? {
+            if n == current {
+                continue;
+            }
+            let size = std::fs::metadata(packs.path(n)).map_or(0, |m| m.len());
+            let entries = live.remove(&n).unwrap_or_default();
+            let live_bytes: u64 = entries.iter().map(|(_, l)| u64::from(l.len)).sum();
+            if live_bytes * 2 >= size && live_bytes > 0 {
+                continue;
+            }
+            for chunk in entries.chunks(COMPACT_CHUNK) {
+                self.move_blocks(st, packs, chunk)?;
+            }
+            self.flush()?;
+            packs.remove(n).map_err(self.pack_err("delete"))?;
+            report.packs_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Copies `entries` to the current pack and points the index at the copies. A block
+    /// that fails verification is dropped as corrupt instead.
+    fn move_blocks(
+        &self,
+        st: &mut State,
+        packs: &Packs,
+        entries: &[(BlockId, Loc)],
+    ) -> Result<(), StoreError> {
+        let mut good = Vec::with_capacity(entries.len());
+        let mut batch = Batch::new();
+        for (id, loc) in entries {
+            let bytes = packs.read(loc).map_err(self.pack_err("read"))?;
+            match bytes.map(|b| Block::verified(*id, b)) {
+                Some(Ok(block)) => good.push(block),
+                other => {
+                    let why = match other {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "its bytes are missing from the pack".to_string(),
+                    };
+                    tracing::error!(block = %id, error = %why, "corrupt block found while compacting; removing it");
+                    self.counters.corruptions.fetch_add(1, Ordering::Relaxed);
+                    batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));
+                    if self.ref_entry(id)?.is_none()
+                        && let Some(l) = self.loose_entry(id)?
+                    {
+                        batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
+                        st.blocks -= 1;
+                        st.logical -= u64::from(l.len);
+                    }
+                }
+            }
+        }
+        let refs: Vec<&Block> = good.iter().collect();
+        let values = self.block_values(&refs)?;
+        for (block, value) in good.iter().zip(values) {
+            batch.put(keys::id_key(keys::BLOCK, block.id().as_bytes()), value);
+        }
+        packs.sync().map_err(self.pack_err("flush"))?;
+        self.apply(batch)
+    }
+
     /// Adds to `batch` the removal of every loose block no live session protects.
     fn reclaim_loose(
         &self,

@@ -38,6 +38,7 @@ pub mod backend;
 pub mod error;
 pub mod gc;
 pub mod keys;
+pub mod packs;
 pub mod records;
 pub mod store;
 

@@ -22,9 +22,10 @@ use rdht_core::{Block, BlockId, BlockSource};
 use crate::backend::{Backend, Batch, MemoryBackend, SledBackend, SledOptions};
 use crate::error::{StoreError, hex_key};
 use crate::keys::{self, LooseEntry, RefEntry};
+use crate::packs::{Loc, Packs};
 
 /// How a store behaves.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Size cap on logical bytes (sum of stored block lengths). When a registration
     /// takes the store over it, GC evicts unpinned artifacts, least recently used
@@ -32,10 +33,23 @@ pub struct Config {
     pub max_bytes: Option<u64>,
     /// Tuning of the sled backend (ignored by other backends).
     pub sled: SledOptions,
+    /// Size at which a pack file is closed and a new one started (on-disk store).
+    pub pack_size: u64,
     /// `fsync` each exported file before renaming it into place. Off by default: a
     /// crash then may leave an exported file empty, but never half-written under its
     /// final name *and* reported as complete by the store.
     pub sync_exports: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_bytes: None,
+            sled: SledOptions::default(),
+            pack_size: crate::packs::PACK_SIZE,
+            sync_exports: false,
+        }
+    }
 }
 
 /// Counters and sizes of a store.
@@ -85,6 +99,8 @@ pub(crate) struct Counters {
 
 pub(crate) struct Inner {
     pub(crate) backend: Box<dyn Backend>,
+    /// Pack files holding block bytes; `None`: bytes inline in the backend.
+    pub(crate) packs: Option<Packs>,
     pub(crate) path: PathBuf,
     pub(crate) config: Config,
     pub(crate) boot: u64,
@@ -132,16 +148,35 @@ pub trait BlockStore: Send + Sync {
 }
 
 impl Store {
-    /// Opens (creating if needed) the on-disk store in directory `path`.
+    /// Opens (creating if needed) the on-disk store in directory `path`: a sled index
+    /// in `path/index` and block bytes in pack files in `path/packs`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Store, StoreError> {
         let path = path.as_ref();
-        let backend =
-            SledBackend::open(path, &config.sled).map_err(|source| StoreError::Backend {
+        let open_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| StoreError::Backend {
                 op: "open",
-                path: path.to_path_buf(),
+                path: p,
                 source,
-            })?;
-        Store::with_backend(Box::new(backend), config)
+            }
+        };
+        let index = path.join("index");
+        let backend = SledBackend::open(&index, &config.sled).map_err(open_err(&index))?;
+        Store::with_backend_and_packs(Box::new(backend), &path.join("packs"), config)
+    }
+
+    /// A store over `backend` for the index and pack files in `packs` for block bytes.
+    pub fn with_backend_and_packs(
+        backend: Box<dyn Backend>,
+        packs: &Path,
+        config: Config,
+    ) -> Result<Store, StoreError> {
+        let packs = Packs::open(packs, config.pack_size).map_err(|source| StoreError::Backend {
+            op: "open",
+            path: packs.to_path_buf(),
+            source,
+        })?;
+        Store::build(backend, Some(packs), config)
     }
 
     /// A store that lives in memory only. (It cannot fail today; the `Result` keeps
@@ -150,12 +185,22 @@ impl Store {
         Store::with_backend(Box::new(MemoryBackend::new()), config)
     }
 
-    /// A store over any backend (used by tests to inject faults). Runs recovery: loose
+    /// A store over any backend, block bytes inline in it (used by tests to inject
+    /// faults). Runs recovery: loose
     /// blocks left by an earlier open are reclaimed and counters are rebuilt.
     pub fn with_backend(backend: Box<dyn Backend>, config: Config) -> Result<Store, StoreError> {
+        Store::build(backend, None, config)
+    }
+
+    fn build(
+        backend: Box<dyn Backend>,
+        packs: Option<Packs>,
+        config: Config,
+    ) -> Result<Store, StoreError> {
         let path = backend.path().map(Path::to_path_buf).unwrap_or_default();
         let mut inner = Inner {
             backend,
+            packs,
             path,
             config,
             boot: 0,
@@ -171,11 +216,14 @@ impl Store {
 
     /// Current counters and sizes.
     pub fn stats(&self) -> Result<Stats, StoreError> {
-        let disk_bytes = self
+        let mut disk_bytes = self
             .inner
             .backend
             .size_on_disk()
             .map_err(self.inner.err("measure"))?;
+        if let Some(p) = &self.inner.packs {
+            disk_bytes += p.size().map_err(self.inner.pack_err("measure"))?;
+        }
         let st = self.inner.lock();
         let c = &self.inner.counters;
         Ok(Stats {
@@ -199,7 +247,7 @@ impl Store {
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.backend.flush().map_err(self.inner.err("flush"))
+        self.inner.flush()
     }
 
     /// Starts a session: blocks put through it are protected from GC until the session
@@ -213,6 +261,12 @@ impl Store {
             id,
         }
     }
+}
+
+/// A block's stored bytes (unverified) and the index value they were found by.
+pub(crate) struct Raw {
+    pub(crate) bytes: Bytes,
+    pub(crate) index: Bytes,
 }
 
 /// Protects the blocks it stores from GC until they are registered or it is dropped.
@@ -259,17 +313,17 @@ impl Drop for Session {
 impl BlockStore for Store {
     fn get(&self, id: &BlockId) -> Result<Option<Block>, StoreError> {
         let inner = &self.inner;
-        let Some(bytes) = inner.read_raw(id)? else {
+        let Some(raw) = inner.read_raw(id)? else {
             return Ok(None);
         };
-        match Block::verified(*id, bytes) {
+        match Block::verified(*id, raw.bytes) {
             Ok(block) => {
                 inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(block))
             }
             Err(e) => {
                 inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-                inner.remove_corrupt(id, &e)?;
+                inner.remove_corrupt(id, &raw.index, &e)?;
                 Ok(None)
             }
         }
@@ -344,8 +398,49 @@ impl Inner {
         self.backend.apply(batch).map_err(self.err("write"))
     }
 
+    pub(crate) fn pack_err(&self, op: &'static str) -> impl Fn(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Backend {
+            op,
+            path: self
+                .packs
+                .as_ref()
+                .map(|p| p.dir().to_path_buf())
+                .unwrap_or_default(),
+            source,
+        }
+    }
+
+    /// Makes everything written so far durable: pack files first, then the index.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        if let Some(p) = &self.packs {
+            p.sync().map_err(self.pack_err("flush"))?;
+        }
         self.backend.flush().map_err(self.err("flush"))
+    }
+
+    /// Index values for `blocks`: their locations after appending them to the current
+    /// pack, or the bytes themselves when there are no packs.
+    pub(crate) fn block_values(&self, blocks: &[&Block]) -> Result<Vec<Bytes>, StoreError> {
+        match &self.packs {
+            None => Ok(blocks.iter().map(|b| b.bytes().clone()).collect()),
+            Some(p) => {
+                let bytes: Vec<&[u8]> = blocks.iter().map(|b| &b.bytes()[..]).collect();
+                let locs = p.append(&bytes).map_err(self.pack_err("write"))?;
+                Ok(locs.into_iter().map(|l| Bytes::from(l.encode())).collect())
+            }
+        }
+    }
+
+    /// Length of the stored block `id` from its index entry, without reading it.
+    pub(crate) fn stored_len(&self, id: &BlockId) -> Result<Option<u32>, StoreError> {
+        let v = self
+            .backend
+            .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
+            .map_err(self.err("read"))?;
+        Ok(v.map(|v| match &self.packs {
+            Some(_) => Loc::decode(&v).map_or(0, |l| l.len),
+            None => v.len() as u32,
+        }))
     }
 
     pub(crate) fn corrupt_index(&self, key: &[u8], reason: &'static str) -> StoreError {
@@ -382,17 +477,30 @@ impl Inner {
         l.boot == self.boot && l.session != 0 && st.active.contains(&l.session)
     }
 
-    /// Raw bytes of block `id` (unverified), counting the read and a miss.
-    pub(crate) fn read_raw(&self, id: &BlockId) -> Result<Option<Bytes>, StoreError> {
+    /// Raw bytes of block `id` (unverified), counting the read and a miss. With packs,
+    /// an index entry that does not decode or points past a pack's end yields empty
+    /// bytes, which fail verification and are handled as corruption.
+    pub(crate) fn read_raw(&self, id: &BlockId) -> Result<Option<Raw>, StoreError> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        let bytes = self
+        let index = self
             .backend
             .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
             .map_err(self.err("read"))?;
-        if bytes.is_none() {
+        let Some(index) = index else {
             self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(bytes)
+            return Ok(None);
+        };
+        let bytes = match &self.packs {
+            None => index.clone(),
+            Some(p) => match Loc::decode(&index) {
+                None => Bytes::new(),
+                Some(loc) => p
+                    .read(&loc)
+                    .map_err(self.pack_err("read"))?
+                    .unwrap_or_default(),
+            },
+        };
+        Ok(Some(Raw { bytes, index }))
     }
 
     /// A stored block failed its check: log it, count it and remove its bytes so it is
@@ -401,12 +509,19 @@ impl Inner {
     pub(crate) fn remove_corrupt(
         &self,
         id: &BlockId,
+        index: &[u8],
         e: &dyn std::fmt::Display,
     ) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let bkey = keys::id_key(keys::BLOCK, id.as_bytes());
+        let now = self.backend.get(&bkey).map_err(self.err("read"))?;
+        if now.as_deref() != Some(index) {
+            // Moved (compaction) or replaced since it was read: not this entry's fault.
+            return Ok(());
+        }
         tracing::error!(block = %id, error = %e, path = %self.path.display(),
             "corrupt block in store; removing it");
         self.counters.corruptions.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.lock();
         let loose = self.loose_entry(id).unwrap_or(None);
         let mut batch = Batch::new();
         batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));
@@ -427,6 +542,7 @@ impl Inner {
     pub(crate) fn put_blocks(&self, session: u64, blocks: &[Block]) -> Result<u64, StoreError> {
         let mut st = self.lock();
         let mut batch = Batch::new();
+        let mut writes: Vec<&Block> = Vec::new();
         let mut new = 0u64;
         let mut new_bytes = 0u64;
         let mut seen = HashSet::new();
@@ -440,7 +556,7 @@ impl Inner {
             if self.ref_entry(&id)?.is_some() {
                 // Held by an artifact; re-put only if its bytes were lost (repair).
                 if !self.backend.contains(&bkey).map_err(self.err("read"))? {
-                    batch.put(bkey, block.bytes().clone());
+                    writes.push(block);
                 }
                 continue;
             }
@@ -458,16 +574,20 @@ impl Inner {
                         batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
                     }
                     if !self.backend.contains(&bkey).map_err(self.err("read"))? {
-                        batch.put(bkey, block.bytes().clone());
+                        writes.push(block);
                     }
                 }
                 None => {
                     batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
-                    batch.put(bkey, block.bytes().clone());
+                    writes.push(block);
                     new += 1;
                     new_bytes += u64::from(len);
                 }
             }
+        }
+        let values = self.block_values(&writes)?;
+        for (block, value) in writes.iter().zip(values) {
+            batch.put(keys::id_key(keys::BLOCK, block.id().as_bytes()), value);
         }
         self.apply(batch)?;
         st.blocks += new;

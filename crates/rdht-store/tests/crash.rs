@@ -25,6 +25,15 @@ use rdht_store::{Backend, BlockStore, Config, IngestFile, SledBackend, SledOptio
 const ROUNDS: u64 = 40;
 const CAP: u64 = 6 << 20;
 
+/// Small packs, so that rotation and compaction happen (and get killed) too.
+fn config(max_bytes: Option<u64>) -> Config {
+    Config {
+        max_bytes,
+        pack_size: 1 << 20,
+        ..Config::default()
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -54,11 +63,7 @@ fn contents(seed: u64, len: usize) -> Vec<u8> {
 /// The child: ingests artifacts forever. After each ingest returns it appends
 /// `root pinned seed:len,seed:len,…` to `done.log` and fsyncs it.
 fn child(db: &Path, seed: u64) {
-    let config = Config {
-        max_bytes: Some(CAP),
-        ..Config::default()
-    };
-    let store = Store::open(db, config).expect("child opens the store");
+    let store = Store::open(db, config(Some(CAP))).expect("child opens the store");
     println!("ready");
     std::io::stdout().flush().expect("stdout");
     let src = db.with_extension(format!("src-{seed}"));
@@ -140,10 +145,15 @@ fn read_log(path: &Path) -> BTreeMap<BlockId, Done> {
     out
 }
 
-fn check(db: &Path, done: &BTreeMap<BlockId, Done>) {
-    let raw =
-        Arc::new(SledBackend::open(db, &SledOptions::default()).expect("reopen after SIGKILL"));
-    let store = Store::with_backend(Box::new(raw.clone()), Config::default()).expect("recover");
+/// Checks the store after a kill; returns how many packs its GC compacted away.
+fn check(db: &Path, done: &BTreeMap<BlockId, Done>) -> u64 {
+    let raw = Arc::new(
+        SledBackend::open(&db.join("index"), &SledOptions::default())
+            .expect("reopen after SIGKILL"),
+    );
+    let store =
+        Store::with_backend_and_packs(Box::new(raw.clone()), &db.join("packs"), config(None))
+            .expect("recover");
     let artifacts = store.artifacts().expect("list");
     let listed: HashSet<BlockId> = artifacts.iter().map(|a| a.root).collect();
     let mut all_ids = HashSet::new();
@@ -213,7 +223,15 @@ fn check(db: &Path, done: &BTreeMap<BlockId, Done>) {
         );
     }
     assert_eq!(count(b'l').len(), 0, "no loose mark survives recovery");
-    assert_eq!(store.gc_to(u64::MAX).expect("gc").blocks_removed, 0);
+    let report = store.gc_to(u64::MAX).expect("gc");
+    assert_eq!(report.blocks_removed, 0);
+    // Compaction (run by that GC) moved blocks; everything still verifies.
+    for a in &artifacts {
+        store
+            .verify_artifact(&a.root)
+            .expect("verifies after compaction");
+    }
+    report.packs_removed
 }
 
 fn parent() {
@@ -227,6 +245,7 @@ fn parent() {
         .unwrap_or(0x5eed_1234));
     println!("crash test: seed {}", rng.0);
     let mut kills_after_complete = 0;
+    let mut packs_removed = 0;
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
             .arg("child")
@@ -248,7 +267,7 @@ fn parent() {
         assert!(status.code().is_none(), "child ended by itself: {status:?}");
         let done = read_log(&db.with_extension("done.log"));
         kills_after_complete += usize::from(!done.is_empty());
-        check(&db, &done);
+        packs_removed += check(&db, &done);
         println!(
             "round {round}: ok ({} completed ingests so far, {:.1?})",
             done.len(),
@@ -256,6 +275,8 @@ fn parent() {
         );
     }
     assert!(kills_after_complete > 0, "no ingest ever completed");
+    assert!(packs_removed > 0, "compaction never ran");
+    println!("crash test: {packs_removed} packs compacted away after kills");
     println!(
         "crash test: {ROUNDS} rounds passed in {:.1?}",
         started.elapsed()

@@ -43,7 +43,15 @@ fn fixture(kind: Kind, config: Config) -> Fx {
             Arc::new(SledBackend::open(&dir.path().join("db"), &SledOptions::default()).unwrap())
         }
     };
-    let store = Store::with_backend(Box::new(Shared(raw.clone())), config).unwrap();
+    let store = match kind {
+        Kind::Memory => Store::with_backend(Box::new(Shared(raw.clone())), config).unwrap(),
+        Kind::Sled => Store::with_backend_and_packs(
+            Box::new(Shared(raw.clone())),
+            &dir.path().join("packs"),
+            config,
+        )
+        .unwrap(),
+    };
     Fx { store, raw, dir }
 }
 
@@ -240,15 +248,32 @@ fn block_key(id: &BlockId) -> Vec<u8> {
     k
 }
 
+/// Flips byte `at` of block `id` where it is stored: in its pack file (sled store) or
+/// in the backend value (memory store).
+fn corrupt_stored(fx: &Fx, id: &BlockId, at: usize) {
+    let value = fx.raw.get(&block_key(id)).unwrap().unwrap();
+    match rdht_store::packs::Loc::decode(&value) {
+        Some(loc) => {
+            let path = fx.dir.path().join(format!("packs/{:08}.pack", loc.pack));
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[loc.offset as usize + at] ^= 0x40;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        None => {
+            let mut bad = value.to_vec();
+            bad[at] ^= 0x40;
+            let mut batch = Batch::new();
+            batch.put(block_key(id), bad);
+            fx.raw.apply(batch).unwrap();
+        }
+    }
+}
+
 fn corrupt_block_is_removed_and_never_returned(kind: Kind) {
     let fx = fixture(kind, Config::default());
     let b = Block::leaf(&data(1, 1000)).unwrap();
     fx.store.put(&b).unwrap();
-    let mut bad = b.bytes().to_vec();
-    bad[500] ^= 0x40;
-    let mut batch = Batch::new();
-    batch.put(block_key(&b.id()), bad);
-    fx.raw.apply(batch).unwrap();
+    corrupt_stored(&fx, &b.id(), 500);
     assert_eq!(fx.store.get(&b.id()).unwrap(), None);
     assert!(!fx.store.has(&b.id()).unwrap(), "corrupt block is removed");
     let st = fx.store.stats().unwrap();
@@ -575,11 +600,7 @@ fn corrupt_leaf_fails_export_and_reput_repairs(kind: Kind) {
     let interior = fx.store.get(&file_root).unwrap().unwrap();
     let leaf_id = interior.links().nth(3).unwrap().id;
     let leaf = fx.store.get(&leaf_id).unwrap().unwrap();
-    let mut bad = leaf.bytes().to_vec();
-    bad[1] ^= 0xff;
-    let mut batch = Batch::new();
-    batch.put(block_key(&leaf_id), bad);
-    fx.raw.apply(batch).unwrap();
+    corrupt_stored(&fx, &leaf_id, 1);
     let out = fx.dir.path().join("out");
     match fx.store.export(&root, &out) {
         Err(StoreError::Dag { root: r, source }) => {
@@ -616,6 +637,21 @@ fn disk_full_is_reported_with_path_and_leaves_no_artifact() {
     assert_eq!(store.artifacts().unwrap(), vec![]);
 }
 
+/// Reopens a sled store just dropped in this process. sled releases its file lock
+/// when its background threads finish, so poll (with a deadline) while it is held.
+fn reopen(db: &Path, config: Config) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(db, config.clone()) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 #[test]
 fn sled_reopen_keeps_artifacts_records_pins_and_counts() {
     let dir = tempfile::tempdir().unwrap();
@@ -634,7 +670,7 @@ fn sled_reopen_keeps_artifacts_records_pins_and_counts() {
         st.logical_bytes -= 6;
         (root, st)
     };
-    let store = Store::open(&db, Config::default()).unwrap();
+    let store = reopen(&db, Config::default());
     let after = store.stats().unwrap();
     assert_eq!(
         (
@@ -664,6 +700,61 @@ fn sled_reopen_keeps_artifacts_records_pins_and_counts() {
 }
 
 #[test]
+fn sled_gc_compacts_mostly_dead_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let config = Config {
+        pack_size: 256 << 10,
+        ..Config::default()
+    };
+    let keep = [("keep", 1, 300_000, false)];
+    let drop_files = [("drop", 2, 3_000_000, false)];
+    let (k, d, before) = {
+        let store = Store::open(&db, config.clone()).unwrap();
+        let fx_files = write_files(dir.path(), "k", &keep);
+        let k = store.ingest(labels("k"), fx_files, false).unwrap().root;
+        let fx_files = write_files(dir.path(), "d", &drop_files);
+        let d = store.ingest(labels("d"), fx_files, false).unwrap().root;
+        (k, d, store.stats().unwrap())
+    };
+    let packs_dir = db.join("packs");
+    let count = || std::fs::read_dir(&packs_dir).unwrap().count();
+    // Blocks are appended in batches of about 1 MiB: "keep" fills the first pack, the
+    // 3 MB of "drop" the next ones.
+    let before_packs = count();
+    assert!(before_packs >= 4, "{before_packs}");
+    let store = reopen(&db, config);
+    assert!(store.remove_artifact(&d).unwrap());
+    let report = store.gc_to(u64::MAX).unwrap();
+    assert_eq!(
+        report.packs_removed as usize,
+        before_packs - 1,
+        "{report:?}"
+    );
+    assert_eq!(count(), 1);
+    let after = store.stats().unwrap();
+    assert!(
+        after.disk_bytes < before.disk_bytes / 2,
+        "{} -> {}",
+        before.disk_bytes,
+        after.disk_bytes
+    );
+    let (_, ids) = store.verify_artifact(&k).unwrap();
+    assert_eq!(after.blocks, ids.len() as u64);
+    let out = tempfile::tempdir().unwrap();
+    store.export(&k, out.path()).unwrap();
+    assert_eq!(
+        std::fs::read(out.path().join("keep")).unwrap(),
+        data(1, 300_000)
+    );
+    drop(store);
+    // The moved blocks are durable where the index says.
+    let store = reopen(&db, Config::default());
+    store.verify_artifact(&k).unwrap();
+    assert_eq!(store.stats().unwrap().corruptions, 0);
+}
+
+#[test]
 fn sled_open_errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
@@ -671,7 +762,10 @@ fn sled_open_errors_name_the_path() {
     let err = Store::open(&file, Config::default()).unwrap_err();
     match &err {
         StoreError::Backend { op, path, .. } => {
-            assert_eq!((*op, path.as_path()), ("open", file.as_path()));
+            assert_eq!(
+                (*op, path.as_path()),
+                ("open", file.join("index").as_path())
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -1,0 +1,310 @@
+//! Pack files: append-only files holding block bytes for the on-disk store
+//! (specs/store.md §2.2).
+//!
+//! Owns: appending blocks to the current pack (`packs/NNNNNNNN.pack`), positioned reads,
+//! fsync of written packs, rotation, deleting packs, and the 17-byte [`Loc`] the index
+//! stores instead of the bytes. Does not own: which blocks are live (the index in the
+//! backend) or when a pack is compacted (`gc.rs`).
+//!
+//! Why: sled 0.34 keeps up to 16 values per leaf node and rewrites whole nodes, so 16 KiB
+//! values cost 4–5× in writes and ~1.7× in space. Packs are written once; sled keeps only
+//! small index entries.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use bytes::Bytes;
+
+/// Tag of a [`Loc`] value.
+pub const LOC_TAG: u8 = 0x01;
+/// Encoded length of a [`Loc`].
+pub const LOC_LEN: usize = 17;
+/// Default size at which a pack is closed and a new one started.
+pub const PACK_SIZE: u64 = 256 << 20;
+
+/// Where a block's bytes are: pack number, offset, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    /// Pack number.
+    pub pack: u32,
+    /// Byte offset in the pack.
+    pub offset: u64,
+    /// Block length.
+    pub len: u32,
+}
+
+impl Loc {
+    /// 17 bytes: tag 0x01, pack u32, offset u64, len u32 (little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(LOC_LEN);
+        v.push(LOC_TAG);
+        v.extend_from_slice(&self.pack.to_le_bytes());
+        v.extend_from_slice(&self.offset.to_le_bytes());
+        v.extend_from_slice(&self.len.to_le_bytes());
+        v
+    }
+
+    /// Inverse of [`Loc::encode`].
+    pub fn decode(v: &[u8]) -> Option<Loc> {
+        if v.len() != LOC_LEN || v[0] != LOC_TAG {
+            return None;
+        }
+        Some(Loc {
+            pack: u32::from_le_bytes(v[1..5].try_into().ok()?),
+            offset: u64::from_le_bytes(v[5..13].try_into().ok()?),
+            len: u32::from_le_bytes(v[13..17].try_into().ok()?),
+        })
+    }
+}
+
+struct Writer {
+    pack: u32,
+    file: Option<File>,
+    len: u64,
+    /// Packs written since the last sync.
+    dirty: BTreeSet<u32>,
+}
+
+/// The pack directory of one store.
+pub struct Packs {
+    dir: PathBuf,
+    pack_size: u64,
+    writer: Mutex<Writer>,
+    readers: RwLock<HashMap<u32, Arc<File>>>,
+}
+
+impl std::fmt::Debug for Packs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packs").field("dir", &self.dir).finish()
+    }
+}
+
+/// Number of a pack file name `NNNNNNNN.pack`.
+fn pack_number(name: &str) -> Option<u32> {
+    let n = name.strip_suffix(".pack")?;
+    (n.len() == 8).then(|| n.parse().ok()).flatten()
+}
+
+impl Packs {
+    /// Opens `dir` (created if needed). New blocks go to a new pack numbered after every
+    /// existing one, so a torn tail of an earlier pack is never appended to.
+    pub fn open(dir: &Path, pack_size: u64) -> io::Result<Packs> {
+        fs::create_dir_all(dir)?;
+        let next = Self::list_in(dir)?.into_iter().max().map_or(0, |n| n + 1);
+        Ok(Packs {
+            dir: dir.to_path_buf(),
+            pack_size,
+            writer: Mutex::new(Writer {
+                pack: next,
+                file: None,
+                len: 0,
+                dirty: BTreeSet::new(),
+            }),
+            readers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn list_in(dir: &Path) -> io::Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir)? {
+            if let Some(n) = pack_number(&e?.file_name().to_string_lossy()) {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Numbers of the pack files on disk.
+    pub fn list(&self) -> io::Result<Vec<u32>> {
+        Self::list_in(&self.dir)
+    }
+
+    /// Path of pack `n`.
+    pub fn path(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("{n:08}.pack"))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pack new blocks go to; never compacted or deleted while open.
+    pub fn current(&self) -> u32 {
+        self.writer().pack
+    }
+
+    /// Appends `blocks` (contiguously, one write) and returns their locations.
+    pub fn append(&self, blocks: &[&[u8]]) -> io::Result<Vec<Loc>> {
+        let mut w = self.writer();
+        if w.len >= self.pack_size {
+            w.pack += 1;
+            w.file = None;
+            w.len = 0;
+        }
+        if w.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(w.pack))?;
+            w.len = file.metadata()?.len();
+            w.file = Some(file);
+        }
+        let mut buf = Vec::with_capacity(blocks.iter().map(|b| b.len()).sum());
+        let mut locs = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            locs.push(Loc {
+                pack: w.pack,
+                offset: w.len + buf.len() as u64,
+                len: b.len() as u32,
+            });
+            buf.extend_from_slice(b);
+        }
+        let pack = w.pack;
+        match w.file.as_mut() {
+            Some(f) => f.write_all(&buf)?,
+            None => return Err(io::Error::other("pack file not open")),
+        }
+        w.len += buf.len() as u64;
+        w.dirty.insert(pack);
+        Ok(locs)
+    }
+
+    /// Reads the bytes at `loc`. `Ok(None)` if the pack does not exist or is too short
+    /// (a lost tail): a miss, not an error.
+    pub fn read(&self, loc: &Loc) -> io::Result<Option<Bytes>> {
+        let file = {
+            let readers = self.readers.read().unwrap_or_else(PoisonError::into_inner);
+            readers.get(&loc.pack).cloned()
+        };
+        let file = match file {
+            Some(f) => f,
+            None => match File::open(self.path(loc.pack)) {
+                Ok(f) => {
+                    let f = Arc::new(f);
+                    self.readers
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(loc.pack, f.clone());
+                    f
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        let mut buf = vec![0u8; loc.len as usize];
+        match file.read_exact_at(&mut buf, loc.offset) {
+            Ok(()) => Ok(Some(buf.into())),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes every pack written since the last sync durable.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut w = self.writer();
+        let dirty = std::mem::take(&mut w.dirty);
+        for n in &dirty {
+            let res = match (&w.file, *n == w.pack) {
+                (Some(f), true) => f.sync_data(),
+                _ => File::open(self.path(*n)).and_then(|f| f.sync_data()),
+            };
+            if let Err(e) = res {
+                w.dirty.extend(dirty.iter().copied());
+                return Err(e);
+            }
+        }
+        if !dirty.is_empty() {
+            File::open(&self.dir).and_then(|d| d.sync_all())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes pack `n` (never the current one).
+    pub fn remove(&self, n: u32) -> io::Result<()> {
+        if n == self.current() {
+            return Ok(());
+        }
+        self.readers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&n);
+        match fs::remove_file(self.path(n)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes of all pack files.
+    pub fn size(&self) -> io::Result<u64> {
+        let mut total = 0;
+        for n in self.list()? {
+            match fs::metadata(self.path(n)) {
+                Ok(m) => total += m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loc_layout_and_append_read() {
+        let loc = Loc {
+            pack: 2,
+            offset: 0x0102,
+            len: 16385,
+        };
+        assert_eq!(
+            loc.encode(),
+            [1, 2, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0x01, 0x40, 0, 0]
+        );
+        assert_eq!(Loc::decode(&loc.encode()), Some(loc));
+        assert_eq!(Loc::decode(&[0; 17]), None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let packs = Packs::open(dir.path(), 4).expect("open");
+        let locs = packs.append(&[b"abc", b"de"]).expect("append");
+        assert_eq!(
+            locs[1],
+            Loc {
+                pack: 0,
+                offset: 3,
+                len: 2
+            }
+        );
+        assert_eq!(
+            packs.read(&locs[1]).expect("read").as_deref(),
+            Some(&b"de"[..])
+        );
+        packs.sync().expect("sync");
+        let past = Loc {
+            offset: 4,
+            ..locs[1]
+        };
+        assert_eq!(packs.read(&past).expect("read"), None);
+        drop(packs);
+        let packs = Packs::open(dir.path(), 4).expect("reopen");
+        assert_eq!(packs.current(), 1);
+        assert_eq!(packs.list().expect("list"), vec![0]);
+        // Rotation: a pack at or over the size limit is closed.
+        let a = packs.append(&[b"12345"]).expect("append");
+        let b = packs.append(&[b"6"]).expect("append");
+        assert_eq!((a[0].pack, b[0].pack, b[0].offset), (1, 2, 0));
+        packs.remove(0).expect("remove");
+        assert_eq!(packs.read(&locs[0]).expect("read"), None);
+    }
+}
