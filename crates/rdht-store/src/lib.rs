@@ -1,8 +1,9 @@
 //! rdht-store: the node's embedded store of blocks, artifacts and build records.
 //!
-//! One API type, [`Store`], over a [`Backend`]: [`SledBackend`] on disk (the default,
-//! [`Store::open`]) or [`MemoryBackend`] ([`Store::memory`]). Everything lives in one
-//! ordered key-value map (layouts in `specs/store.md` §2 and [`keys`]).
+//! One API type, [`Store`], over a [`Backend`] holding its index: [`SledBackend`] on
+//! disk (the default, [`Store::open`]), with block bytes in append-only [`packs`]; or
+//! [`MemoryBackend`] ([`Store::memory`]) with block bytes inline. Layouts are in
+//! `specs/store.md` §2, [`keys`] and [`packs`].
 //!
 //! - Blocks ([`BlockStore`]): put refuses bytes that do not hash to their id; every
 //!   read verifies; a corrupt block is removed, counted and reported as a miss.
