@@ -496,10 +496,11 @@ impl Store {
     }
 
     /// Makes artifact `root` complete and visible. `ids` are its blocks (any order,
-    /// repeats allowed), all put through `session`.
+    /// repeats allowed), all put through `_session`, which the caller keeps alive until
+    /// this returns so that GC cannot reclaim them before the registration batch.
     pub(crate) fn register(
         &self,
-        session: &Session,
+        _session: &Session,
         root: BlockId,
         pin: bool,
         mut ids: Vec<BlockId>,
@@ -527,12 +528,9 @@ impl Store {
                     meta.pinned = true;
                     batch.put(akey, meta.encode());
                 }
-                // Its blocks all have reference entries; drop this session's marks.
+                // Its blocks all have reference entries; marks on them are redundant.
                 for id in &ids {
-                    if let Some(l) = inner.loose_entry(id)?
-                        && l.boot == inner.boot
-                        && l.session == session.id
-                    {
+                    if inner.loose_entry(id)?.is_some() {
                         batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
                     }
                 }
@@ -575,9 +573,7 @@ impl Store {
                     };
                     stored += u64::from(entry.len);
                     batch.put(rkey, entry.encode());
-                    if let Some(l) = loose
-                        && !(inner.is_protected(&st, &l) && l.session != session.id)
-                    {
+                    if loose.is_some() {
                         batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
                     }
                 }

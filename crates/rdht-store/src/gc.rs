@@ -1,12 +1,13 @@
 //! Pins and garbage collection (specs/store.md §6).
 //!
-//! Owns: [`Store::pin`]/[`Store::unpin`], [`Store::gc`], [`Store::gc_to`] and
-//! [`Store::remove_artifact`]. GC first reclaims loose blocks that no live session
-//! protects, then evicts unpinned artifacts least recently used first until the
-//! logical size is at most the target. Evicting an artifact decrements the reference
-//! count of each block on its block list; a block whose count reaches zero is deleted
-//! unless a live session's loose mark protects it. Everything one GC run changes is one
-//! atomic batch. Does not own: deciding what to pin (the daemon pins what it built).
+//! Owns: [`Store::pin`]/[`Store::unpin`], [`Store::gc`], [`Store::gc_to`],
+//! [`Store::remove_artifact`] and pack compaction. GC first reclaims loose blocks that
+//! no live session has put, then evicts unpinned artifacts least recently used first
+//! until the logical size is at most the target. Evicting an artifact decrements the
+//! reference count of each block on its block list; a block whose count reaches zero is
+//! deleted unless a live session has put it (then it stays, loose). Eviction is one
+//! atomic batch; compaction then empties mostly-dead packs (specs/store.md §6). Does
+//! not own: deciding what to pin (the daemon pins what it built).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -346,7 +347,7 @@ impl Inner {
             return Err(self.corrupt_index(&k, "loose mark does not decode"));
         }
         for (id, l) in loose {
-            if self.is_protected(st, &l) {
+            if self.is_protected(st, &id) {
                 continue;
             }
             batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
@@ -406,8 +407,16 @@ impl Inner {
                 }
                 overlay.insert(id, None);
                 let loose = self.loose_entry(&id)?;
-                if loose.is_some_and(|l| self.is_protected(st, &l)) {
-                    // A live session still wants it; it stays, counted as loose.
+                if self.is_protected(st, &id) {
+                    // A live session still wants it: it stays, as a loose block (I1).
+                    if loose.is_none() {
+                        let mark = LooseEntry {
+                            boot: self.boot,
+                            session: 0,
+                            len: r.len,
+                        };
+                        batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
+                    }
                     continue;
                 }
                 batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));

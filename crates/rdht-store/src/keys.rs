@@ -117,7 +117,7 @@ impl RefEntry {
 /// put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LooseEntry {
-    /// The store open (boot) that wrote it.
+    /// The store open (boot) that wrote it (diagnostics; protection is in memory).
     pub boot: u64,
     /// The session that wrote it; 0 for a plain put.
     pub session: u64,

@@ -9,7 +9,7 @@
 //!
 //! Read first: [`Store::open`], [`BlockStore`], [`Session`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,10 @@ pub(crate) struct State {
     pub(crate) artifacts: u64,
     pub(crate) pinned: u64,
     pub(crate) clock: u64,
-    pub(crate) active: HashSet<u64>,
+    /// Live sessions and the blocks each has put.
+    pub(crate) sessions: HashMap<u64, HashSet<BlockId>>,
+    /// Blocks put by live sessions, with how many sessions hold each: GC keeps them.
+    pub(crate) protected: HashMap<BlockId, u32>,
 }
 
 #[derive(Debug, Default)]
@@ -255,7 +258,7 @@ impl Store {
     /// blocks through a session, then calls [`Session::register`].
     pub fn session(&self) -> Session {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        self.inner.lock().active.insert(id);
+        self.inner.lock().sessions.insert(id, HashSet::new());
         Session {
             store: self.clone(),
             id,
@@ -306,7 +309,17 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.store.inner.lock().active.remove(&self.id);
+        let mut st = self.store.inner.lock();
+        if let Some(ids) = st.sessions.remove(&self.id) {
+            for id in ids {
+                if let Some(n) = st.protected.get_mut(&id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.protected.remove(&id);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -471,10 +484,9 @@ impl Inner {
         }
     }
 
-    /// Whether a loose mark still protects its block: written in this boot by a
-    /// session that is still active.
-    pub(crate) fn is_protected(&self, st: &State, l: &LooseEntry) -> bool {
-        l.boot == self.boot && l.session != 0 && st.active.contains(&l.session)
+    /// Whether a live session has put block `id` (GC must keep it).
+    pub(crate) fn is_protected(&self, st: &State, id: &BlockId) -> bool {
+        st.protected.contains_key(id)
     }
 
     /// Raw bytes of block `id` (unverified), counting the read and a miss. With packs,
@@ -551,10 +563,20 @@ impl Inner {
             if !seen.insert(id) {
                 continue;
             }
+            if session != 0
+                && st
+                    .sessions
+                    .get_mut(&session)
+                    .is_some_and(|ids| ids.insert(id))
+            {
+                *st.protected.entry(id).or_insert(0) += 1;
+            }
             let bkey = keys::id_key(keys::BLOCK, id.as_bytes());
             let len = block.bytes().len() as u32;
-            if self.ref_entry(&id)?.is_some() {
-                // Held by an artifact; re-put only if its bytes were lost (repair).
+            let held = self.ref_entry(&id)?.is_some();
+            let loose = if held { None } else { self.loose_entry(&id)? };
+            if held || loose.is_some() {
+                // Already accounted for; re-put only if its bytes were lost (repair).
                 if !self.backend.contains(&bkey).map_err(self.err("read"))? {
                     writes.push(block);
                 }
@@ -565,25 +587,10 @@ impl Inner {
                 session,
                 len,
             };
-            match self.loose_entry(&id)? {
-                Some(l) => {
-                    // Keep a mark that protects the block for another live session;
-                    // otherwise take it over.
-                    if !self.is_protected(&st, &l) && (l.session != session || l.boot != self.boot)
-                    {
-                        batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
-                    }
-                    if !self.backend.contains(&bkey).map_err(self.err("read"))? {
-                        writes.push(block);
-                    }
-                }
-                None => {
-                    batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
-                    writes.push(block);
-                    new += 1;
-                    new_bytes += u64::from(len);
-                }
-            }
+            batch.put(keys::id_key(keys::LOOSE, id.as_bytes()), mark.encode());
+            writes.push(block);
+            new += 1;
+            new_bytes += u64::from(len);
         }
         let values = self.block_values(&writes)?;
         for (block, value) in writes.iter().zip(values) {

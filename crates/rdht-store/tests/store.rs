@@ -82,10 +82,11 @@ impl Backend for Shared {
     }
 }
 
-/// Fails every write after the first `ok` ones with "no space left on device".
+/// Fails every write after the first `ok` ones with an error of kind `kind`.
 struct DiskFull {
     inner: MemoryBackend,
     ok: AtomicUsize,
+    kind: io::ErrorKind,
 }
 
 impl Backend for DiskFull {
@@ -100,7 +101,7 @@ impl Backend for DiskFull {
     }
     fn apply(&self, batch: Batch) -> io::Result<()> {
         if self.ok.load(Ordering::SeqCst) == 0 {
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
+            return Err(io::Error::from(self.kind));
         }
         self.ok.fetch_sub(1, Ordering::SeqCst);
         self.inner.apply(batch)
@@ -195,6 +196,7 @@ on_both_backends!(
     fetch_session_registers_only_complete_dags,
     plain_puts_then_add_artifact,
     corrupt_leaf_fails_export_and_reput_repairs,
+    regression_session_blocks_held_by_an_evicted_artifact_survive_gc,
 );
 
 fn blocks_put_get_has_delete(kind: Kind) {
@@ -591,6 +593,35 @@ fn plain_puts_then_add_artifact(kind: Kind) {
     check_export(&fx, &root, FILES);
 }
 
+/// A session put blocks that an artifact already held (so nothing was written); GC
+/// then evicted that artifact. The blocks must survive for the session to register.
+fn regression_session_blocks_held_by_an_evicted_artifact_survive_gc(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let root = ingest(&fx, "a", FILES, false);
+    let blocks = blocks_of(&fx.store, &root);
+    let before = fx.store.stats().unwrap();
+    let session = fx.store.session();
+    assert_eq!(session.put_many(&blocks).unwrap(), 0, "all already held");
+    let report = fx.store.gc_to(0).unwrap();
+    assert_eq!(report.evicted, vec![root]);
+    assert_eq!(report.blocks_removed, 0, "the session protects them");
+    let st = fx.store.stats().unwrap();
+    assert_eq!(
+        (st.blocks, st.logical_bytes),
+        (before.blocks, before.logical_bytes)
+    );
+    session.register(root, false).unwrap();
+    check_export(&fx, &root, FILES);
+    assert_eq!(
+        fx.store.gc().unwrap().blocks_removed,
+        0,
+        "no stray loose mark"
+    );
+    assert_eq!(fx.store.stats().unwrap().blocks, before.blocks);
+    // Without a session, evicting it frees everything.
+    assert_eq!(fx.store.gc_to(0).unwrap().blocks_removed, before.blocks);
+}
+
 fn corrupt_leaf_fails_export_and_reput_repairs(kind: Kind) {
     let fx = fixture(kind, Config::default());
     let files = [("big", 9, 100_000, false)];
@@ -627,6 +658,7 @@ fn disk_full_is_reported_with_path_and_leaves_no_artifact() {
     let backend = DiskFull {
         inner: MemoryBackend::new(),
         ok: AtomicUsize::new(4),
+        kind: io::ErrorKind::StorageFull,
     };
     let store = Store::with_backend(Box::new(backend), Config::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -649,6 +681,99 @@ fn reopen(db: &Path, config: Config) -> Store {
             }
             Err(e) => panic!("reopen: {e}"),
         }
+    }
+}
+
+#[test]
+fn permission_denied_and_export_errors_name_path_and_cause() {
+    // The backend refuses the very first write (the format marker at open).
+    let backend = DiskFull {
+        inner: MemoryBackend::new(),
+        ok: AtomicUsize::new(0),
+        kind: io::ErrorKind::PermissionDenied,
+    };
+    let err = Store::with_backend(Box::new(backend), Config::default()).unwrap_err();
+    assert!(err.is_permission_denied(), "{err:?}");
+    assert!(
+        matches!(&err, StoreError::Backend { op: "write", path, .. } if path == Path::new("/fake/store"))
+    );
+    // An export under a regular file fails with that path and the OS cause.
+    let fx = fixture(Kind::Memory, Config::default());
+    let root = ingest(&fx, "a", &[("f", 1, 10, false)], false);
+    let file = fx.dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = fx.store.export(&root, &file.join("out")).unwrap_err();
+    match &err {
+        StoreError::File { op, path, source } => {
+            assert_eq!(*op, "creating directory");
+            assert_eq!(path, &file.join("out"));
+            assert_eq!(source.kind(), io::ErrorKind::NotADirectory);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("plain-file/out"), "{err}");
+}
+
+#[test]
+fn concurrent_ingests_and_gc_keep_the_invariants() {
+    for kind in [Kind::Memory, Kind::Sled] {
+        let fx = Arc::new(fixture(kind, Config::default()));
+        let mut pinned = Vec::new();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..3u8)
+                .map(|t| {
+                    let fx = fx.clone();
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        for n in 0..6u8 {
+                            // Shared contents across threads, plus one file of its own.
+                            let files = [
+                                ("shared", u64::from(n % 3), 50_000, false),
+                                (
+                                    "own",
+                                    1000 + u64::from(t) * 10 + u64::from(n),
+                                    30_000,
+                                    false,
+                                ),
+                            ];
+                            let name = format!("t{t}n{n}");
+                            let pin = n % 2 == 0;
+                            let root = ingest(&fx, &name, &files, pin);
+                            if pin {
+                                mine.push((root, files));
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            let gc = {
+                let fx = fx.clone();
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        fx.store.gc_to(0).unwrap();
+                        std::thread::yield_now();
+                    }
+                })
+            };
+            for w in workers {
+                pinned.extend(w.join().unwrap());
+            }
+            gc.join().unwrap();
+        });
+        // Every pinned artifact survived whole; every listed one verifies; the counters
+        // are exactly the listed artifacts' blocks; nothing loose is left.
+        for (root, files) in &pinned {
+            check_export(&fx, root, files);
+        }
+        let mut ids = std::collections::HashSet::new();
+        for root in fx.store.artifact_roots().unwrap() {
+            ids.extend(fx.store.verify_artifact(&root).unwrap().1);
+        }
+        let st = fx.store.stats().unwrap();
+        assert_eq!(st.blocks, ids.len() as u64, "{kind:?}");
+        assert_eq!(fx.store.gc().unwrap().blocks_removed, 0, "{kind:?}");
+        assert_eq!(st.corruptions, 0);
     }
 }
 
@@ -838,5 +963,167 @@ proptest! {
     #[test]
     fn blocks_match_a_hashmap_model_on_sled(ops in proptest::collection::vec(model_op(), 1..40)) {
         run_model(Kind::Sled, &ops);
+    }
+}
+
+/// Artifact operations for the model test; artifacts are numbered 0..6.
+#[derive(Debug, Clone)]
+enum ArtOp {
+    Ingest(u8, bool),
+    Remove(u8),
+    Pin(u8, bool),
+    Export(u8),
+    Gc(u8),
+}
+
+fn art_op() -> impl Strategy<Value = ArtOp> {
+    prop_oneof![
+        3 => (0u8..6, any::<bool>()).prop_map(|(i, p)| ArtOp::Ingest(i, p)),
+        1 => (0u8..6).prop_map(ArtOp::Remove),
+        1 => (0u8..6, any::<bool>()).prop_map(|(i, p)| ArtOp::Pin(i, p)),
+        1 => (0u8..6).prop_map(ArtOp::Export),
+        2 => (0u8..5).prop_map(ArtOp::Gc),
+    ]
+}
+
+/// Files of model artifact `i`: one shared by the even or odd artifacts, one its own.
+fn art_files(i: u8) -> [(&'static str, u64, usize, bool); 2] {
+    [
+        ("shared.rlib", u64::from(i % 2), 40_000, false),
+        (
+            "own.rmeta",
+            100 + u64::from(i),
+            20_000 + usize::from(i) * 1000,
+            i == 3,
+        ),
+    ]
+}
+
+/// The store against a model: a map of artifacts with pins and an LRU order.
+fn run_artifact_model(kind: Kind, ops: &[ArtOp]) {
+    let fx = fixture(kind, Config::default());
+    let mut model: HashMap<u8, bool> = HashMap::new(); // artifact -> pinned
+    let mut lru: Vec<u8> = Vec::new(); // least recently used first
+    let mut roots: HashMap<u8, BlockId> = HashMap::new();
+    let touch = |lru: &mut Vec<u8>, i: u8| {
+        lru.retain(|&x| x != i);
+        lru.push(i);
+    };
+    for op in ops {
+        match *op {
+            ArtOp::Ingest(i, pin) => {
+                let root = ingest(&fx, &format!("art{i}"), &art_files(i), pin);
+                assert_eq!(
+                    *roots.entry(i).or_insert(root),
+                    root,
+                    "same files, same root"
+                );
+                *model.entry(i).or_insert(false) |= pin;
+                touch(&mut lru, i);
+            }
+            ArtOp::Remove(i) => {
+                let Some(root) = roots.get(&i) else { continue };
+                assert_eq!(
+                    fx.store.remove_artifact(root).unwrap(),
+                    model.remove(&i).is_some()
+                );
+                lru.retain(|&x| x != i);
+            }
+            ArtOp::Pin(i, pin) => {
+                let Some(root) = roots.get(&i) else { continue };
+                let r = if pin {
+                    fx.store.pin(root)
+                } else {
+                    fx.store.unpin(root)
+                };
+                match model.get_mut(&i) {
+                    Some(p) => {
+                        r.unwrap();
+                        *p = pin;
+                    }
+                    None => assert!(matches!(r, Err(StoreError::UnknownArtifact { .. }))),
+                }
+            }
+            ArtOp::Export(i) => {
+                let Some(root) = roots.get(&i) else { continue };
+                if model.contains_key(&i) {
+                    check_export(&fx, root, &art_files(i));
+                    touch(&mut lru, i);
+                } else {
+                    let out = tempfile::tempdir().unwrap();
+                    assert!(matches!(
+                        fx.store.export(root, out.path()),
+                        Err(StoreError::Dag { .. })
+                    ));
+                }
+            }
+            ArtOp::Gc(k) => {
+                let logical = fx.store.stats().unwrap().logical_bytes;
+                let target = logical * u64::from(k) / 4;
+                let report = fx.store.gc_to(target).unwrap();
+                let by_root: HashMap<BlockId, u8> = roots.iter().map(|(i, r)| (*r, *i)).collect();
+                let evicted: Vec<u8> = report.evicted.iter().map(|r| by_root[r]).collect();
+                // Evicted: the least recently used unpinned artifacts, in that order.
+                let unpinned: Vec<u8> = lru.iter().copied().filter(|i| !model[i]).collect();
+                assert_eq!(evicted, unpinned[..evicted.len()].to_vec(), "{lru:?}");
+                for i in &evicted {
+                    model.remove(i);
+                    lru.retain(|x| x != i);
+                }
+                let after = fx.store.stats().unwrap().logical_bytes;
+                assert_eq!(report.logical_bytes, after);
+                assert!(after <= target || evicted.len() == unpinned.len());
+                if !evicted.is_empty() {
+                    // Every artifact has blocks of its own, so evicting one frees bytes.
+                    assert!(report.bytes_freed > 0);
+                }
+            }
+        }
+        // The store holds exactly the model's artifacts, pins and blocks.
+        let mut listed = fx.store.artifact_roots().unwrap();
+        listed.sort();
+        let mut want: Vec<BlockId> = model.keys().map(|i| roots[i]).collect();
+        want.sort();
+        assert_eq!(listed, want);
+        let mut ids = std::collections::HashSet::new();
+        let mut pinned_bytes = 0;
+        for (i, pinned) in &model {
+            let info = fx.store.artifact(&roots[i]).unwrap().unwrap();
+            assert_eq!(info.pinned, *pinned);
+            if *pinned {
+                pinned_bytes += info.stored_bytes;
+            }
+            ids.extend(fx.store.verify_artifact(&roots[i]).unwrap().1);
+        }
+        let logical: u64 = ids
+            .iter()
+            .map(|id| fx.store.get(id).unwrap().unwrap().bytes().len() as u64)
+            .sum();
+        let st = fx.store.stats().unwrap();
+        assert_eq!((st.blocks, st.logical_bytes), (ids.len() as u64, logical));
+        assert_eq!(st.pinned_bytes, pinned_bytes);
+        assert_eq!(st.artifacts, model.len() as u64);
+        assert_eq!(
+            fx.store.gc().unwrap().blocks_removed,
+            0,
+            "no loose block left"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn artifacts_pins_and_lru_gc_match_a_model_in_memory(
+        ops in proptest::collection::vec(art_op(), 1..25)
+    ) {
+        run_artifact_model(Kind::Memory, &ops);
+    }
+
+    #[test]
+    fn artifacts_pins_and_lru_gc_match_a_model_on_sled(
+        ops in proptest::collection::vec(art_op(), 1..25)
+    ) {
+        run_artifact_model(Kind::Sled, &ops);
     }
 }
