@@ -148,8 +148,12 @@ impl Store {
             .counters
             .evictions
             .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
-        if let Some(packs) = &inner.packs {
+        if let Some(packs) = &inner.packs
+            && (st.compact_pending || st.dead_bytes >= inner.config.pack_size / 2)
+        {
             inner.compact(&mut st, packs, &mut report)?;
+            st.compact_pending = false;
+            st.dead_bytes = 0;
         }
         report.logical_bytes = st.logical;
         if !report.evicted.is_empty() || report.blocks_removed > 0 {
@@ -233,6 +237,7 @@ fn put_overlay(overlay: Overlay, batch: &mut Batch) {
 fn commit(st: &mut State, d: &Delta) {
     st.blocks -= d.blocks;
     st.logical -= d.bytes;
+    st.dead_bytes += d.bytes;
     st.artifacts -= d.artifacts;
     st.pinned -= d.pinned;
 }

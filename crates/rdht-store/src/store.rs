@@ -89,6 +89,11 @@ pub(crate) struct State {
     pub(crate) sessions: HashMap<u64, HashSet<BlockId>>,
     /// Blocks put by live sessions, with how many sessions hold each: GC keeps them.
     pub(crate) protected: HashMap<BlockId, u32>,
+    /// Block bytes removed from the index since the last compaction (they are dead in
+    /// some pack); GC compacts once this reaches half a pack, and at its first run.
+    pub(crate) dead_bytes: u64,
+    /// Set at open: the first GC compacts (earlier runs may have left dead packs).
+    pub(crate) compact_pending: bool,
 }
 
 #[derive(Debug, Default)]
@@ -375,6 +380,7 @@ impl BlockStore for Store {
         if let Some(l) = loose {
             st.blocks -= 1;
             st.logical -= u64::from(l.len);
+            st.dead_bytes += u64::from(l.len);
         }
         Ok(true)
     }
@@ -667,7 +673,10 @@ impl Inner {
         self.apply(batch)?;
         self.flush()?;
 
-        let mut st = State::default();
+        let mut st = State {
+            compact_pending: true,
+            ..State::default()
+        };
         let mut bad = None;
         b.scan_prefix(&[keys::REF], &mut |k, v| {
             match (keys::id_after_prefix(k), RefEntry::decode(v)) {
