@@ -1,4 +1,4 @@
-//! rdht-cli: the `rdht` admin CLI (and, later, the `cargo-dht-build` shim). Both reach
+//! rdht-cli: the `rdht` admin CLI and the `cargo-dht-build` shim ([`shim`]). Both reach
 //! the daemon only through the `rdht-api` client, never through node internals.
 //!
 //! Owns: turning command-line input into API requests ([`files`] for `put`), files the
@@ -6,5 +6,6 @@
 //! the daemon's behaviour or the wire format.
 
 pub mod files;
+pub mod shim;
 pub mod show;
 pub mod swarm_key;

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdht_api::proto::{NodeStatus, PeerInfo, RecordView, Resolution, Scope, StoreStatus};
+use rdht_api::proto::{
+    ExportedFile, NodeStatus, PeerInfo, RecordView, Resolution, Scope, StoreStatus,
+};
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels};
 use rdht_net::{
@@ -670,6 +672,16 @@ impl Shared {
         Ok(Response::Exported {
             files: manifest.files().len() as u32,
             bytes: manifest.total_size(),
+            entries: manifest
+                .files()
+                .iter()
+                .map(|f| ExportedFile {
+                    path: f.path.clone(),
+                    size: f.size,
+                    root: f.root,
+                    executable: f.executable,
+                })
+                .collect(),
         })
     }
 
@@ -711,6 +723,7 @@ impl Shared {
                 root,
                 records: records.iter().map(BuildRecord::encode).collect(),
                 source: "local".into(),
+                bytes_fetched: 0,
             });
         }
         let Some(net) = &self.net else {
@@ -748,8 +761,9 @@ impl Shared {
                 ),
             });
         };
-        let swarm = match blocking(&self.store, move |s| s.artifact(&root)).await? {
-            Some(_) => "local".to_string(),
+        let (swarm, bytes_fetched) = match blocking(&self.store, move |s| s.artifact(&root)).await?
+        {
+            Some(_) => ("local".to_string(), 0),
             None => {
                 let session = self.store.session();
                 let sink = FetchSink::new(&session, self.bytes_in.clone(), None);
@@ -765,13 +779,14 @@ impl Shared {
                     .await
                     .map_err(|e| api_err(ErrorKind::Internal, format!("store task failed: {e}")))?
                     .map_err(store_err)?;
-                report.swarm
+                (report.swarm, report.bytes_fetched)
             }
         };
         Ok(Resolution::Hit {
             root,
             records: records.iter().map(BuildRecord::encode).collect(),
             source: swarm,
+            bytes_fetched,
         })
     }
 

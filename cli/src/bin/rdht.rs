@@ -284,7 +284,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dest: dest_str,
             };
             match call_with_bar(&mut client, request, "get").await? {
-                Response::Exported { files, bytes } => {
+                Response::Exported { files, bytes, .. } => {
                     if json {
                         println!(
                             "{}",

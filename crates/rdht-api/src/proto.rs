@@ -151,6 +151,19 @@ pub struct PeerInfo {
     pub swarm: String,
 }
 
+/// A file written by an export, as the verified manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedFile {
+    /// Relative path inside the destination.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Root of the file's DAG (its content hash).
+    pub root: BlockId,
+    /// Written with the executable bit.
+    pub executable: bool,
+}
+
 /// A record with the trust policy's decision on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordView {
@@ -173,6 +186,8 @@ pub enum Resolution {
         records: Vec<Vec<u8>>,
         /// `local` or the name of the swarm it came from.
         source: String,
+        /// Bytes fetched from peers to resolve it (0 when it was already local).
+        bytes_fetched: u64,
     },
     /// No trusted artifact was found.
     Miss {
@@ -212,6 +227,8 @@ pub enum Response {
         files: u32,
         /// Their total size.
         bytes: u64,
+        /// Each file written, from the verified manifest.
+        entries: Vec<ExportedFile>,
     },
     /// To [`Request::Resolve`].
     Resolved(Resolution),

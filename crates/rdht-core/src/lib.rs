@@ -6,6 +6,7 @@
 //!   pre-order [`DagVerifier`] and [`assemble`].
 //! - [`Manifest`]: the files of one build unit; its DAG root is the artifact root
 //!   ([`manifest`]).
+//! - [`buildkey::KeyInputs`]: what a build key hashes (specs/build-key.md).
 //! - [`BuildRecord`]: a builder's signed claim "key K built into root R" ([`record`]).
 //!
 //! Normative formats: `specs/blocks.md` and `specs/records.md`; the test vectors in
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod block;
+pub mod buildkey;
 pub mod codec;
 pub mod dag;
 pub mod id;

@@ -1,0 +1,129 @@
+//! `cargo dht-build`: `cargo build` with the rdht cache, and the `RUSTC_WRAPPER` that
+//! does the work for each rustc call.
+//!
+//! - As a cargo subcommand (`cargo dht-build [CARGO BUILD ARGS]`): runs `cargo build`
+//!   with this program as `RUSTC_WRAPPER`, then prints one `rdht:` summary line on
+//!   stderr (and JSON on stdout with `--json`). Exits with cargo's exit code.
+//! - As a wrapper (`cargo-dht-build /path/to/rustc ARGS`, what cargo runs when
+//!   `RUSTC_WRAPPER` points here): see `rdht_cli::shim::unit`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use rdht_cli::shim::session::{self, SESSION_LOG_ENV};
+use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV};
+
+const HELP: &str = "\
+cargo dht-build: build with the rdht peer-to-peer cache of Rust build artifacts
+
+Usage: cargo dht-build [--json] [CARGO BUILD OPTIONS]
+
+Runs `cargo build` with every option given (--release, -p, --features, --target,
+--workspace, ...) and this program as RUSTC_WRAPPER. Each crate is looked up by a
+build key that does not depend on paths; hits are fetched from the local rdht-node
+daemon or its swarm and verified, misses are compiled and shared. A cache problem
+never fails the build: it falls back to rustc with one warning line.
+
+Options:
+  --json        also print the summary as JSON on stdout
+  -h, --help    print this help
+
+Environment:
+  RDHT_DATA_DIR  the daemon's data directory (default: ~/.local/share/rdht)
+  RDHT_DISABLE=1 compile everything locally, without the cache
+
+The same program works as RUSTC_WRAPPER for plain `cargo build`, `cargo test`, or
+in .cargo/config.toml:  [build] rustc-wrapper = \"cargo-dht-build\"
+";
+
+fn is_rustc(arg: &str) -> bool {
+    let name = Path::new(arg)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    name.starts_with("rustc") || name.ends_with("-driver")
+}
+
+fn subcommand(args: Vec<String>) -> ExitCode {
+    let mut json = false;
+    let mut cargo_args = Vec::new();
+    for a in args {
+        match a.as_str() {
+            "--json" => json = true,
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            _ => cargo_args.push(a),
+        }
+    }
+    let me = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("rdht: error: cannot find this program's path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let session_dir = match tempfile::Builder::new().prefix("rdht-session-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("rdht: error: cannot create a session directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = session_dir.path().join("units.jsonl");
+    let cargo = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .args(&cargo_args)
+        .env("RUSTC_WRAPPER", &me)
+        .env(SESSION_LOG_ENV, &log);
+    let daemon_up = unit::data_dir().is_some_and(|d| {
+        std::os::unix::net::UnixStream::connect(rdht_api::socket_path(&d)).is_ok()
+    });
+    if !daemon_up && std::env::var("RDHT_DISABLE").as_deref() != Ok("1") {
+        let dir = unit::data_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        eprintln!(
+            "rdht: warning: no rdht daemon is running for {dir}; building without the cache (start it with: rdht-node --data-dir {dir})"
+        );
+        cmd.env(DAEMON_DOWN_ENV, "1");
+    }
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rdht: error: cannot run cargo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let summary = session::summarize(&log);
+    eprintln!("{}", summary.line());
+    if json {
+        match serde_json::to_string(&summary) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("rdht: error: {e}"),
+        }
+    }
+    // Cargo's own exit code, as plain cargo build would give.
+    let code = status.code().unwrap_or(101);
+    ExitCode::from(u8::try_from(code).unwrap_or(101))
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("dht-build") => {
+            args.remove(0);
+            subcommand(args)
+        }
+        Some(first) if is_rustc(first) => {
+            let rustc = PathBuf::from(args.remove(0));
+            let code = unit::run(rustc, args);
+            ExitCode::from(u8::try_from(code).unwrap_or(101))
+        }
+        _ => subcommand(args),
+    }
+}

@@ -1,0 +1,175 @@
+//! Machine-local roots and their placeholders (specs/build-key.md §3).
+//!
+//! Three directories differ between machines and users: the cargo home (registry
+//! sources), the workspace, and the target directory. Keys, stored dep-info and replayed
+//! messages name them by fixed placeholders; rustc is told to write the placeholders
+//! into outputs (`--remap-path-prefix` with `--remap-path-scope=object`, so diagnostics
+//! still show local paths), which makes outputs bit-identical across machines.
+//!
+//! Owns: finding the roots for one invocation and replacing them both ways. Does not
+//! own: which strings are replaced (callers decide).
+
+use std::path::{Path, PathBuf};
+
+/// Placeholder of the cargo home.
+pub const CARGO_HOME: &str = "/rdht/cargo-home";
+/// Placeholder of the workspace root.
+pub const WORKSPACE: &str = "/rdht/workspace";
+/// Placeholder of the target directory.
+pub const TARGET: &str = "/rdht/target";
+
+/// The local roots of one invocation, most specific first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roots {
+    entries: Vec<(String, &'static str)>,
+}
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+' | '~')
+}
+
+/// Replaces `from` by `to` in `s` wherever `from` is a whole path prefix: the next
+/// character is not part of a path component name.
+fn replace_root(s: &str, from: &str, to: &str) -> String {
+    if from.is_empty() {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(from) {
+        let after = &rest[i + from.len()..];
+        let whole = after.chars().next().is_none_or(|c| !is_path_char(c));
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { to } else { from });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The target directory of an output directory: the parent of the profile directory
+/// (`<target>/debug/deps`, `<target>/debug/build/<unit>`), above a target-triple
+/// directory when `target` names one.
+pub fn target_dir(out_dir: &Path, target: Option<&str>) -> Option<PathBuf> {
+    let mut profile = out_dir.parent()?;
+    if out_dir.file_name()? != "deps" {
+        // <profile>/build/<unit>
+        if profile.file_name()? != "build" {
+            return None;
+        }
+        profile = profile.parent()?;
+    }
+    let mut dir = profile.parent()?;
+    if let Some(t) = target
+        && dir.file_name().and_then(|n| n.to_str()) == Some(t)
+    {
+        dir = dir.parent()?;
+    }
+    Some(dir.to_path_buf())
+}
+
+impl Roots {
+    /// Roots from the cargo home, the workspace (when known) and the target directory.
+    pub fn new(cargo_home: &Path, workspace: Option<&Path>, target: Option<&Path>) -> Roots {
+        let mut entries = Vec::new();
+        let mut add = |p: Option<&Path>, ph| {
+            if let Some(p) = p.and_then(Path::to_str) {
+                let p = p.trim_end_matches('/');
+                if !p.is_empty() {
+                    entries.push((p.to_string(), ph));
+                }
+            }
+        };
+        add(Some(cargo_home), CARGO_HOME);
+        add(workspace, WORKSPACE);
+        add(target, TARGET);
+        // Longest first: a target inside the workspace is replaced as the target.
+        entries.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        Roots { entries }
+    }
+
+    /// `s` with local roots replaced by placeholders.
+    pub fn normalize(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for (local, ph) in &self.entries {
+            out = replace_root(&out, local, ph);
+        }
+        out
+    }
+
+    /// `s` with placeholders replaced by local roots.
+    pub fn localize(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for (local, ph) in &self.entries {
+            out = replace_root(&out, ph, local);
+        }
+        out
+    }
+
+    /// The rustc arguments that write placeholders into outputs. rustc applies the last
+    /// matching prefix, so the most specific root comes last.
+    pub fn remap_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = self
+            .entries
+            .iter()
+            .rev()
+            .map(|(local, ph)| format!("--remap-path-prefix={local}={ph}"))
+            .collect();
+        args.push("--remap-path-scope=object".into());
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_whole_prefixes_only() {
+        let r = Roots::new(
+            Path::new("/home/a/.cargo"),
+            Some(Path::new("/home/a/proj")),
+            Some(Path::new("/home/a/proj/target")),
+        );
+        let s = "/home/a/proj/target/debug/deps/x.d: src/main.rs /home/a/proj/src/lib.rs \
+                 /home/a/.cargo/registry/src/i/s-1/src/lib.rs /home/a/project2/x";
+        let n = r.normalize(s);
+        assert_eq!(
+            n,
+            "/rdht/target/debug/deps/x.d: src/main.rs /rdht/workspace/src/lib.rs \
+             /rdht/cargo-home/registry/src/i/s-1/src/lib.rs /home/a/project2/x"
+        );
+        assert_eq!(r.localize(&n), s);
+        assert_eq!(
+            r.remap_args(),
+            [
+                "--remap-path-prefix=/home/a/proj=/rdht/workspace",
+                "--remap-path-prefix=/home/a/.cargo=/rdht/cargo-home",
+                "--remap-path-prefix=/home/a/proj/target=/rdht/target",
+                "--remap-path-scope=object",
+            ]
+        );
+    }
+
+    #[test]
+    fn target_dirs() {
+        let t = |o: &str, tr| target_dir(Path::new(o), tr).map(|p| p.display().to_string());
+        assert_eq!(
+            t("/p/target/debug/deps", None).as_deref(),
+            Some("/p/target")
+        );
+        assert_eq!(
+            t("/p/target/release/build/quote-0a1b", None).as_deref(),
+            Some("/p/target")
+        );
+        assert_eq!(
+            t(
+                "/p/target/x86_64-unknown-linux-gnu/debug/deps",
+                Some("x86_64-unknown-linux-gnu")
+            )
+            .as_deref(),
+            Some("/p/target")
+        );
+        assert_eq!(t("/p/out/probe", None), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! One `cargo dht-build` run: every wrapper invocation appends one JSON line describing
+//! its unit to the session log; the parent reads them back into the summary.
+//!
+//! Owns: the log line format and the summary (text and JSON). Does not own: deciding
+//! outcomes (`unit.rs`).
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the session log.
+pub const SESSION_LOG_ENV: &str = "RDHT_SESSION_LOG";
+
+/// What happened to one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Served from the cache.
+    Hit,
+    /// Built locally (and published when it succeeded).
+    Miss,
+    /// Built locally; cannot be cached.
+    Uncacheable,
+}
+
+/// One unit's line in the session log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitLog {
+    /// Crate name.
+    pub crate_name: String,
+    /// Outcome.
+    pub kind: Kind,
+    /// Why (miss or uncacheable), empty for hits.
+    pub reason: String,
+    /// Bytes fetched from peers for this unit (0 for local hits).
+    pub bytes_fetched: u64,
+    /// The original compile time of a hit, or this compile's time.
+    pub compile_ms: u64,
+    /// Wall time this invocation took.
+    pub wall_ms: u64,
+}
+
+/// Appends `line` to the session log named by the environment, if any. Failures are
+/// ignored: the log only feeds the summary.
+pub fn append(line: &UnitLog) {
+    let Some(path) = std::env::var_os(SESSION_LOG_ENV) else {
+        return;
+    };
+    let Ok(mut text) = serde_json::to_string(line) else {
+        return;
+    };
+    text.push('\n');
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        // One write per line: O_APPEND keeps concurrent lines whole.
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
+/// The totals of a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Units seen.
+    pub units: u64,
+    /// Cache hits.
+    pub hits: u64,
+    /// Misses (built locally, published).
+    pub misses: u64,
+    /// Uncacheable units.
+    pub uncacheable: u64,
+    /// Uncacheable units by reason.
+    pub uncacheable_reasons: BTreeMap<String, u64>,
+    /// Miss reasons.
+    pub miss_reasons: BTreeMap<String, u64>,
+    /// Bytes fetched from peers.
+    pub bytes_fetched: u64,
+    /// Estimated time saved: hits' original compile times minus the time the hits took.
+    pub saved_ms: u64,
+}
+
+/// Reads the session log (missing: an empty session).
+pub fn summarize(path: &Path) -> Summary {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut s = Summary::default();
+    for line in text.lines() {
+        let Ok(u) = serde_json::from_str::<UnitLog>(line) else {
+            continue;
+        };
+        s.units += 1;
+        s.bytes_fetched += u.bytes_fetched;
+        match u.kind {
+            Kind::Hit => {
+                s.hits += 1;
+                s.saved_ms += u.compile_ms.saturating_sub(u.wall_ms);
+            }
+            Kind::Miss => {
+                s.misses += 1;
+                *s.miss_reasons.entry(u.reason).or_default() += 1;
+            }
+            Kind::Uncacheable => {
+                s.uncacheable += 1;
+                *s.uncacheable_reasons.entry(u.reason).or_default() += 1;
+            }
+        }
+    }
+    s
+}
+
+impl Summary {
+    /// The one summary line (starts with `rdht:`).
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "rdht: {} units, {} hits, {} misses, {} uncacheable",
+            self.units, self.hits, self.misses, self.uncacheable
+        );
+        if !self.uncacheable_reasons.is_empty() {
+            let reasons: Vec<String> = self
+                .uncacheable_reasons
+                .iter()
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect();
+            line.push_str(&format!(" ({})", reasons.join(", ")));
+        }
+        line.push_str(&format!(
+            ", {} fetched, ~{:.1} s saved",
+            indicatif::HumanBytes(self.bytes_fetched),
+            self.saved_ms as f64 / 1000.0
+        ));
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_line() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let mut text = String::new();
+        for (kind, reason, fetched, compile, wall) in [
+            (Kind::Hit, "", 2048, 1500, 20),
+            (Kind::Hit, "", 0, 600, 10),
+            (Kind::Miss, "no record", 0, 900, 950),
+            (Kind::Uncacheable, "source read from stdin", 0, 5, 6),
+        ] {
+            let u = UnitLog {
+                crate_name: "c".into(),
+                kind,
+                reason: reason.into(),
+                bytes_fetched: fetched,
+                compile_ms: compile,
+                wall_ms: wall,
+            };
+            text.push_str(&serde_json::to_string(&u).unwrap());
+            text.push('\n');
+        }
+        text.push_str("garbage\n");
+        std::fs::write(&log, text).unwrap();
+        let s = summarize(&log);
+        assert_eq!(
+            s.line(),
+            "rdht: 4 units, 2 hits, 1 misses, 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved"
+        );
+    }
+}
