@@ -209,8 +209,10 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Called after a registration: runs GC when the store is over its cap. A GC
-    /// failure is logged, not returned: the registration itself succeeded.
+    /// Called after a registration: when the store is over its cap, runs GC down to
+    /// the low-water mark (90% of the cap), so that a full store does not run GC on
+    /// every registration. A GC failure is logged, not returned: the registration
+    /// itself succeeded.
     pub(crate) fn gc_if_over_cap(&self) {
         let Some(cap) = self.inner.config.max_bytes else {
             return;
@@ -218,7 +220,7 @@ impl Store {
         if self.inner.lock().logical <= cap {
             return;
         }
-        if let Err(e) = self.gc_to(cap) {
+        if let Err(e) = self.gc_to(cap - cap / 10) {
             tracing::warn!(error = %e, "store gc after registration failed");
         }
     }

@@ -29,7 +29,7 @@ use crate::packs::{Loc, Packs};
 pub struct Config {
     /// Size cap on logical bytes (sum of stored block lengths). When a registration
     /// takes the store over it, GC evicts unpinned artifacts, least recently used
-    /// first. `None`: no cap.
+    /// first, down to 90% of the cap. `None`: no cap.
     pub max_bytes: Option<u64>,
     /// Tuning of the sled backend (ignored by other backends).
     pub sled: SledOptions,
