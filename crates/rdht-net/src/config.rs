@@ -203,6 +203,9 @@ pub struct SwarmConfig {
     pub name: String,
     /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4701` (`/ip4/127.0.0.1/tcp/0` in tests).
     pub listen: Vec<Multiaddr>,
+    /// Addresses other peers should dial us at, put into our provider records. When
+    /// empty, every concrete (not 0.0.0.0 / ::) listen address is used.
+    pub external: Vec<Multiaddr>,
     /// Peers to join through. Empty for the first node of a swarm.
     pub bootstrap: Vec<BootstrapPeer>,
     /// The pre-shared key of a private swarm; `None` for a public one.
@@ -229,6 +232,7 @@ impl SwarmConfig {
         SwarmConfig {
             name: name.into(),
             listen: Vec::new(),
+            external: Vec::new(),
             bootstrap: Vec::new(),
             key: None,
             announce: AnnouncePolicy::Automatic,

@@ -234,6 +234,17 @@ impl NodeHandle {
         Ok(lookup)
     }
 
+    /// Refreshes every swarm's routing table (a Kademlia bootstrap: a lookup of our own
+    /// id and of a random id per bucket) and returns when all have finished. Kademlia
+    /// also does this periodically; call it after joining many nodes at once, before
+    /// announcing.
+    pub async fn refresh(&self) -> Result<(), NetError> {
+        for s in &self.inner.swarms {
+            s.request(|reply| Command::Bootstrap { reply }).await?;
+        }
+        Ok(())
+    }
+
     /// Peers currently connected, per swarm, in lookup order.
     pub async fn peers(&self) -> Result<Vec<(String, Vec<PeerId>)>, NetError> {
         let mut out = Vec::new();

@@ -17,6 +17,7 @@ use libp2p::core::{muxing::StreamMuxerBox, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::kad;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
+use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PnetConfig;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -72,6 +73,9 @@ pub(crate) enum Command {
         key: ProviderKey,
         limit: usize,
         reply: oneshot::Sender<Lookup>,
+    },
+    Bootstrap {
+        reply: oneshot::Sender<()>,
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerId>>,
@@ -190,8 +194,11 @@ struct Task {
     swarm: Swarm<Behaviour>,
     local: PeerId,
     provides: HashMap<kad::QueryId, oneshot::Sender<bool>>,
+    bootstraps: HashMap<kad::QueryId, oneshot::Sender<()>>,
     finds: HashMap<kad::QueryId, Find>,
     bans: HashMap<PeerId, Instant>,
+    /// Listen addresses double as external addresses (none were configured).
+    advertise_listen: bool,
     boot_peers: HashSet<PeerId>,
     boot_ok: bool,
     boot_failed: usize,
@@ -220,8 +227,10 @@ pub(crate) async fn start(
         swarm,
         local,
         provides: HashMap::new(),
+        bootstraps: HashMap::new(),
         finds: HashMap::new(),
         bans: HashMap::new(),
+        advertise_listen: cfg.external.is_empty(),
         boot_peers: cfg.bootstrap.iter().map(|b| b.peer).collect(),
         boot_ok: false,
         boot_failed: 0,
@@ -241,6 +250,11 @@ pub(crate) async fn start(
             reason: e.to_string(),
         })?;
 
+    // Provider records carry our external addresses; without them a peer can only
+    // answer with our address if we happen to be in its routing table.
+    for addr in &cfg.external {
+        task.swarm.add_external_address(addr.clone());
+    }
     // Listen, and wait until every listener has an address.
     let mut listeners = HashMap::new();
     for addr in &cfg.listen {
@@ -266,8 +280,15 @@ pub(crate) async fn start(
                     reason: "no address came up within 10 s".into(),
                 });
             }
-            Ok(SwarmEvent::NewListenAddr { listener_id, .. }) => {
+            Ok(SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            }) => {
                 listeners.remove(&listener_id);
+                task.on_event(SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                });
             }
             Ok(SwarmEvent::ListenerClosed {
                 listener_id,
@@ -392,6 +413,15 @@ impl Task {
                     },
                 );
             }
+            Command::Bootstrap { reply } => match self.swarm.behaviour_mut().kad.bootstrap() {
+                Ok(qid) => {
+                    self.bootstraps.insert(qid, reply);
+                }
+                Err(e) => {
+                    debug!("cannot refresh the routing table: {e}");
+                    let _ = reply.send(());
+                }
+            },
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -426,7 +456,16 @@ impl Task {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => debug!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                debug!(%address, "listening");
+                let concrete = !address.iter().any(|p| {
+                    matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+                });
+                if self.advertise_listen && concrete {
+                    self.swarm.add_external_address(address);
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 debug!(peer = %peer_id, "connected");
                 if self.boot_peers.contains(&peer_id) {
@@ -478,6 +517,13 @@ impl Task {
                     // The record is stored locally either way; peers that missed the
                     // announcement learn it at the next republication.
                     let _ = reply.send(true);
+                }
+            }
+            kad::QueryResult::Bootstrap(_) => {
+                if step.last
+                    && let Some(reply) = self.bootstraps.remove(&id)
+                {
+                    let _ = reply.send(());
                 }
             }
             kad::QueryResult::GetProviders(res) => {
