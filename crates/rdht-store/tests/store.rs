@@ -197,6 +197,7 @@ on_both_backends!(
     plain_puts_then_add_artifact,
     corrupt_leaf_fails_export_and_reput_repairs,
     regression_session_blocks_held_by_an_evicted_artifact_survive_gc,
+    ingest_dir_takes_regular_files_recursively,
 );
 
 fn blocks_put_get_has_delete(kind: Kind) {
@@ -336,6 +337,31 @@ fn ingest_export_round_trip(kind: Kind) {
         fx.store.export(&root, out.path()),
         Err(StoreError::Destination { path, .. }) if path == out.path().join("foo.d")
     ));
+}
+
+fn ingest_dir_takes_regular_files_recursively(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    write_files(fx.dir.path(), "tree", FILES);
+    let tree = fx.dir.path().join("tree");
+    // Symlinks are not followed or stored.
+    std::os::unix::fs::symlink(tree.join("one"), tree.join("link")).unwrap();
+    let info = fx.store.ingest_dir(labels("tree"), &tree, true).unwrap();
+    let manifest = fx.store.manifest(&info.root).unwrap();
+    let paths: Vec<&str> = manifest.files().iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "build/foo-abcd/build-script-build",
+            "deps/libfoo-1234.rlib",
+            "deps/libfoo-1234.rmeta",
+            "empty",
+            "foo.d",
+            "one"
+        ]
+    );
+    check_export(&fx, &info.root, FILES);
+    // The same files listed one by one give the same artifact.
+    assert_eq!(ingest(&fx, "tree", FILES, false), info.root);
 }
 
 fn failed_ingest_leaves_no_artifact(kind: Kind) {
