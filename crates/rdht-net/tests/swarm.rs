@@ -183,6 +183,62 @@ async fn provider_killed_mid_fetch_the_fetch_completes_from_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalling_provider_is_dropped_and_the_fetch_completes_from_another() {
+    init_tracing();
+    let art = Artifact::new(4, &[200_000, 100_000]);
+    let frozen = Arc::new(FreezingSource {
+        inner: art.store(),
+        served: AtomicUsize::new(0),
+        limit: 3,
+        reached: tokio::sync::Notify::new(),
+        gate: (Mutex::new(false), Condvar::new()),
+    });
+    let staller = node(vec![swarm("public", vec![])], frozen.clone()).await;
+    let honest = node(
+        vec![swarm("public", vec![addr(&staller, "public").await])],
+        art.store(),
+    )
+    .await;
+    let sink = Arc::new(MemoryBlocks::new());
+    let mut cfg = NodeConfig::new(vec![swarm(
+        "public",
+        vec![
+            addr(&staller, "public").await,
+            addr(&honest, "public").await,
+        ],
+    )]);
+    cfg.fetch = fetch_config();
+    cfg.fetch.max_providers = 1;
+    cfg.fetch.stall_timeout = Duration::from_secs(1);
+    let fetcher = node_with(cfg, sink.clone()).await;
+
+    let report = fetcher
+        .fetch_artifact_from(
+            "public",
+            art.root,
+            &[staller.peer_id(), honest.peer_id()],
+            &*sink,
+        )
+        .await
+        .unwrap();
+    frozen.release();
+    assert_eq!(
+        report.dropped,
+        [(staller.peer_id(), DropReason::Stalled)],
+        "{report:?}"
+    );
+    assert!(report.banned.is_empty());
+    assert!(fetcher.banned_peers().is_empty());
+    // The manifest at least; the file root it wrote before freezing may not have left.
+    assert!((1..=2).contains(&report.by_peer[&staller.peer_id()]));
+    assert_eq!(report.blocks_fetched as usize, art.blocks.len());
+    art.assert_exactly_in(&sink);
+    for n in [fetcher, honest, staller] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupting_provider_is_banned_and_the_fetch_completes_from_an_honest_one() {
     init_tracing();
     let art = Artifact::new(3, &[300_000, 40_000, 1]);
