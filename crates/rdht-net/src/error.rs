@@ -91,6 +91,14 @@ pub enum NetError {
         /// The last dial error seen.
         last_error: String,
     },
+    /// The local provider store refused a key (it holds `max_provider_keys` keys).
+    #[error("swarm {swarm}: cannot announce {key}: the provider store is full")]
+    ProviderStoreFull {
+        /// The swarm's name.
+        swarm: String,
+        /// The key, as `build:<hex>` or `artifact:<hex>`.
+        key: String,
+    },
     /// No swarm of that name is configured.
     #[error("no swarm named {name:?} is configured")]
     UnknownSwarm {

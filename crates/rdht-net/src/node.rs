@@ -169,7 +169,10 @@ impl NodeHandle {
     async fn provide_via(&self, s: &SwarmHandle, key: ProviderKey) -> Result<(), NetError> {
         let stored = s.request(|reply| Command::Provide { key, reply }).await?;
         if !stored {
-            warn!(swarm = %s.name, %key, "the provider store refused the key");
+            return Err(NetError::ProviderStoreFull {
+                swarm: s.name.clone(),
+                key: key.to_string(),
+            });
         }
         debug!(swarm = %s.name, %key, "announced");
         Ok(())

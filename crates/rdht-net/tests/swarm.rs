@@ -526,3 +526,30 @@ async fn records_are_verified_and_replays_get_the_sender_banned() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_provider_store_is_an_error_not_a_silent_drop() {
+    init_tracing();
+    let mut s = swarm("public", vec![]);
+    s.max_provider_keys = 2;
+    let n = node(vec![s], Arc::new(MemoryBlocks::new())).await;
+    for i in 0..2u8 {
+        let k = ProviderKey::Artifact(BlockId::from_bytes([i; 32]));
+        assert_eq!(n.provide(k).await.unwrap(), ["public"]);
+    }
+    // Re-announcing a held key is fine; a third key is refused with context.
+    let again = ProviderKey::Artifact(BlockId::from_bytes([0; 32]));
+    assert_eq!(n.reannounce([again]).await.unwrap(), 1);
+    match n
+        .provide(ProviderKey::Artifact(BlockId::from_bytes([9; 32])))
+        .await
+    {
+        Err(NetError::ProviderStoreFull { swarm, key }) => {
+            assert_eq!(swarm, "public");
+            assert!(key.starts_with("artifact:0909"), "{key}");
+        }
+        other => panic!("{other:?}"),
+    }
+    n.shutdown().await;
+    assert!(matches!(n.peers().await, Err(NetError::Stopped)));
+}
