@@ -741,9 +741,16 @@ impl Shared {
         };
         let fetched: Vec<BuildRecord> = report.records.iter().map(|f| f.record.clone()).collect();
         if fetched.is_empty() {
-            return Ok(Resolution::Miss {
-                reason: "no provider has a record for this key".into(),
-            });
+            let reason = match report.failures.first() {
+                Some(f) => format!(
+                    "{} provider(s) failed to answer (first: {}: {})",
+                    report.failures.len(),
+                    f.peer,
+                    f.reason
+                ),
+                None => "no provider has a record for this key".into(),
+            };
+            return Ok(Resolution::Miss { reason });
         }
         let keep = fetched.clone();
         blocking(&self.store, move |s| {

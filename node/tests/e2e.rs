@@ -1,6 +1,5 @@
 //! End-to-end tests with real processes: `rdht-node` daemons on loopback in temp dirs,
-//! driven by the `rdht` CLI (built by `cargo test --workspace`, next to `rdht-node`).
-//! Waits poll with deadlines; ports are chosen by the OS.
+//! driven by the `rdht` CLI, through the `rdht-testnet` harness.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
 use std::collections::BTreeMap;
@@ -8,125 +7,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn node_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_rdht-node"))
-}
-
-fn rdht_bin() -> PathBuf {
-    let p = node_bin().with_file_name("rdht");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so the CLI is built",
-        p.display()
-    );
-    p
-}
-
-/// A running daemon, killed when dropped.
-struct Node {
-    dir: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(dir: &Path, args: &[&str]) -> Node {
-        let mut n = Node {
-            dir: dir.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        n.spawn();
-        n
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.with_extension("log")
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        let child = Command::new(node_bin())
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let socket = self.dir.join("api.sock");
-        let start = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "rdht-node exited with {status}:\n{}",
-                    std::fs::read_to_string(self.log()).unwrap()
-                );
-            }
-            assert!(start.elapsed() < DEADLINE, "daemon did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then wait for the exit.
-    fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let start = Instant::now();
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(start.elapsed() < DEADLINE, "daemon did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn rdht(&self, args: &[&str]) -> Output {
-        let out = Command::new(rdht_bin())
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "rdht {args:?} failed: {}\n--- daemon log ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.log()).unwrap_or_default()
-        );
-        out
-    }
-
-    fn stdout(&self, args: &[&str]) -> String {
-        String::from_utf8(self.rdht(args).stdout).unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use rdht_testnet::{Node, Swarm, bin};
 
 /// Deterministic incompressible bytes.
 fn content(seed: &str, len: usize) -> Vec<u8> {
@@ -177,50 +60,6 @@ fn make_tree(root: &Path) -> u64 {
     write("build/build-script-build", 1 << 20, true);
     write("empty", 0, false);
     total
-}
-
-struct Swarm {
-    tmp: tempfile::TempDir,
-    key: PathBuf,
-    boot: PathBuf,
-}
-
-impl Swarm {
-    fn new() -> Swarm {
-        let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join("swarm.key");
-        let boot = tmp.path().join("bootstrap.txt");
-        let out = Command::new(rdht_bin())
-            .args(["swarm", "keygen", "--out"])
-            .arg(&key)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        std::fs::write(&boot, "# test swarm\n").unwrap();
-        Swarm { tmp, key, boot }
-    }
-
-    /// Starts node `name` and adds its address to the bootstrap file.
-    fn node(&self, name: &str) -> Node {
-        let n = Node::start(
-            &self.tmp.path().join(name),
-            &[
-                "--swarm-key",
-                self.key.to_str().unwrap(),
-                "--bootstrap",
-                self.boot.to_str().unwrap(),
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ],
-        );
-        let line = n.stdout(&["swarm", "bootstrap-line"]);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.boot)
-            .unwrap();
-        f.write_all(line.as_bytes()).unwrap();
-        n
-    }
 }
 
 #[test]
@@ -319,7 +158,7 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("n");
     let _first = Node::start(&dir, &[]);
-    let out = Command::new(node_bin())
+    let out = Command::new(bin("rdht-node"))
         .arg("--data-dir")
         .arg(&dir)
         .output()

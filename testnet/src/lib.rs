@@ -1,4 +1,230 @@
-//! rdht-testnet: the multi-node harness (real daemons on loopback or in network
-//! namespaces) and the demo.
+//! rdht-testnet: a harness that runs real `rdht-node` daemons on loopback in temp dirs
+//! and drives them with the real `rdht` CLI; the end-to-end tests of the other crates
+//! use it.
 //!
-//! Filled by the testnet issue; until then this crate only names its place.
+//! Owns: finding the built binaries, starting, stopping and killing daemons, private
+//! swarms with a generated key and a shared bootstrap file. Does not own: any daemon
+//! behaviour. Waits poll with deadlines; ports are chosen by the OS.
+//!
+//! Binaries are looked up next to the running test's directory (`target/<profile>/`),
+//! where `cargo test --workspace` builds them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single wait may take.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The path of workspace binary `name`, built by `cargo test --workspace`.
+///
+/// # Panics
+/// When the binary is missing, with the command that builds it.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --bins`) so it is built",
+        p.display()
+    );
+    p
+}
+
+/// A running daemon, killed when dropped.
+#[derive(Debug)]
+pub struct Node {
+    /// Its data directory.
+    pub dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts `rdht-node --data-dir DIR ARGS` and waits until its API answers.
+    pub fn start(dir: &Path, args: &[&str]) -> Node {
+        let mut n = Node {
+            dir: dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        n.spawn();
+        n
+    }
+
+    /// The daemon's log file (stderr, `RUST_LOG=info`).
+    pub fn log(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    /// Starts the daemon again (after [`Node::stop`] or [`Node::kill`]).
+    ///
+    /// # Panics
+    /// When it exits or its API does not answer before the deadline.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("log file");
+        let child = Command::new(bin("rdht-node"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rdht-node");
+        self.child = Some(child);
+        let socket = self.dir.join("api.sock");
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "rdht-node exited with {status}:\n{}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+            }
+            assert!(start.elapsed() < DEADLINE, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("-TERM")
+    }
+
+    /// Sends SIGKILL and waits for the exit.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal("-KILL")
+    }
+
+    fn signal(&mut self, sig: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon is running");
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(ok.success());
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s;
+            }
+            assert!(start.elapsed() < DEADLINE, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `rdht --data-dir DIR ARGS`; panics (with the daemon log) if it fails.
+    pub fn rdht(&self, args: &[&str]) -> Output {
+        let out = Command::new(bin("rdht"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("run rdht");
+        assert!(
+            out.status.success(),
+            "rdht {args:?} failed: {}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
+        out
+    }
+
+    /// Stdout of [`Node::rdht`].
+    pub fn stdout(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.rdht(args).stdout).into_owned()
+    }
+
+    /// `rdht --json ARGS`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.stdout(&a)).expect("rdht printed JSON")
+    }
+
+    /// This node's builder key (hex).
+    pub fn builder_key(&self) -> String {
+        self.json(&["id"])["builder_key"]
+            .as_str()
+            .expect("builder_key")
+            .to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A private swarm: a temp dir with a generated `swarm.key` and a bootstrap file that
+/// every started node is added to.
+#[derive(Debug)]
+pub struct Swarm {
+    /// The temp dir holding everything.
+    pub tmp: tempfile::TempDir,
+    /// The swarm key file.
+    pub key: PathBuf,
+    /// The bootstrap file.
+    pub boot: PathBuf,
+}
+
+impl Default for Swarm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Swarm {
+    /// A new swarm with no nodes.
+    pub fn new() -> Swarm {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let key = tmp.path().join("swarm.key");
+        let boot = tmp.path().join("bootstrap.txt");
+        let out = Command::new(bin("rdht"))
+            .args(["swarm", "keygen", "--out"])
+            .arg(&key)
+            .output()
+            .expect("run rdht swarm keygen");
+        assert!(out.status.success());
+        std::fs::write(&boot, "# test swarm\n").expect("bootstrap file");
+        Swarm { tmp, key, boot }
+    }
+
+    /// Starts node `name` on 127.0.0.1 with a free port and adds it to the bootstrap file.
+    pub fn node(&self, name: &str) -> Node {
+        let n = Node::start(
+            &self.tmp.path().join(name),
+            &[
+                "--swarm-key",
+                self.key.to_str().expect("utf-8 temp path"),
+                "--bootstrap",
+                self.boot.to_str().expect("utf-8 temp path"),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ],
+        );
+        let line = n.stdout(&["swarm", "bootstrap-line"]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.boot)
+            .expect("bootstrap file");
+        f.write_all(line.as_bytes()).expect("write bootstrap file");
+        n
+    }
+}

@@ -74,6 +74,8 @@ pub struct Summary {
     pub uncacheable_reasons: BTreeMap<String, u64>,
     /// Miss reasons.
     pub miss_reasons: BTreeMap<String, u64>,
+    /// Crate names of the misses, sorted.
+    pub missed: Vec<String>,
     /// Bytes fetched from peers.
     pub bytes_fetched: u64,
     /// Estimated time saved: hits' original compile times minus the time the hits took.
@@ -98,6 +100,7 @@ pub fn summarize(path: &Path) -> Summary {
             Kind::Miss => {
                 s.misses += 1;
                 *s.miss_reasons.entry(u.reason).or_default() += 1;
+                s.missed.push(u.crate_name);
             }
             Kind::Uncacheable => {
                 s.uncacheable += 1;
@@ -105,6 +108,7 @@ pub fn summarize(path: &Path) -> Summary {
             }
         }
     }
+    s.missed.sort();
     s
 }
 
