@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Benchmark of cargo dht-build on a ~80-package crates.io workload (issue 6).
+#
+#   cli/bench/workload.sh            # from the repo root; needs only Rust and crates.io
+#
+# In one run, on the same machine and workload (tokio full, serde+derive, serde_json,
+# clap+derive, regex, anyhow, tracing, tracing-subscriber, rand, chrono, itertools):
+#   cold      plain `cargo build`, empty target dir
+#   miss      `cargo dht-build` through daemon A, empty target dir: every unit misses
+#   warm      a copy at another path, another CARGO_HOME, empty target dir, through
+#             daemon B, which fetches every unit from A over loopback
+#   local     the same again through B, now holding everything (local hits)
+# and prints times and ratios against cold. Targets: miss <= 1.05x cold, warm <= 0.10x
+# cold, per-unit hit overhead <= 5 ms. If sccache is installed, its warm time (same
+# paths, after rm -rf target) is measured too. Downloads happen before any timing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+
+cargo build --release --bins -q
+bin=$repo/target/release
+work=$(mktemp -d /tmp/rdht-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+"$bin/rdht" swarm keygen --out "$work/swarm.key" 2>/dev/null
+: >"$work/boot.txt"
+start_node() {
+    "$bin/rdht-node" --data-dir "$work/$1" --swarm-key "$work/swarm.key" \
+        --bootstrap "$work/boot.txt" --listen /ip4/127.0.0.1/tcp/0 2>"$work/$1.log" &
+    pids+=($!)
+    for _ in $(seq 300); do [ -S "$work/$1/api.sock" ] && break; sleep 0.1; done
+    "$bin/rdht" --data-dir "$work/$1" swarm bootstrap-line >>"$work/boot.txt"
+}
+start_node a
+start_node b
+key_a=$("$bin/rdht" --data-dir "$work/a" --json id | sed 's/.*"builder_key":"\([0-9a-f]*\)".*/\1/')
+"$bin/rdht" --data-dir "$work/b" trust add "$key_a" >/dev/null
+
+make_project() {
+    mkdir -p "$1/src"
+    cat >"$1/Cargo.toml" <<'TOML'
+[package]
+name = "workload"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+tokio = { version = "1", features = ["full"] }
+serde = { version = "1", features = ["derive"] }
+serde_json = "1"
+clap = { version = "4", features = ["derive"] }
+regex = "1"
+anyhow = "1"
+tracing = "0.1"
+tracing-subscriber = "0.3"
+rand = "0.8"
+chrono = "0.4"
+itertools = "0.13"
+TOML
+    cat >"$1/src/main.rs" <<'RS'
+use clap::Parser;
+use itertools::Itertools;
+use serde::Serialize;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(default_value = "a1b2c3")]
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Out {
+    digits: String,
+    when: String,
+    roll: u8,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt::init();
+    let args = Args::parse();
+    let re = regex::Regex::new(r"\d")?;
+    let digits = re.find_iter(&args.text).map(|m| m.as_str()).join(",");
+    let out = Out { digits, when: chrono::Utc::now().to_rfc3339(), roll: rand::random() };
+    tracing::info!("done");
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+RS
+}
+
+make_project "$work/p0"
+(cd "$work/p0" && CARGO_HOME="$work/home-a" cargo generate-lockfile -q && CARGO_HOME="$work/home-a" cargo fetch -q)
+for p in p1 p2; do mkdir -p "$work/$p" && cp -r "$work/p0/." "$work/$p/"; done
+(cd "$work/p2" && CARGO_HOME="$work/home-b" cargo fetch -q)
+
+now() { date +%s.%N; }
+timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.3f\n", a - b }'; }
+
+echo "cold: cargo build ..." >&2
+t_cold=$(cd "$work/p0" && CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
+echo "miss: cargo dht-build through A ..." >&2
+t_miss=$(cd "$work/p1" && CARGO_HOME="$work/home-a" RDHT_DATA_DIR="$work/a" timed "$bin/cargo-dht-build" dht-build -q 2>"$work/miss.txt")
+echo "warm: cargo dht-build at another path through B ..." >&2
+t_warm=$(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build -q 2>"$work/warm.txt")
+same=no
+cmp -s "$work/p1/target/debug/workload" "$work/p2/target/debug/workload" && same=yes
+rm -rf "$work/p2/target"
+echo "local: again through B (local hits) ..." >&2
+t_local=$(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/local.txt" >"$work/local.json")
+units=$(sed 's/.*"units":\([0-9]*\).*/\1/' "$work/local.json")
+t_noop=$(cd "$work/p2" && CARGO_HOME="$work/home-b" timed cargo build -q)
+
+t_sccache=""
+if command -v sccache >/dev/null; then
+    (cd "$work/p0" && rm -rf target && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" cargo build -q 2>/dev/null)
+    rm -rf "$work/p0/target"
+    t_sccache=$(cd "$work/p0" && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
+fi
+
+echo "miss:  $(tail -1 "$work/miss.txt")"
+echo "warm:  $(tail -1 "$work/warm.txt")"
+echo "local: $(tail -1 "$work/local.txt")"
+awk -v c="$t_cold" -v m="$t_miss" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v same="$same" 'BEGIN {
+    printf "%-34s %8s %8s\n", "build", "seconds", "x cold"
+    printf "%-34s %8.2f %8.3f\n", "cold cargo build", c, 1
+    printf "%-34s %8.2f %8.3f  (target <= 1.05)\n", "cargo dht-build, all misses", m, m / c
+    printf "%-34s %8.2f %8.3f  (target <= 0.10)\n", "cargo dht-build, warm from swarm", w, w / c
+    printf "%-34s %8.2f %8.3f\n", "cargo dht-build, local hits", l, l / c
+    if (s != "") printf "%-34s %8.2f %8.3f\n", "sccache warm (same paths)", s, s / c
+    else print "sccache: not installed, not measured"
+    printf "units %d; per-unit hit overhead %.1f ms (local hits minus no-op build, per unit; target <= 5)\n", u, (l - n) * 1000 / u
+    printf "final binaries identical: %s\n", same
+}'
