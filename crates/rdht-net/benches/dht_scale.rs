@@ -46,7 +46,8 @@ fn swarm_config(bootstrap: Vec<BootstrapPeer>) -> SwarmConfig {
     s.bootstrap = bootstrap;
     s.bootstrap_timeout = Duration::from_secs(30);
     s.query_timeout = Duration::from_secs(20);
-    // Short-lived connections keep the process under its file descriptor limit.
+    // Short-lived connections keep the process under its file descriptor limit (both
+    // ends of every connection are in this process).
     s.idle_timeout = Duration::from_secs(
         std::env::var("RDHT_DHT_IDLE")
             .ok()
@@ -152,7 +153,7 @@ async fn main() {
     let mut addrs = vec![first_addr];
     // Join in waves; each node bootstraps through one random node of earlier waves.
     while nodes.len() < n {
-        let wave = (n - nodes.len()).min(16);
+        let wave = (n - nodes.len()).min(env("RDHT_DHT_WAVE", 8));
         let boots: Vec<BootstrapPeer> = (0..wave)
             .map(|_| addrs[rng.below(addrs.len())].clone())
             .collect();

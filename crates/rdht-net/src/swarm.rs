@@ -264,7 +264,11 @@ pub(crate) async fn start(
             .map_err(|e| NetError::Listen {
                 swarm: cfg.name.clone(),
                 addr: addr.clone(),
-                reason: e.to_string(),
+                // TransportError's Display is empty for I/O errors; keep the cause.
+                reason: match &e {
+                    libp2p::TransportError::Other(io) => io.to_string(),
+                    other => other.to_string(),
+                },
             })?;
         listeners.insert(id, addr.clone());
     }

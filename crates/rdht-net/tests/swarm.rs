@@ -366,7 +366,18 @@ async fn private_swarm_needs_the_swarm_key() {
     let path = dir.path().join("swarm.key");
     std::fs::write(&path, key(7).to_file_text()).unwrap();
     let from_file = SwarmKey::from_file(&path).unwrap();
-    let joined = node(vec![private("private", from_file, vec![boot])], store).await;
+    let list = dir.path().join("bootstrap.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# private swarm seeds\n\n{}  # first node\n",
+            boot.to_multiaddr()
+        ),
+    )
+    .unwrap();
+    let seeds = rdht_net::read_bootstrap_file(&list).unwrap();
+    assert_eq!(seeds, [boot]);
+    let joined = node(vec![private("private", from_file, seeds)], store).await;
     let peers = joined.peers().await.unwrap();
     assert_eq!(peers[0].1, [first.peer_id()]);
     joined.shutdown().await;
