@@ -489,7 +489,8 @@ impl Shared {
                 root,
                 labels,
                 scope,
-            } => self.publish(key, root, labels, scope).await,
+                build_ms,
+            } => self.publish(key, root, labels, scope, build_ms).await,
             Request::Records { key } => self.records(key).await,
             Request::Gc => {
                 let report = blocking(&self.store, |s| s.gc()).await?;
@@ -803,6 +804,7 @@ impl Shared {
         root: BlockId,
         labels: Labels,
         scope: Scope,
+        build_ms: u64,
     ) -> Result<Response, ApiError> {
         let info = blocking(&self.store, move |s| s.artifact(&root))
             .await?
@@ -812,11 +814,12 @@ impl Shared {
                     format!("artifact {root} is not in the store; put it first"),
                 )
             })?;
-        let record = BuildRecord::sign(
+        let record = BuildRecord::sign_timed(
             key,
             root,
             info.file_bytes,
             now(),
+            build_ms,
             labels,
             self.identity.signing_key(),
         )

@@ -248,12 +248,22 @@ async fn try_hit(unit: &Unit) -> Result<Hit, CacheFailure> {
     )
     .await
     .map_err(|_| fail("resolving timed out"))??;
-    let (root, resolve_fetched) = match resolved {
+    let (root, resolve_fetched, build_ms) = match resolved {
         Response::Resolved(Resolution::Hit {
             root,
             bytes_fetched,
+            records,
             ..
-        }) => (root, bytes_fetched),
+        }) => {
+            // The builders' own figure for how long this unit took (for "time saved").
+            let build_ms = records
+                .iter()
+                .filter_map(|r| rdht_core::BuildRecord::decode(r).ok())
+                .map(|r| r.body().build_ms)
+                .max()
+                .unwrap_or(0);
+            (root, bytes_fetched, build_ms)
+        }
         Response::Resolved(Resolution::Miss { reason }) => return Err(fail(reason)),
         other => return Err(fail(format!("unexpected answer {other:?}"))),
     };
@@ -262,6 +272,7 @@ async fn try_hit(unit: &Unit) -> Result<Hit, CacheFailure> {
     let _ = std::fs::remove_dir_all(&tmp);
     result.map(|mut hit| {
         hit.bytes_fetched += resolve_fetched;
+        hit.compile_ms = build_ms;
         hit
     })
 }
@@ -295,7 +306,7 @@ async fn materialize(
     for e in &entries {
         match e.path.strip_prefix("out/") {
             Some(name) if !name.contains('/') => outputs.push(e),
-            _ if matches!(e.path.as_str(), "rdht/stderr" | "rdht/stdout" | "rdht/meta") => {}
+            _ if matches!(e.path.as_str(), "rdht/stderr" | "rdht/stdout") => {}
             _ => {
                 return Err(fail(format!(
                     "artifact {root} holds unexpected file {}",
@@ -337,18 +348,13 @@ async fn materialize(
             let _ = remember(&to, e.root);
         }
     }
-    let compile_ms = read("rdht/meta")
-        .lines()
-        .find_map(|l| l.strip_prefix("compile_ms="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
     let stdout = unit.roots.localize(&read("rdht/stdout"));
     let stderr = unit.roots.localize(&read("rdht/stderr"));
     let _ = std::io::stdout().lock().write_all(stdout.as_bytes());
     let _ = std::io::stderr().lock().write_all(stderr.as_bytes());
     Ok(Hit {
         bytes_fetched: fetched,
-        compile_ms,
+        compile_ms: 0,
     })
 }
 
@@ -407,10 +413,11 @@ async fn store_and_publish(
                 path: format!("out/{name}"),
             });
         }
+        // Only what rustc produced: two honest builders of the same unit must store the
+        // same artifact, so nothing machine- or run-specific goes in.
         for (name, text) in [
             ("stderr", unit.roots.normalize(&captured.stderr)),
             ("stdout", unit.roots.normalize(&captured.stdout)),
-            ("meta", format!("compile_ms={compile_ms}\n")),
         ] {
             let p = stage.join("rdht").join(name);
             std::fs::write(&p, text).map_err(|e| fail(format!("writing {}: {e}", p.display())))?;
@@ -442,6 +449,7 @@ async fn store_and_publish(
             root,
             labels: unit.labels.clone(),
             scope,
+            build_ms: compile_ms,
         };
         tokio::time::timeout(PUBLISH_TIMEOUT, client.call(publish))
             .await

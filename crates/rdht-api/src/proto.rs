@@ -72,6 +72,8 @@ pub enum Request {
         labels: Labels,
         /// Where it may be announced.
         scope: Scope,
+        /// How long the build took, in milliseconds (signed into the record).
+        build_ms: u64,
     },
     /// Every known record for a key, with the trust decision for each.
     Records {

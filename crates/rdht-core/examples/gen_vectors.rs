@@ -202,7 +202,16 @@ fn records_toml() -> String {
     let signer = SigningKey::from_bytes(&seed);
     let key = BuildKey::from_bytes(*blake3::hash(b"example build key").as_bytes());
     let (artifact, _) = manifest().to_dag();
-    let r = BuildRecord::sign(key, artifact.id, 20_018, 1_764_000_000, labels(), &signer).unwrap();
+    let r = BuildRecord::sign_timed(
+        key,
+        artifact.id,
+        20_018,
+        1_764_000_000,
+        1_234,
+        labels(),
+        &signer,
+    )
+    .unwrap();
     let b = r.body();
     let mut body = Annotated::default();
     body.raw(&[b.version], "version = 1");
@@ -213,6 +222,7 @@ fn records_toml() -> String {
     );
     body.varint(b.size, "size");
     body.varint(b.time, "time (Unix seconds)");
+    body.varint(b.build_ms, "build_ms");
     body.labels(&b.labels);
     body.raw(b.builder.as_bytes(), "builder: ed25519 public key");
     let mut msg = Annotated::default();

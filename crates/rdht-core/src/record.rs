@@ -37,6 +37,9 @@ pub struct RecordBody {
     pub size: u64,
     /// When it was built, seconds since the Unix epoch.
     pub time: u64,
+    /// How long the build took, in milliseconds (informational: estimates the time a
+    /// hit saves; 0 when unknown).
+    pub build_ms: u64,
     /// What the unit is.
     pub labels: Labels,
     /// Who built it and signs this.
@@ -114,12 +117,25 @@ pub fn signing_message(body: &RecordBody) -> Vec<u8> {
 
 impl BuildRecord {
     /// Signs a record that `signer` built `key` into artifact `root` of `size` bytes at
-    /// `time` (Unix seconds).
+    /// `time` (Unix seconds), build time unknown.
     pub fn sign(
         key: BuildKey,
         root: BlockId,
         size: u64,
         time: u64,
+        labels: Labels,
+        signer: &SigningKey,
+    ) -> Result<BuildRecord, RecordError> {
+        Self::sign_timed(key, root, size, time, 0, labels, signer)
+    }
+
+    /// [`BuildRecord::sign`] with the build's duration in milliseconds.
+    pub fn sign_timed(
+        key: BuildKey,
+        root: BlockId,
+        size: u64,
+        time: u64,
+        build_ms: u64,
         labels: Labels,
         signer: &SigningKey,
     ) -> Result<BuildRecord, RecordError> {
@@ -130,6 +146,7 @@ impl BuildRecord {
             root,
             size,
             time,
+            build_ms,
             labels,
             builder: BuilderKey::from_bytes(signer.verifying_key().to_bytes()),
         };
@@ -265,6 +282,7 @@ mod tests {
             Box::new(|b| b.root = BlockId::from(blake3::hash(b"other"))),
             Box::new(|b| b.size += 1),
             Box::new(|b| b.time += 1),
+            Box::new(|b| b.build_ms += 1),
             Box::new(|b| b.labels.crate_name.push('x')),
             Box::new(|b| b.labels.crate_version = "1.0.220".into()),
             Box::new(|b| b.labels.target.clear()),

@@ -118,8 +118,17 @@ fn record_vector() {
         unhex(str_of(t, "signing_message"))
     );
     let b = r.body();
-    let again =
-        BuildRecord::sign(b.key, b.root, b.size, b.time, b.labels.clone(), &signer).unwrap();
+    assert_eq!(b.build_ms, 1_234);
+    let again = BuildRecord::sign_timed(
+        b.key,
+        b.root,
+        b.size,
+        b.time,
+        b.build_ms,
+        b.labels.clone(),
+        &signer,
+    )
+    .unwrap();
     assert_eq!(again.encode(), enc, "ed25519 signing is deterministic");
     let manifest = load("manifest.toml");
     let artifact: BlockId = str_of(manifest["manifest"].as_table().unwrap(), "artifact_root")
