@@ -1,33 +1,154 @@
-//! rdht-testnet: a harness that runs real `rdht-node` daemons on loopback in temp dirs
+//! rdht-testnet: a harness that runs real `rdht-node` daemons as separate processes
 //! and drives them with the real `rdht` CLI; the end-to-end tests of the other crates
-//! use it.
+//! and the `rdht-testnet` binary use it.
+//!
+//! Two layers, read in this order:
+//! - [`Node`] and [`Swarm`]: one daemon each, owned by a test and killed when dropped,
+//!   on loopback in temp dirs, in a private swarm with a generated key and a shared
+//!   bootstrap file.
+//! - [`Testnet`] (`net.rs`): N daemons whose state (PIDs, data dirs, namespaces) is
+//!   recorded in a state directory, so the `rdht-testnet` binary can start them, return,
+//!   and later stop, kill, restart, partition or heal them. With `netns`, each daemon
+//!   runs in its own network namespace behind a private bridge ([`netns`]).
 //!
 //! Owns: finding the built binaries, starting, stopping and killing daemons, private
-//! swarms with a generated key and a shared bootstrap file. Does not own: any daemon
-//! behaviour. Waits poll with deadlines; ports are chosen by the OS.
+//! swarms, namespaces. Does not own: any daemon behaviour. Waits poll with deadlines;
+//! loopback ports are chosen by the OS.
 //!
-//! Binaries are looked up next to the running test's directory (`target/<profile>/`),
-//! where `cargo test --workspace` builds them.
+//! Binaries are looked up in `$RDHT_BIN_DIR`, else beside the running executable, else
+//! one level up (a test runs from `target/<profile>/deps/`, and `cargo test
+//! --workspace` builds the binaries into `target/<profile>/`).
+//!
+//! ```no_run
+//! let dir = tempfile::tempdir()?;
+//! let net = rdht_testnet::Testnet::up(dir.path(), 3, false)?;
+//! let id = net.json(1, &["id"])?;
+//! println!("node 1 is {}", id["peer_id"]);
+//! net.down()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod net;
+pub mod netns;
+
+pub use net::{NodeState, STATE_FILE, State, Testnet};
+
 /// How long any single wait may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// How often waits poll.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// What can go wrong managing a testnet.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or program could not be used.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or program.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A command exited unsuccessfully.
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// A daemon misbehaved (exited at start-up, printed something unexpected).
+    #[error("node {index}: {message}")]
+    Daemon {
+        /// The node.
+        index: usize,
+        /// What happened, with the end of its log where useful.
+        message: String,
+    },
+    /// A wait passed [`DEADLINE`].
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// The state directory holds no testnet.
+    #[error("no testnet in {} (start one with `rdht-testnet up N`)", .0.display())]
+    NoTestnet(PathBuf),
+    /// The state file could not be read or written.
+    #[error("state file {}: {message}", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// There is no node with that index.
+    #[error("no node {index}: nodes are numbered 1 to {count}")]
+    NoSuchNode {
+        /// The index asked for.
+        index: usize,
+        /// How many nodes there are.
+        count: usize,
+    },
+    /// The binaries were not found.
+    #[error(
+        "rdht-node and rdht not found in {searched} (build them: `cargo build --bins`, or set RDHT_BIN_DIR)"
+    )]
+    NoBinaries {
+        /// The directories looked in.
+        searched: String,
+    },
+    /// The request does not make sense in this state.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The directory holding `rdht-node` and `rdht`: `$RDHT_BIN_DIR`, else the running
+/// executable's directory, else its parent.
+pub fn bin_dir() -> Result<PathBuf, Error> {
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("RDHT_BIN_DIR") {
+        candidates.push(PathBuf::from(d));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).take(2).map(Path::to_path_buf));
+    }
+    candidates
+        .iter()
+        .find(|d| d.join("rdht-node").is_file() && d.join("rdht").is_file())
+        .cloned()
+        .ok_or_else(|| Error::NoBinaries {
+            searched: candidates
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
 
 /// The path of workspace binary `name`, built by `cargo test --workspace`.
 ///
 /// # Panics
 /// When the binary is missing, with the command that builds it.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
+    let dir = match bin_dir() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
