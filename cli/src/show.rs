@@ -38,7 +38,7 @@ pub fn status(s: &NodeStatus) -> (String, Value) {
     let text = format!(
         "peer id:   {}\npeers:     {}\nstore:     {} blocks, {} ({} on disk), {} pinned, {cap}\n\
          reads:     {} hits, {} misses, {} evictions\nresolves:  {} hits, {} misses\n\
-         transfer:  {} in, {} out\n",
+         transfer:  {} in, {} out\ntrust:     {} conflicts seen, {} builders blocklisted\n",
         s.peer_id,
         s.peers,
         st.blocks,
@@ -52,6 +52,8 @@ pub fn status(s: &NodeStatus) -> (String, Value) {
         s.resolve_misses,
         HumanBytes(s.bytes_in),
         HumanBytes(s.bytes_out),
+        s.conflicts,
+        s.blocklisted,
     );
     let v = json!({
         "peer_id": s.peer_id,
@@ -72,6 +74,8 @@ pub fn status(s: &NodeStatus) -> (String, Value) {
         "resolve_misses": s.resolve_misses,
         "bytes_in": s.bytes_in,
         "bytes_out": s.bytes_out,
+        "conflicts": s.conflicts,
+        "blocklisted": s.blocklisted,
     });
     (text, v)
 }

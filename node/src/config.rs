@@ -44,9 +44,16 @@ store_max_bytes = 21474836480
 # public_listen = ["/ip4/0.0.0.0/tcp/4518"]
 # public_bootstrap = "/etc/rdht/public-bootstrap.txt"
 
-# Builders whose records are trusted (hex public keys, as `rdht id` prints them).
-# This node's own key is always trusted. Also managed with `rdht trust add|remove`.
+# Trust (specs/trust.md). A record is used when its builder is trusted: this node,
+# a key listed here (hex public keys, as `rdht id` prints them) or one added with
+# `rdht trust add`. Otherwise at least `trust_threshold` distinct builders (2 or more:
+# no single unknown builder ever suffices) must agree on the same artifact.
 # trusted_keys = []
+# trust_threshold = 2
+
+# Share of cache hits that are also rebuilt locally and compared (0.02 = 2%). A
+# mismatch is logged, counted and blocklists the builders that claimed the artifact.
+# verify_sample_rate = 0.0
 "#;
 
 /// Default public-swarm listen address.
@@ -77,7 +84,7 @@ pub enum ConfigError {
 }
 
 /// What the config file may say. Unknown keys are errors, so typos are caught.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Peer listen addresses.
@@ -96,6 +103,10 @@ pub struct FileConfig {
     pub public_bootstrap: Option<PathBuf>,
     /// Trusted builder keys (hex).
     pub trusted_keys: Option<Vec<String>>,
+    /// Distinct agreeing builders that make an untrusted root acceptable.
+    pub trust_threshold: Option<usize>,
+    /// Share of hits rebuilt locally to check them.
+    pub verify_sample_rate: Option<f64>,
 }
 
 /// Values from flags or environment (clap resolves flag over env).
@@ -112,7 +123,7 @@ pub struct Overrides {
 }
 
 /// The effective configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The data directory.
     pub data_dir: PathBuf,
@@ -134,6 +145,10 @@ pub struct Config {
     pub public_bootstrap: Option<PathBuf>,
     /// Trusted builder keys from the file (hex; checked when the daemon starts).
     pub trusted_keys: Vec<String>,
+    /// Distinct agreeing builders that make an untrusted root acceptable (≥ 2).
+    pub trust_threshold: usize,
+    /// Share of hits rebuilt locally to check them, 0.0 to 1.0.
+    pub verify_sample_rate: f64,
 }
 
 /// The data directory: the given one, or the platform's data directory for rdht.
@@ -194,7 +209,18 @@ pub fn load(
             .unwrap_or_else(|| vec![DEFAULT_PUBLIC_LISTEN.to_string()]),
         public_bootstrap: file.public_bootstrap,
         trusted_keys: file.trusted_keys.unwrap_or_default(),
+        trust_threshold: file.trust_threshold.unwrap_or(2),
+        verify_sample_rate: file.verify_sample_rate.unwrap_or(0.0),
     };
+    if !(0.0..=1.0).contains(&config.verify_sample_rate) {
+        return Err(ConfigError::Parse {
+            path: config.config_file.clone(),
+            message: format!(
+                "verify_sample_rate = {} is not between 0.0 and 1.0",
+                config.verify_sample_rate
+            ),
+        });
+    }
     Ok((config, created))
 }
 

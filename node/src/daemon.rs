@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdht_api::proto::{
-    ExportedFile, NodeStatus, PeerInfo, RecordView, Resolution, Scope, StoreStatus,
+    BlockedBuilder, ExportedFile, NodeStatus, PeerInfo, RecordView, Resolution, Scope, StoreStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels};
@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::glue::{FetchSink, ServeStore};
 use crate::identity::{Identity, IdentityError};
 use crate::lock::{DataDirLock, LockError};
-use crate::trust::{TrustError, TrustSet};
+use crate::trust::{Policy, TrustError};
 
 /// Name of the private swarm.
 pub const PRIVATE_SWARM: &str = "private";
@@ -102,7 +102,8 @@ struct Shared {
     peer_id: PeerId,
     store: Store,
     net: Option<NodeHandle>,
-    trust: Mutex<TrustSet>,
+    trust: Mutex<Policy>,
+    conflicts: AtomicU64,
     resolve_hits: AtomicU64,
     resolve_misses: AtomicU64,
     bytes_in: Arc<AtomicU64>,
@@ -267,7 +268,12 @@ pub async fn run(
     let keypair =
         Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes are an ed25519 secret key");
     let peer_id = keypair.public().to_peer_id();
-    let trust = TrustSet::load(&dir, identity.builder_key(), &config.trusted_keys)?;
+    let trust = Policy::load(
+        &dir,
+        identity.builder_key(),
+        &config.trusted_keys,
+        config.trust_threshold,
+    )?;
     let store_path = dir.join(STORE_DIR);
     let store_config = rdht_store::Config {
         max_bytes: (config.store_max_bytes > 0).then_some(config.store_max_bytes),
@@ -312,6 +318,7 @@ pub async fn run(
         store,
         net,
         trust: Mutex::new(trust),
+        conflicts: AtomicU64::new(0),
         resolve_hits: AtomicU64::new(0),
         resolve_misses: AtomicU64::new(0),
         bytes_in: Arc::new(AtomicU64::new(0)),
@@ -373,6 +380,16 @@ pub async fn run(
     Ok(())
 }
 
+fn blocked_list(p: &Policy) -> Vec<BlockedBuilder> {
+    p.blocked()
+        .iter()
+        .map(|(b, r)| BlockedBuilder {
+            builder: *b,
+            reason: r.clone(),
+        })
+        .collect()
+}
+
 async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     let mut conn = ServerConn::new(stream);
     loop {
@@ -397,7 +414,7 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 impl Shared {
-    fn trust(&self) -> MutexGuard<'_, TrustSet> {
+    fn trust(&self) -> MutexGuard<'_, Policy> {
         self.trust.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -503,15 +520,29 @@ impl Shared {
                 let mut t = self.trust();
                 t.add(builder)
                     .map_err(|e| api_err(ErrorKind::Internal, e))?;
-                Ok(Response::Trust(t.list()))
+                Ok(Response::Trust(t.trusted()))
             }
             Request::TrustRemove { builder } => {
                 let mut t = self.trust();
                 t.remove(builder)
                     .map_err(|e| api_err(ErrorKind::BadRequest, e))?;
-                Ok(Response::Trust(t.list()))
+                Ok(Response::Trust(t.trusted()))
             }
-            Request::TrustList => Ok(Response::Trust(self.trust().list())),
+            Request::TrustList => Ok(Response::Trust(self.trust().trusted())),
+            Request::TrustBlock { builder, reason } => {
+                let mut t = self.trust();
+                t.block(builder, &reason)
+                    .map_err(|e| api_err(ErrorKind::Internal, e))?;
+                warn!(%builder, %reason, "builder blocklisted");
+                Ok(Response::Blocked(blocked_list(&t)))
+            }
+            Request::TrustUnblock { builder } => {
+                let mut t = self.trust();
+                t.unblock(builder)
+                    .map_err(|e| api_err(ErrorKind::Internal, e))?;
+                Ok(Response::Blocked(blocked_list(&t)))
+            }
+            Request::BlockList => Ok(Response::Blocked(blocked_list(&self.trust()))),
             Request::Shutdown => {
                 self.stop.notify_one();
                 Ok(Response::ShuttingDown)
@@ -548,6 +579,8 @@ impl Shared {
             resolve_misses: self.resolve_misses.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: 0,
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            blocklisted: self.trust().blocked().len() as u32,
         }))
     }
 
@@ -686,36 +719,35 @@ impl Shared {
         })
     }
 
-    /// The trusted root with the most trusted records (latest record breaks ties).
-    fn choose(&self, records: &[BuildRecord]) -> Option<(BlockId, Vec<BuildRecord>)> {
-        let trust = self.trust();
-        let trusted: Vec<&BuildRecord> = records.iter().filter(|r| trust.decide(r).0).collect();
-        let mut best: Option<(BlockId, Vec<BuildRecord>)> = None;
-        for r in &trusted {
-            let same: Vec<BuildRecord> = trusted
+    /// The root the policy accepts for `key` among `records`, with its supporting
+    /// records. Disagreement is logged and counted.
+    fn choose(
+        &self,
+        key: BuildKey,
+        records: &[BuildRecord],
+    ) -> Option<(BlockId, Vec<BuildRecord>)> {
+        let e = self.trust().evaluate(key, records);
+        if e.conflict {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+            let roots: std::collections::BTreeSet<String> = e
+                .decisions
                 .iter()
-                .filter(|o| o.root() == r.root())
-                .map(|o| (*o).clone())
+                .map(|d| d.record.root().to_string())
                 .collect();
-            let better = match &best {
-                None => true,
-                Some((_, b)) => {
-                    same.len() > b.len()
-                        || (same.len() == b.len()
-                            && same.iter().map(|x| x.body().time).max()
-                                > b.iter().map(|x| x.body().time).max())
-                }
-            };
-            if better {
-                best = Some((r.root(), same));
-            }
+            warn!(%key, ?roots, accepted = ?e.root, "builders disagree on this build key");
         }
-        best
+        e.root.map(|r| (r, e.supporting))
+    }
+
+    /// Whether this hit is one of the sampled ones to rebuild and compare.
+    fn sample(&self) -> bool {
+        let rate = self.config.verify_sample_rate;
+        rate > 0.0 && rand::random::<f64>() < rate
     }
 
     async fn resolve(&self, key: BuildKey) -> Result<Resolution, ApiError> {
         let local = blocking(&self.store, move |s| s.records(&key)).await?;
-        if let Some((root, records)) = self.choose(&local)
+        if let Some((root, records)) = self.choose(key, &local)
             && blocking(&self.store, move |s| s.artifact(&root))
                 .await?
                 .is_some()
@@ -725,6 +757,7 @@ impl Shared {
                 records: records.iter().map(BuildRecord::encode).collect(),
                 source: "local".into(),
                 bytes_fetched: 0,
+                verify: self.sample(),
             });
         }
         let Some(net) = &self.net else {
@@ -761,7 +794,13 @@ impl Shared {
             Ok(())
         })
         .await?;
-        let Some((root, records)) = self.choose(&fetched) else {
+        let mut all = local;
+        for r in &fetched {
+            if !all.contains(r) {
+                all.push(r.clone());
+            }
+        }
+        let Some((root, records)) = self.choose(key, &all) else {
             return Ok(Resolution::Miss {
                 reason: format!(
                     "{} record(s) found, none from a trusted builder",
@@ -795,6 +834,7 @@ impl Shared {
             records: records.iter().map(BuildRecord::encode).collect(),
             source: swarm,
             bytes_fetched,
+            verify: self.sample(),
         })
     }
 
@@ -858,16 +898,14 @@ impl Shared {
                 Err(e) => warn!(%key, "asking the swarm for records: {e}"),
             }
         }
-        let trust = self.trust();
+        let e = self.trust().evaluate(key, &all);
         Ok(Response::Records(
-            all.iter()
-                .map(|r| {
-                    let (trusted, reason) = trust.decide(r);
-                    RecordView {
-                        record: r.encode(),
-                        trusted,
-                        reason,
-                    }
+            e.decisions
+                .into_iter()
+                .map(|d| RecordView {
+                    record: d.record.encode(),
+                    trusted: d.accepted,
+                    reason: d.reason,
                 })
                 .collect(),
         ))

@@ -1,21 +1,31 @@
-//! Which builders' records this node accepts: its own key, the keys in `config.toml`
-//! (`trusted_keys`), and keys added with `rdht trust add` (kept in
-//! `DATA_DIR/trusted-keys`, one hex key per line, `#` comments).
+//! The trust policy over signed records (specs/trust.md): which builders' claims this
+//! node accepts, and the local blocklist of builders caught lying.
 //!
-//! Owns: the trusted set, its file and the per-record decision. Does not own: signature
-//! checks (a `BuildRecord` value is already verified) or agreement between several
-//! builders (the threshold policy of specs/trust.md, a later issue).
+//! A root is accepted for a build key when a non-blocklisted record for it comes from a
+//! trusted builder (this node, `trusted_keys` in `config.toml`, or `rdht trust add`), or
+//! when at least `threshold` (≥ 2) distinct non-blocklisted builders agree on it — so no
+//! single unknown builder ever suffices. Trusted keys added at run time live in
+//! `DATA_DIR/trusted-keys`, blocklisted ones in `DATA_DIR/blocked-keys` (hex key, then
+//! the reason, one per line; `#` comments).
+//!
+//! Owns: the sets, their files, the per-record decisions and the choice of root. Does
+//! not own: signature checks (a `BuildRecord` value is already verified) or catching
+//! liars (`--verify` and sampling in the shim report them here).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rdht_core::{BuildRecord, BuilderKey};
+use rdht_core::{BlockId, BuildKey, BuildRecord, BuilderKey};
 
-/// File name of the added keys inside the data directory.
+/// File name of the added trusted keys inside the data directory.
 pub const TRUST_FILE: &str = "trusted-keys";
+/// File name of the blocklist inside the data directory.
+pub const BLOCK_FILE: &str = "blocked-keys";
+/// The smallest allowed agreement threshold: one unknown builder never suffices.
+pub const MIN_THRESHOLD: usize = 2;
 
-/// The trusted set could not be loaded or changed.
+/// The policy could not be loaded or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     /// A key in a file or the config is not 64 hex digits.
@@ -36,7 +46,12 @@ pub enum TrustError {
         /// Where its trust comes from.
         by: &'static str,
     },
-    /// Reading or writing the trust file failed.
+    /// A threshold below [`MIN_THRESHOLD`].
+    #[error(
+        "trust threshold {0} is too low: at least {MIN_THRESHOLD} builders must agree, so that no single unknown builder suffices"
+    )]
+    Threshold(usize),
+    /// Reading or writing a policy file failed.
     #[error("{}: {source}", path.display())]
     Io {
         /// The file.
@@ -46,23 +61,80 @@ pub enum TrustError {
     },
 }
 
-/// The trusted builders.
+/// The decision on one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The record.
+    pub record: BuildRecord,
+    /// Whether it supports the accepted root.
+    pub accepted: bool,
+    /// Why, for people (`rdht records`).
+    pub reason: String,
+}
+
+/// The outcome of evaluating every record known for one build key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The accepted root, if any passes the policy.
+    pub root: Option<BlockId>,
+    /// The records that support it.
+    pub supporting: Vec<BuildRecord>,
+    /// One decision per distinct record, in input order.
+    pub decisions: Vec<Decision>,
+    /// Non-blocklisted builders disagree on the root.
+    pub conflict: bool,
+}
+
+/// Trusted and blocklisted builders, and the agreement threshold.
 #[derive(Debug, Clone)]
-pub struct TrustSet {
-    path: PathBuf,
+pub struct Policy {
+    dir: PathBuf,
     own: BuilderKey,
     configured: BTreeSet<BuilderKey>,
     added: BTreeSet<BuilderKey>,
+    blocked: BTreeMap<BuilderKey, String>,
+    threshold: usize,
 }
 
-impl TrustSet {
-    /// Loads the set for a node whose own key is `own`.
+fn parse_keys(path: &Path) -> Result<Vec<(BuilderKey, String)>, TrustError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TrustError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let key = key.parse::<BuilderKey>().map_err(|e| TrustError::BadKey {
+            source_name: path.display().to_string(),
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        out.push((key, rest.trim().to_string()));
+    }
+    Ok(out)
+}
+
+impl Policy {
+    /// Loads the policy of a node whose own key is `own`.
     pub fn load(
         data_dir: &Path,
         own: BuilderKey,
         configured: &[String],
-    ) -> Result<TrustSet, TrustError> {
-        let path = data_dir.join(TRUST_FILE);
+        threshold: usize,
+    ) -> Result<Policy, TrustError> {
+        if threshold < MIN_THRESHOLD {
+            return Err(TrustError::Threshold(threshold));
+        }
         let mut cfg = BTreeSet::new();
         for (i, k) in configured.iter().enumerate() {
             cfg.insert(k.parse::<BuilderKey>().map_err(|e| TrustError::BadKey {
@@ -71,52 +143,61 @@ impl TrustSet {
                 reason: e.to_string(),
             })?);
         }
-        let mut added = BTreeSet::new();
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                for (i, line) in text.lines().enumerate() {
-                    let line = line.split('#').next().unwrap_or("").trim();
-                    if line.is_empty() {
-                        continue;
-                    }
-                    added.insert(line.parse::<BuilderKey>().map_err(|e| TrustError::BadKey {
-                        source_name: path.display().to_string(),
-                        line: i + 1,
-                        reason: e.to_string(),
-                    })?);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(TrustError::Io { path, source }),
-        }
-        Ok(TrustSet {
-            path,
+        let added = parse_keys(&data_dir.join(TRUST_FILE))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let blocked = parse_keys(&data_dir.join(BLOCK_FILE))?
+            .into_iter()
+            .collect();
+        Ok(Policy {
+            dir: data_dir.to_path_buf(),
             own,
             configured: cfg,
             added,
+            blocked,
+            threshold,
         })
     }
 
-    fn save(&self) -> Result<(), TrustError> {
-        let mut text = String::from(
-            "# Builders trusted with `rdht trust add`; one hex public key per line.\n",
-        );
-        for k in &self.added {
-            text.push_str(&format!("{k}\n"));
+    fn save(&self, name: &str, header: &str, lines: Vec<String>) -> Result<(), TrustError> {
+        let path = self.dir.join(name);
+        let mut text = format!("# {header}\n");
+        for l in lines {
+            text.push_str(&l);
+            text.push('\n');
         }
-        let tmp = self.path.with_extension("tmp");
+        let tmp = path.with_extension("tmp");
         let io = |source| TrustError::Io {
-            path: self.path.clone(),
+            path: path.clone(),
             source,
         };
         fs::write(&tmp, text).map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)
+        fs::rename(&tmp, &path).map_err(io)
+    }
+
+    fn save_added(&self) -> Result<(), TrustError> {
+        let lines = self.added.iter().map(ToString::to_string).collect();
+        self.save(TRUST_FILE, "Builders trusted with `rdht trust add`.", lines)
+    }
+
+    fn save_blocked(&self) -> Result<(), TrustError> {
+        let lines = self
+            .blocked
+            .iter()
+            .map(|(k, r)| format!("{k} {}", r.replace('\n', " ")))
+            .collect();
+        self.save(
+            BLOCK_FILE,
+            "Builders caught lying; their records are ignored.",
+            lines,
+        )
     }
 
     /// Trusts `key` (persisted).
     pub fn add(&mut self, key: BuilderKey) -> Result<(), TrustError> {
         if self.added.insert(key) {
-            self.save()?;
+            self.save_added()?;
         }
         Ok(())
     }
@@ -137,30 +218,125 @@ impl TrustSet {
             });
         }
         if self.added.remove(&key) {
-            self.save()?;
+            self.save_added()?;
+        }
+        Ok(())
+    }
+
+    /// Blocklists `key` with `reason` (persisted). Its records are ignored from now on.
+    pub fn block(&mut self, key: BuilderKey, reason: &str) -> Result<(), TrustError> {
+        self.blocked.insert(key, reason.to_string());
+        self.save_blocked()
+    }
+
+    /// Removes `key` from the blocklist (persisted).
+    pub fn unblock(&mut self, key: BuilderKey) -> Result<(), TrustError> {
+        if self.blocked.remove(&key).is_some() {
+            self.save_blocked()?;
         }
         Ok(())
     }
 
     /// Every trusted key, the node's own first.
-    pub fn list(&self) -> Vec<BuilderKey> {
+    pub fn trusted(&self) -> Vec<BuilderKey> {
         let mut v = vec![self.own];
         let rest: BTreeSet<_> = self.configured.union(&self.added).copied().collect();
         v.extend(rest.into_iter().filter(|k| *k != self.own));
         v
     }
 
-    /// Whether `record` is accepted, and why.
-    pub fn decide(&self, record: &BuildRecord) -> (bool, String) {
-        let b = record.builder();
-        if b == self.own {
-            (true, "built by this node".into())
-        } else if self.configured.contains(&b) {
-            (true, "builder is trusted by config.toml".into())
-        } else if self.added.contains(&b) {
-            (true, "builder was trusted with `rdht trust add`".into())
+    /// Blocklisted keys and why.
+    pub fn blocked(&self) -> &BTreeMap<BuilderKey, String> {
+        &self.blocked
+    }
+
+    /// The agreement threshold.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    fn trusted_why(&self, b: &BuilderKey) -> Option<&'static str> {
+        if *b == self.own {
+            Some("built by this node")
+        } else if self.configured.contains(b) {
+            Some("trusted by config.toml")
+        } else if self.added.contains(b) {
+            Some("trusted with `rdht trust add`")
         } else {
-            (false, "builder is not trusted".into())
+            None
+        }
+    }
+
+    /// Decides on every record known for build `key` and picks the root to use.
+    pub fn evaluate(&self, key: BuildKey, records: &[BuildRecord]) -> Evaluation {
+        let mut distinct: Vec<&BuildRecord> = Vec::new();
+        for r in records {
+            if !distinct.contains(&r) {
+                distinct.push(r);
+            }
+        }
+        let usable = |r: &BuildRecord| r.key() == key && !self.blocked.contains_key(&r.builder());
+        // Per root: the distinct usable builders, and whether one is trusted.
+        let mut roots: BTreeMap<BlockId, (BTreeSet<BuilderKey>, bool, u64)> = BTreeMap::new();
+        for r in distinct.iter().filter(|r| usable(r)) {
+            let e = roots.entry(r.root()).or_default();
+            e.0.insert(r.builder());
+            e.1 |= self.trusted_why(&r.builder()).is_some();
+            e.2 = e.2.max(r.body().time);
+        }
+        let passes =
+            |(_, (builders, trusted, _)): &(&BlockId, &(BTreeSet<BuilderKey>, bool, u64))| {
+                *trusted || builders.len() >= self.threshold
+            };
+        let chosen = roots
+            .iter()
+            .filter(passes)
+            .max_by_key(|(_, (builders, trusted, time))| (*trusted, builders.len(), *time))
+            .map(|(root, _)| *root);
+        let conflict = roots.len() > 1;
+        let mut decisions = Vec::new();
+        let mut supporting = Vec::new();
+        for r in &distinct {
+            let (accepted, reason) = if r.key() != key {
+                (
+                    false,
+                    format!("record is for another build key ({})", r.key()),
+                )
+            } else if let Some(why) = self.blocked.get(&r.builder()) {
+                (false, format!("builder is blocklisted: {why}"))
+            } else {
+                let (builders, trusted, _) = &roots[&r.root()];
+                let agree = builders.len();
+                let basis = match self.trusted_why(&r.builder()) {
+                    Some(why) => why.to_string(),
+                    None if *trusted => {
+                        format!("a trusted builder agrees ({agree} builders on this root)")
+                    }
+                    None => format!(
+                        "{agree} of {} required builders agree on this root",
+                        self.threshold
+                    ),
+                };
+                match chosen {
+                    Some(c) if c == r.root() => (true, basis),
+                    Some(c) => (false, format!("disagrees with the accepted root {c}")),
+                    None => (false, format!("not enough trust: {basis}")),
+                }
+            };
+            if accepted {
+                supporting.push((*r).clone());
+            }
+            decisions.push(Decision {
+                record: (*r).clone(),
+                accepted,
+                reason,
+            });
+        }
+        Evaluation {
+            root: chosen,
+            supporting,
+            decisions,
+            conflict,
         }
     }
 }
@@ -168,33 +344,144 @@ impl TrustSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdht_core::{Labels, SigningKey};
+
+    fn signer(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn key_of(s: &SigningKey) -> BuilderKey {
+        BuilderKey::from_bytes(s.verifying_key().to_bytes())
+    }
+
+    fn record(by: &SigningKey, key: BuildKey, root: u8) -> BuildRecord {
+        let root = BlockId::from_bytes([root; 32]);
+        BuildRecord::sign(key, root, 1, 100, Labels::default(), by).unwrap()
+    }
+
+    fn policy(dir: &Path, own: u8, configured: &[BuilderKey]) -> Policy {
+        let cfg: Vec<String> = configured.iter().map(ToString::to_string).collect();
+        Policy::load(dir, key_of(&signer(own)), &cfg, 2).unwrap()
+    }
 
     #[test]
-    fn add_remove_persist_and_fixed_keys() {
+    fn add_remove_block_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let own = BuilderKey::from_bytes([1; 32]);
-        let cfg = BuilderKey::from_bytes([2; 32]);
-        let other = BuilderKey::from_bytes([3; 32]);
-        let mut t = TrustSet::load(dir.path(), own, &[cfg.to_string()]).unwrap();
-        assert_eq!(t.list(), vec![own, cfg]);
-        t.add(other).unwrap();
-        let t2 = TrustSet::load(dir.path(), own, &[cfg.to_string()]).unwrap();
-        assert_eq!(t2.list(), vec![own, cfg, other]);
+        let (own, cfg, other) = (key_of(&signer(1)), key_of(&signer(2)), key_of(&signer(3)));
+        let mut p = policy(dir.path(), 1, &[cfg]);
+        assert_eq!(p.trusted(), vec![own, cfg]);
+        p.add(other).unwrap();
+        p.block(cfg, "claimed a wrong root").unwrap();
+        let p2 = policy(dir.path(), 1, &[cfg]);
+        assert_eq!(p2.trusted(), vec![own, cfg, other]);
         assert_eq!(
-            t.remove(cfg).unwrap_err().to_string(),
+            p2.blocked().get(&cfg).map(String::as_str),
+            Some("claimed a wrong root")
+        );
+        assert_eq!(
+            p.remove(cfg).unwrap_err().to_string(),
             format!("{cfg} is trusted by config.toml; it cannot be removed here")
         );
-        assert!(t.remove(own).is_err());
-        t.remove(other).unwrap();
-        let t3 = TrustSet::load(dir.path(), own, &[]).unwrap();
-        assert_eq!(t3.list(), vec![own]);
+        assert!(p.remove(own).is_err());
+        p.remove(other).unwrap();
+        p.unblock(cfg).unwrap();
+        let p3 = policy(dir.path(), 1, &[]);
+        assert_eq!(p3.trusted(), vec![own]);
+        assert!(p3.blocked().is_empty());
         fs::write(dir.path().join(TRUST_FILE), "# c\n\nnot-a-key\n").unwrap();
-        let err = TrustSet::load(dir.path(), own, &[])
+        let err = Policy::load(dir.path(), own, &[], 2)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("trusted-keys line 3: invalid builder key"),
             "{err}"
         );
+        assert!(matches!(
+            Policy::load(dir.path(), own, &[], 1),
+            Err(TrustError::Threshold(1))
+        ));
+    }
+
+    #[test]
+    fn a_single_untrusted_builder_never_suffices() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(dir.path(), 1, &[]);
+        let k = BuildKey::from_bytes([7; 32]);
+        let e = p.evaluate(k, &[record(&signer(5), k, 9)]);
+        assert_eq!(e.root, None);
+        assert!(!e.decisions[0].accepted);
+        assert_eq!(
+            e.decisions[0].reason,
+            "not enough trust: 1 of 2 required builders agree on this root"
+        );
+    }
+
+    #[test]
+    fn two_honest_builders_outvote_a_liar() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = policy(dir.path(), 1, &[]);
+        let k = BuildKey::from_bytes([7; 32]);
+        let recs = [
+            record(&signer(5), k, 9),
+            record(&signer(6), k, 9),
+            record(&signer(66), k, 13),
+        ];
+        let e = p.evaluate(k, &recs);
+        assert_eq!(e.root, Some(BlockId::from_bytes([9; 32])));
+        assert!(e.conflict);
+        assert_eq!(e.supporting.len(), 2);
+        let reasons: Vec<_> = e
+            .decisions
+            .iter()
+            .map(|d| (d.accepted, d.reason.clone()))
+            .collect();
+        assert_eq!(
+            reasons[0],
+            (
+                true,
+                "2 of 2 required builders agree on this root".to_string()
+            )
+        );
+        assert_eq!(
+            reasons[2],
+            (
+                false,
+                format!(
+                    "disagrees with the accepted root {}",
+                    BlockId::from_bytes([9; 32])
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn trusted_keys_win_and_blocklisted_or_replayed_records_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let ci = signer(2);
+        let mut p = policy(dir.path(), 1, &[key_of(&ci)]);
+        let k = BuildKey::from_bytes([7; 32]);
+        let other_key = BuildKey::from_bytes([8; 32]);
+        // Two strangers agree on 13, the trusted CI key says 9: 9 wins.
+        let recs = [
+            record(&signer(5), k, 13),
+            record(&signer(6), k, 13),
+            record(&ci, k, 9),
+        ];
+        assert_eq!(
+            p.evaluate(k, &recs).root,
+            Some(BlockId::from_bytes([9; 32]))
+        );
+        // A trusted builder's valid record for another key, replayed for this one.
+        let e = p.evaluate(k, &[record(&ci, other_key, 9)]);
+        assert_eq!(e.root, None);
+        assert_eq!(
+            e.decisions[0].reason,
+            format!("record is for another build key ({other_key})")
+        );
+        // The CI key caught lying: blocklisted, its records no longer count.
+        p.block(key_of(&ci), "mismatch").unwrap();
+        let e = p.evaluate(k, &recs);
+        assert_eq!(e.root, Some(BlockId::from_bytes([13; 32])));
+        assert_eq!(e.decisions[2].reason, "builder is blocklisted: mismatch");
     }
 }

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use rdht_cli::shim::session::{self, SESSION_LOG_ENV};
-use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV};
+use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV, VERIFY_ENV};
 
 const HELP: &str = "\
 cargo dht-build: build with the rdht peer-to-peer cache of Rust build artifacts
 
-Usage: cargo dht-build [--json] [CARGO BUILD OPTIONS]
+Usage: cargo dht-build [--json] [--verify] [CARGO BUILD OPTIONS]
 
 Runs `cargo build` with every option given (--release, -p, --features, --target,
 --workspace, ...) and this program as RUSTC_WRAPPER. Each crate is looked up by a
@@ -26,6 +26,11 @@ never fails the build: it falls back to rustc with one warning line.
 
 Options:
   --json        also print the summary as JSON on stdout
+  --verify      build every unit locally (in a scratch target dir unless --target-dir
+                is given) and compare it with what other builders published: prints
+                match / MISMATCH / no record per unit, publishes this node's records for
+                matches, blocklists builders whose root differs from a reproducible local
+                build, and exits non-zero on any mismatch
   -h, --help    print this help
 
 Environment:
@@ -46,10 +51,12 @@ fn is_rustc(arg: &str) -> bool {
 
 fn subcommand(args: Vec<String>) -> ExitCode {
     let mut json = false;
+    let mut verify = false;
     let mut cargo_args = Vec::new();
     for a in args {
         match a.as_str() {
             "--json" => json = true,
+            "--verify" => verify = true,
             "-h" | "--help" => {
                 print!("{HELP}");
                 return ExitCode::SUCCESS;
@@ -80,6 +87,16 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         .args(&cargo_args)
         .env("RUSTC_WRAPPER", &me)
         .env(SESSION_LOG_ENV, &log);
+    if verify {
+        cmd.env(VERIFY_ENV, "1");
+        if !cargo_args
+            .iter()
+            .any(|a| a == "--target-dir" || a.starts_with("--target-dir="))
+        {
+            // Every unit must be compiled: a fresh target dir leaves nothing up to date.
+            cmd.env("CARGO_TARGET_DIR", session_dir.path().join("target"));
+        }
+    }
     let daemon_up = unit::data_dir().is_some_and(|d| {
         std::os::unix::net::UnixStream::connect(rdht_api::socket_path(&d)).is_ok()
     });
@@ -101,14 +118,25 @@ fn subcommand(args: Vec<String>) -> ExitCode {
     };
     let summary = session::summarize(&log);
     eprintln!("{}", summary.line());
+    if let Some(line) = summary.verify_line() {
+        eprintln!("{line}");
+    }
     if json {
         match serde_json::to_string(&summary) {
             Ok(s) => println!("{s}"),
             Err(e) => eprintln!("rdht: error: {e}"),
         }
     }
-    // Cargo's own exit code, as plain cargo build would give.
-    let code = status.code().unwrap_or(101);
+    // Cargo's own exit code, as plain cargo build would give; a verified mismatch fails
+    // an otherwise successful run.
+    let mut code = status.code().unwrap_or(101);
+    if code == 0 && verify && summary.mismatches() > 0 {
+        eprintln!(
+            "rdht: verify found {} unit(s) whose published artifact differs from a reproducible local build",
+            summary.mismatches()
+        );
+        code = 1;
+    }
     ExitCode::from(u8::try_from(code).unwrap_or(101))
 }
 

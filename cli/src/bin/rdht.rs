@@ -85,6 +85,21 @@ enum TrustCommand {
     },
     /// List trusted builders.
     List,
+    /// Blocklist a builder caught lying: its records are ignored from now on.
+    Block {
+        /// The builder key (64 hex digits).
+        key: BuilderKey,
+        /// Why (kept with the entry).
+        #[arg(long, default_value = "blocklisted by the operator")]
+        reason: String,
+    },
+    /// Remove a builder from the blocklist.
+    Unblock {
+        /// The builder key (64 hex digits).
+        key: BuilderKey,
+    },
+    /// List blocklisted builders and why.
+    Blocked,
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,8 +349,27 @@ async fn run(cli: Cli) -> Result<()> {
                 TrustCommand::Add { key } => Request::TrustAdd { builder: key },
                 TrustCommand::Remove { key } => Request::TrustRemove { builder: key },
                 TrustCommand::List => Request::TrustList,
+                TrustCommand::Block { key, reason } => Request::TrustBlock {
+                    builder: key,
+                    reason,
+                },
+                TrustCommand::Unblock { key } => Request::TrustUnblock { builder: key },
+                TrustCommand::Blocked => Request::BlockList,
             };
             match client.call(request).await? {
+                Response::Blocked(list) => {
+                    if json {
+                        let v: Vec<_> = list
+                            .iter()
+                            .map(|b| serde_json::json!({ "builder": b.builder.to_string(), "reason": b.reason }))
+                            .collect();
+                        println!("{}", serde_json::Value::Array(v));
+                    } else {
+                        for b in list {
+                            println!("{}  {}", b.builder, b.reason);
+                        }
+                    }
+                }
                 Response::Trust(keys) => {
                     if json {
                         let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();

@@ -3,8 +3,9 @@
 //! Three directories differ between machines and users: the cargo home (registry
 //! sources), the workspace, and the target directory. Keys, stored dep-info and replayed
 //! messages name them by fixed placeholders; rustc is told to write the placeholders
-//! into outputs (`--remap-path-prefix` with `--remap-path-scope=object`, so diagnostics
-//! still show local paths), which makes outputs bit-identical across machines.
+//! everywhere (`--remap-path-prefix`, all scopes: with diagnostics left out, crate
+//! metadata keeps unremapped paths), which makes outputs bit-identical across machines.
+//! The shim turns placeholders back into local paths in everything it shows.
 //!
 //! Owns: finding the roots for one invocation and replacing them both ways. Does not
 //! own: which strings are replaced (callers decide).
@@ -109,14 +110,11 @@ impl Roots {
     /// The rustc arguments that write placeholders into outputs. rustc applies the last
     /// matching prefix, so the most specific root comes last.
     pub fn remap_args(&self) -> Vec<String> {
-        let mut args: Vec<String> = self
-            .entries
+        self.entries
             .iter()
             .rev()
             .map(|(local, ph)| format!("--remap-path-prefix={local}={ph}"))
-            .collect();
-        args.push("--remap-path-scope=object".into());
-        args
+            .collect()
     }
 }
 
@@ -146,7 +144,6 @@ mod tests {
                 "--remap-path-prefix=/home/a/proj=/rdht/workspace",
                 "--remap-path-prefix=/home/a/.cargo=/rdht/cargo-home",
                 "--remap-path-prefix=/home/a/proj/target=/rdht/target",
-                "--remap-path-scope=object",
             ]
         );
     }

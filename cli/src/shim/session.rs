@@ -41,6 +41,13 @@ pub struct UnitLog {
     pub compile_ms: u64,
     /// Wall time this invocation took.
     pub wall_ms: u64,
+    /// The unit's build key (hex), when it has one.
+    #[serde(default)]
+    pub key: String,
+    /// The outcome of checking this unit against other builders (`--verify` or
+    /// sampling): `match`, `mismatch`, `no record`, `not reproducible`, `error`.
+    #[serde(default)]
+    pub verify: Option<String>,
 }
 
 /// Appends `line` to the session log named by the environment, if any. Failures are
@@ -80,6 +87,8 @@ pub struct Summary {
     pub bytes_fetched: u64,
     /// Estimated time saved: hits' original compile times minus the time the hits took.
     pub saved_ms: u64,
+    /// Verification outcomes (`--verify`, sampled hits) by kind.
+    pub verify: BTreeMap<String, u64>,
 }
 
 /// Reads the session log (missing: an empty session).
@@ -92,6 +101,9 @@ pub fn summarize(path: &Path) -> Summary {
         };
         s.units += 1;
         s.bytes_fetched += u.bytes_fetched;
+        if let Some(v) = &u.verify {
+            *s.verify.entry(v.clone()).or_default() += 1;
+        }
         match u.kind {
             Kind::Hit => {
                 s.hits += 1;
@@ -113,6 +125,26 @@ pub fn summarize(path: &Path) -> Summary {
 }
 
 impl Summary {
+    /// Units whose verification found a builder's root differing from a reproducible
+    /// local build.
+    pub fn mismatches(&self) -> u64 {
+        self.verify.get("mismatch").copied().unwrap_or(0)
+            + self.verify.get("sample mismatch").copied().unwrap_or(0)
+    }
+
+    /// The verification line, when anything was verified.
+    pub fn verify_line(&self) -> Option<String> {
+        if self.verify.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .verify
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        Some(format!("rdht: verify: {}", parts.join(", ")))
+    }
+
     /// The one summary line (starts with `rdht:`).
     pub fn line(&self) -> String {
         let mut line = format!(
@@ -158,6 +190,8 @@ mod tests {
                 bytes_fetched: fetched,
                 compile_ms: compile,
                 wall_ms: wall,
+                key: String::new(),
+                verify: None,
             };
             text.push_str(&serde_json::to_string(&u).unwrap());
             text.push('\n');

@@ -6,10 +6,17 @@
 //!   into place with local paths in dep-info, replay rustc's messages with local paths.
 //! - Miss: run rustc with path remapping, passing its output through as it comes, then
 //!   store the outputs and publish a signed record.
+//! - Sampled hit (the daemon's `verify_sample_rate`): before using a hit, compile it
+//!   again in a scratch directory and compare; a difference blocklists the builders
+//!   that claimed it and the unit is built locally.
+//! - Verify (`RDHT_VERIFY=1`, `cargo dht-build --verify`): build locally, compare with
+//!   every record for the key, blocklist builders whose root differs from a
+//!   reproducible local build, publish our own record for matches.
 //!
 //! Invariant: any cache failure becomes a local build and at most one warning line; the
 //! exit code is rustc's. Owns: the two paths. Does not own: the key (`inputs.rs`).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use rdht_api::proto::{ExportedFile, PutFile, Resolution, Scope};
 use rdht_api::{Client, ClientError, Request, Response};
-use rdht_core::BlockId;
+use rdht_core::{BlockId, BuildRecord, BuilderKey};
 
-use super::filehash::remember;
+use super::filehash::{hash_file, remember};
 use super::inputs::{Env, Plan, Unit, plan};
 use super::session::{self, Kind, UnitLog};
 
@@ -30,6 +37,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(120);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Set by `cargo dht-build` when it found no daemon: skip the cache quietly.
 pub const DAEMON_DOWN_ENV: &str = "RDHT_DAEMON_DOWN";
+/// Set by `cargo dht-build --verify`: build every unit and check other builders.
+pub const VERIFY_ENV: &str = "RDHT_VERIFY";
 
 /// The daemon's data directory for this process.
 pub fn data_dir() -> Option<PathBuf> {
@@ -46,6 +55,7 @@ fn warn(crate_name: &str, msg: &str) {
 struct CacheFailure {
     reason: String,
     publish: bool,
+    sample_mismatch: bool,
 }
 
 impl From<ClientError> for CacheFailure {
@@ -57,6 +67,7 @@ impl From<ClientError> for CacheFailure {
         CacheFailure {
             reason: e.to_string(),
             publish,
+            sample_mismatch: false,
         }
     }
 }
@@ -65,6 +76,7 @@ fn fail(reason: impl Into<String>) -> CacheFailure {
     CacheFailure {
         reason: reason.into(),
         publish: true,
+        sample_mismatch: false,
     }
 }
 
@@ -96,6 +108,8 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 bytes_fetched: 0,
                 compile_ms: 0,
                 wall_ms: 0,
+                key: String::new(),
+                verify: None,
             });
             return exec(&rustc, &args);
         }
@@ -112,19 +126,30 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         }
     };
     let daemon_down = env.get(DAEMON_DOWN_ENV).is_some_and(|v| v == "1");
+    let mut log = UnitLog {
+        crate_name: crate_name.clone(),
+        kind: Kind::Miss,
+        reason: "daemon not running".into(),
+        bytes_fetched: 0,
+        compile_ms: 0,
+        wall_ms: 0,
+        key: unit.key.to_string(),
+        verify: None,
+    };
+    if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
+        return verify(&runtime, &rustc, &args, &unit, log, start);
+    }
     let mut publish = !daemon_down;
-    let mut reason = "daemon not running".to_string();
     if !daemon_down {
-        match runtime.block_on(try_hit(&unit)) {
+        match runtime.block_on(try_hit(&rustc, &args, &unit)) {
             Ok(hit) => {
-                session::append(&UnitLog {
-                    crate_name,
-                    kind: Kind::Hit,
-                    reason: String::new(),
-                    bytes_fetched: hit.bytes_fetched,
-                    compile_ms: hit.compile_ms,
-                    wall_ms: start.elapsed().as_millis() as u64,
-                });
+                log.kind = Kind::Hit;
+                log.reason.clear();
+                log.bytes_fetched = hit.bytes_fetched;
+                log.compile_ms = hit.compile_ms;
+                log.verify = hit.sampled.then(|| "sample match".to_string());
+                log.wall_ms = start.elapsed().as_millis() as u64;
+                session::append(&log);
                 return 0;
             }
             Err(f) => {
@@ -132,7 +157,8 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                     warn(&crate_name, &f.reason);
                 }
                 publish = f.publish;
-                reason = f.reason;
+                log.verify = f.sample_mismatch.then(|| "sample mismatch".to_string());
+                log.reason = f.reason;
             }
         }
     }
@@ -144,25 +170,218 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
             return 1;
         }
     };
-    let compile_ms = compile_start.elapsed().as_millis() as u64;
-    if code == 0
-        && publish
-        && let Err(e) = runtime.block_on(store_and_publish(&unit, &captured, compile_ms))
-    {
-        eprintln!(
-            "rdht: warning: {crate_name}: built locally but not shared: {}",
-            e.reason
-        );
+    log.compile_ms = compile_start.elapsed().as_millis() as u64;
+    if code == 0 && publish {
+        let shared = runtime.block_on(async {
+            let root = store(&unit, &captured).await?;
+            publish_record(&unit, root, log.compile_ms).await
+        });
+        if let Err(e) = shared {
+            eprintln!(
+                "rdht: warning: {crate_name}: built locally but not shared: {}",
+                e.reason
+            );
+        }
     }
-    session::append(&UnitLog {
-        crate_name,
-        kind: Kind::Miss,
-        reason,
-        bytes_fetched: 0,
-        compile_ms,
-        wall_ms: start.elapsed().as_millis() as u64,
-    });
+    log.wall_ms = start.elapsed().as_millis() as u64;
+    session::append(&log);
     code
+}
+
+/// `--verify`: build locally, compare with every record for the key, act on the result.
+fn verify(
+    runtime: &tokio::runtime::Runtime,
+    rustc: &Path,
+    args: &[String],
+    unit: &Unit,
+    mut log: UnitLog,
+    start: Instant,
+) -> i32 {
+    let name = log.crate_name.clone();
+    let claimed = match runtime.block_on(records_for(unit)) {
+        Ok(c) => c,
+        Err(f) => {
+            warn(&name, &format!("cannot list records: {}", f.reason));
+            BTreeMap::new()
+        }
+    };
+    let compile_start = Instant::now();
+    let (code, captured) = match run_rustc(rustc, args, unit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rdht: error: running {}: {e}", rustc.display());
+            return 1;
+        }
+    };
+    log.compile_ms = compile_start.elapsed().as_millis() as u64;
+    log.reason = "verify".into();
+    if code != 0 {
+        log.wall_ms = start.elapsed().as_millis() as u64;
+        session::append(&log);
+        return code;
+    }
+    let outcome = runtime.block_on(async {
+        let local = store(unit, &captured).await?;
+        let liars: Vec<(BlockId, &Vec<BuilderKey>)> =
+            claimed.iter().filter(|(r, _)| **r != local).map(|(r, b)| (*r, b)).collect();
+        let (outcome, line) = if claimed.is_empty() {
+            ("no record", "no record".to_string())
+        } else if liars.is_empty() {
+            let n: usize = claimed.values().map(Vec::len).sum();
+            ("match", format!("match ({n} builder record(s) agree with the local build)"))
+        } else if unit.inv.incremental {
+            // Incremental builds name codegen units differently on every fresh run.
+            ("not reproducible", "not reproducible (incremental build); no builder blamed".to_string())
+        } else if !reproducible(rustc, args, unit, &captured)? {
+            ("not reproducible", "not reproducible: two local builds differ; no builder blamed".to_string())
+        } else {
+            let mut blamed = Vec::new();
+            for (root, builders) in &liars {
+                for b in *builders {
+                    let reason = format!(
+                        "claimed root {root} for build key {}; a reproducible local build gives {local}",
+                        unit.key
+                    );
+                    block(*b, reason).await?;
+                    blamed.push(b.to_string());
+                }
+            }
+            ("mismatch", format!("MISMATCH: local build gives {local}; blocklisted {}", blamed.join(", ")))
+        };
+        eprintln!("rdht: verify {}: {line}", log.crate_name);
+        if outcome != "not reproducible" {
+            publish_record(unit, local, log.compile_ms).await?;
+        }
+        Ok::<_, CacheFailure>(outcome)
+    });
+    log.verify = Some(match outcome {
+        Ok(o) => o.to_string(),
+        Err(f) => {
+            eprintln!("rdht: verify {name}: error: {}", f.reason);
+            "error".to_string()
+        }
+    });
+    log.wall_ms = start.elapsed().as_millis() as u64;
+    session::append(&log);
+    code
+}
+
+/// Roots claimed for the unit's key by each builder's records.
+async fn records_for(unit: &Unit) -> Result<BTreeMap<BlockId, Vec<BuilderKey>>, CacheFailure> {
+    let mut client = connect().await?;
+    let views = match tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        client.call(Request::Records { key: unit.key }),
+    )
+    .await
+    .map_err(|_| fail("listing records timed out"))??
+    {
+        Response::Records(v) => v,
+        other => return Err(fail(format!("unexpected answer {other:?}"))),
+    };
+    let mut claimed: BTreeMap<BlockId, Vec<BuilderKey>> = BTreeMap::new();
+    for v in views {
+        if let Ok(r) = BuildRecord::decode_for(&v.record, unit.key) {
+            let builders = claimed.entry(r.root()).or_default();
+            if !builders.contains(&r.builder()) {
+                builders.push(r.builder());
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+async fn block(builder: BuilderKey, reason: String) -> Result<(), CacheFailure> {
+    let mut client = connect().await?;
+    client.call(Request::TrustBlock { builder, reason }).await?;
+    Ok(())
+}
+
+/// The unit's arguments with the output directory, and the incremental directory if
+/// any, moved under `dir` (a fresh incremental directory, as on a first build).
+fn args_into(args: &[String], dir: &Path) -> Vec<String> {
+    let incremental = format!("incremental={}", dir.join("incremental").display());
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--out-dir" {
+            it.next();
+            out.push(a.clone());
+            out.push(dir.to_string_lossy().into_owned());
+        } else if a.starts_with("--out-dir=") {
+            out.push(format!("--out-dir={}", dir.display()));
+        } else if (a == "-C" || a == "--codegen")
+            && it
+                .clone()
+                .next()
+                .is_some_and(|v| v.starts_with("incremental="))
+        {
+            it.next();
+            out.push(a.clone());
+            out.push(incremental.clone());
+        } else if a.starts_with("-Cincremental=") {
+            out.push(format!("-C{incremental}"));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// Compiles the unit again into a scratch directory, quietly; returns the content root
+/// of each output by file name (dep-info excluded: it names the scratch directory).
+fn rebuild_roots(
+    rustc: &Path,
+    args: &[String],
+    unit: &Unit,
+) -> Result<BTreeMap<String, BlockId>, CacheFailure> {
+    let dir = scratch(&unit.out_dir, "check");
+    let result = (|| {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+        let out = Command::new(rustc)
+            .args(args_into(args, &dir))
+            .args(unit.roots.remap_args())
+            .output()
+            .map_err(|e| fail(format!("running {}: {e}", rustc.display())))?;
+        if !out.status.success() {
+            return Err(fail("the check build failed"));
+        }
+        let mut roots = BTreeMap::new();
+        for e in
+            std::fs::read_dir(&dir).map_err(|e| fail(format!("reading {}: {e}", dir.display())))?
+        {
+            let p = e.map_err(|e| fail(e.to_string()))?.path();
+            let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            if p.is_file() && !name.ends_with(".d") {
+                roots.insert(name, hash_file(&p).map_err(|e| fail(e.to_string()))?);
+            }
+        }
+        Ok(roots)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Whether a second local build gives the same outputs as the one just made.
+fn reproducible(
+    rustc: &Path,
+    args: &[String],
+    unit: &Unit,
+    captured: &Captured,
+) -> Result<bool, CacheFailure> {
+    let mut first = BTreeMap::new();
+    for o in artifacts(&captured.stderr) {
+        let Some(name) = o.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if !name.ends_with(".d") {
+            first.insert(name, hash_file(&o).map_err(|e| fail(e.to_string()))?);
+        }
+    }
+    Ok(rebuild_roots(rustc, args, unit)? == first)
 }
 
 /// Replaces this process with rustc.
@@ -180,7 +399,8 @@ struct Captured {
 }
 
 /// Runs rustc with path remapping, passing each line on as it comes (cargo starts
-/// dependents on the metadata notification) while keeping a copy.
+/// dependents on the metadata notification), with placeholders turned back into local
+/// paths, while keeping a copy as rustc wrote it.
 fn run_rustc(rustc: &Path, args: &[String], unit: &Unit) -> std::io::Result<(i32, Captured)> {
     let mut child = Command::new(rustc)
         .args(args)
@@ -189,6 +409,7 @@ fn run_rustc(rustc: &Path, args: &[String], unit: &Unit) -> std::io::Result<(i32
         .stderr(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take();
+    let roots = unit.roots.clone();
     let out_thread = std::thread::spawn(move || {
         let mut kept = String::new();
         if let Some(s) = stdout {
@@ -196,7 +417,7 @@ fn run_rustc(rustc: &Path, args: &[String], unit: &Unit) -> std::io::Result<(i32
             let mut line = String::new();
             while r.read_line(&mut line).unwrap_or(0) > 0 {
                 let mut o = std::io::stdout().lock();
-                let _ = o.write_all(line.as_bytes());
+                let _ = o.write_all(roots.localize(&line).as_bytes());
                 let _ = o.flush();
                 kept.push_str(&line);
                 line.clear();
@@ -210,7 +431,7 @@ fn run_rustc(rustc: &Path, args: &[String], unit: &Unit) -> std::io::Result<(i32
         let mut line = String::new();
         while r.read_line(&mut line)? > 0 {
             let mut e = std::io::stderr().lock();
-            let _ = e.write_all(line.as_bytes());
+            let _ = e.write_all(unit.roots.localize(&line).as_bytes());
             let _ = e.flush();
             captured.stderr.push_str(&line);
             line.clear();
@@ -229,6 +450,7 @@ async fn connect() -> Result<Client, CacheFailure> {
 struct Hit {
     bytes_fetched: u64,
     compile_ms: u64,
+    sampled: bool,
 }
 
 /// A unique scratch directory next to the outputs (same file system, for renames).
@@ -240,7 +462,7 @@ fn scratch(out_dir: &Path, what: &str) -> PathBuf {
     out_dir.join(format!(".rdht-{what}-{}-{nanos}", std::process::id()))
 }
 
-async fn try_hit(unit: &Unit) -> Result<Hit, CacheFailure> {
+async fn try_hit(rustc: &Path, args: &[String], unit: &Unit) -> Result<Hit, CacheFailure> {
     let mut client = connect().await?;
     let resolved = tokio::time::timeout(
         RESOLVE_TIMEOUT,
@@ -248,40 +470,53 @@ async fn try_hit(unit: &Unit) -> Result<Hit, CacheFailure> {
     )
     .await
     .map_err(|_| fail("resolving timed out"))??;
-    let (root, resolve_fetched, build_ms) = match resolved {
+    let (root, resolve_fetched, build_ms, sampled, builders) = match resolved {
         Response::Resolved(Resolution::Hit {
             root,
             bytes_fetched,
             records,
+            verify,
             ..
         }) => {
+            let builders: Vec<BuilderKey> = records
+                .iter()
+                .filter_map(|r| BuildRecord::decode(r).ok())
+                .map(|r| r.builder())
+                .collect();
             // The builders' own figure for how long this unit took (for "time saved").
             let build_ms = records
                 .iter()
-                .filter_map(|r| rdht_core::BuildRecord::decode(r).ok())
+                .filter_map(|r| BuildRecord::decode(r).ok())
                 .map(|r| r.body().build_ms)
                 .max()
                 .unwrap_or(0);
-            (root, bytes_fetched, build_ms)
+            (root, bytes_fetched, build_ms, verify, builders)
         }
         Response::Resolved(Resolution::Miss { reason }) => return Err(fail(reason)),
         other => return Err(fail(format!("unexpected answer {other:?}"))),
     };
     let tmp = scratch(&unit.out_dir, "hit");
-    let result = materialize(unit, &mut client, root, &tmp).await;
+    // Incremental units are not bit-reproducible, so a rebuild proves nothing.
+    let check = (sampled && !unit.inv.incremental).then_some((rustc, args, builders.as_slice()));
+    let result = materialize(unit, &mut client, root, &tmp, check).await;
     let _ = std::fs::remove_dir_all(&tmp);
     result.map(|mut hit| {
         hit.bytes_fetched += resolve_fetched;
         hit.compile_ms = build_ms;
+        hit.sampled = sampled;
         hit
     })
 }
+
+/// A sampled hit's check: the rustc command and the builders that claimed the artifact.
+type Check<'a> = Option<(&'a Path, &'a [String], &'a [BuilderKey])>;
 
 async fn materialize(
     unit: &Unit,
     client: &mut Client,
     root: BlockId,
     tmp: &Path,
+    check: Check<'_>,
 ) -> Result<Hit, CacheFailure> {
     let dest = tmp
         .to_str()
@@ -333,6 +568,36 @@ async fn materialize(
             }
         }
     }
+    if let Some((rustc, args, builders)) = check {
+        let cached: BTreeMap<String, BlockId> = outputs
+            .iter()
+            .filter(|e| !e.path.ends_with(".d"))
+            .map(|e| (e.path["out/".len()..].to_string(), e.root))
+            .collect();
+        let local = rebuild_roots(rustc, args, unit)?;
+        if local != cached {
+            for b in builders {
+                let reason = format!(
+                    "sampled check: artifact {root} for build key {} differs from a local build",
+                    unit.key
+                );
+                client
+                    .call(Request::TrustBlock {
+                        builder: *b,
+                        reason,
+                    })
+                    .await?;
+            }
+            eprintln!(
+                "rdht: warning: {}: the cached artifact differs from a local build; blocklisted {} builder(s)",
+                unit.labels.crate_name,
+                builders.len()
+            );
+            let mut f = fail("sampled check: cached artifact differs from a local build");
+            f.sample_mismatch = true;
+            return Err(f);
+        }
+    }
     for e in &outputs {
         let name = &e.path["out/".len()..];
         let from = tmp.join(&e.path);
@@ -355,6 +620,7 @@ async fn materialize(
     Ok(Hit {
         bytes_fetched: fetched,
         compile_ms: 0,
+        sampled: false,
     })
 }
 
@@ -368,11 +634,8 @@ fn artifacts(stderr: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn store_and_publish(
-    unit: &Unit,
-    captured: &Captured,
-    compile_ms: u64,
-) -> Result<(), CacheFailure> {
+/// Stores the unit's outputs and messages (pinned); returns the artifact root.
+async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, CacheFailure> {
     let outputs = artifacts(&captured.stderr);
     if outputs.is_empty() {
         return Err(fail("rustc reported no output files"));
@@ -439,24 +702,30 @@ async fn store_and_publish(
             Response::Put { root, .. } => root,
             other => return Err(fail(format!("unexpected answer {other:?}"))),
         };
-        let scope = if unit.public {
-            Scope::Everywhere
-        } else {
-            Scope::Private
-        };
-        let publish = Request::Publish {
-            key: unit.key,
-            root,
-            labels: unit.labels.clone(),
-            scope,
-            build_ms: compile_ms,
-        };
-        tokio::time::timeout(PUBLISH_TIMEOUT, client.call(publish))
-            .await
-            .map_err(|_| fail("publishing timed out"))??;
-        Ok(())
+        Ok(root)
     }
     .await;
     let _ = std::fs::remove_dir_all(&stage);
     result
+}
+
+/// Asks the daemon to sign and announce "this unit's key built into `root`".
+async fn publish_record(unit: &Unit, root: BlockId, build_ms: u64) -> Result<(), CacheFailure> {
+    let scope = if unit.public {
+        Scope::Everywhere
+    } else {
+        Scope::Private
+    };
+    let publish = Request::Publish {
+        key: unit.key,
+        root,
+        labels: unit.labels.clone(),
+        scope,
+        build_ms,
+    };
+    let mut client = connect().await?;
+    tokio::time::timeout(PUBLISH_TIMEOUT, client.call(publish))
+        .await
+        .map_err(|_| fail("publishing timed out"))??;
+    Ok(())
 }

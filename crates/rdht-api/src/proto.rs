@@ -94,6 +94,20 @@ pub enum Request {
     },
     /// List trusted builders.
     TrustList,
+    /// Blocklist a builder caught lying: its records are ignored.
+    TrustBlock {
+        /// The builder.
+        builder: BuilderKey,
+        /// Why, kept with the entry.
+        reason: String,
+    },
+    /// Remove a builder from the blocklist.
+    TrustUnblock {
+        /// The builder.
+        builder: BuilderKey,
+    },
+    /// List blocklisted builders.
+    BlockList,
     /// Stop the daemon cleanly.
     Shutdown,
 }
@@ -140,6 +154,10 @@ pub struct NodeStatus {
     pub bytes_in: u64,
     /// Bytes sent to peers.
     pub bytes_out: u64,
+    /// Resolves where builders disagreed on the root.
+    pub conflicts: u64,
+    /// Blocklisted builders.
+    pub blocklisted: u32,
 }
 
 /// A connected peer.
@@ -166,6 +184,15 @@ pub struct ExportedFile {
     pub executable: bool,
 }
 
+/// A blocklisted builder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedBuilder {
+    /// The builder.
+    pub builder: BuilderKey,
+    /// Why it was blocklisted.
+    pub reason: String,
+}
+
 /// A record with the trust policy's decision on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordView {
@@ -190,6 +217,8 @@ pub enum Resolution {
         source: String,
         /// Bytes fetched from peers to resolve it (0 when it was already local).
         bytes_fetched: u64,
+        /// Chosen by sampling (`verify_sample_rate`): rebuild locally and compare.
+        verify: bool,
     },
     /// No trusted artifact was found.
     Miss {
@@ -250,6 +279,8 @@ pub enum Response {
     },
     /// To the trust requests: the trusted builders after the change.
     Trust(Vec<BuilderKey>),
+    /// To the blocklist requests: the blocklisted builders after the change.
+    Blocked(Vec<BlockedBuilder>),
     /// To [`Request::Shutdown`].
     ShuttingDown,
 }
