@@ -18,8 +18,11 @@ cd "$(dirname "$0")/../.."
 repo=$PWD
 
 cargo build --release --bins -q
-bin=$repo/target/release
 work=$(mktemp -d /tmp/rdht-bench.XXXXXX)
+# A private copy: a later build of the repo must not swap binaries under the daemons.
+mkdir -p "$work/bin"
+cp "$repo/target/release/rdht-node" "$repo/target/release/rdht" "$repo/target/release/cargo-dht-build" "$work/bin/"
+bin=$work/bin
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -106,9 +109,9 @@ timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); awk -v a="$t1" -v b="$t0" 'BE
 echo "cold: cargo build ..." >&2
 t_cold=$(cd "$work/p0" && CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
 echo "miss: cargo dht-build through A ..." >&2
-t_miss=$(cd "$work/p1" && CARGO_HOME="$work/home-a" RDHT_DATA_DIR="$work/a" timed "$bin/cargo-dht-build" dht-build -q 2>"$work/miss.txt")
+t_miss=$(cd "$work/p1" && CARGO_HOME="$work/home-a" RDHT_DATA_DIR="$work/a" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/miss.txt" >"$work/miss.json")
 echo "warm: cargo dht-build at another path through B ..." >&2
-t_warm=$(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build -q 2>"$work/warm.txt")
+t_warm=$(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/warm.txt" >"$work/warm.json")
 same=no
 cmp -s "$work/p1/target/debug/workload" "$work/p2/target/debug/workload" && same=yes
 rm -rf "$work/p2/target"
@@ -124,9 +127,11 @@ if command -v sccache >/dev/null; then
     t_sccache=$(cd "$work/p0" && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
 fi
 
-echo "miss:  $(tail -1 "$work/miss.txt")"
-echo "warm:  $(tail -1 "$work/warm.txt")"
-echo "local: $(tail -1 "$work/local.txt")"
+echo "miss:  $(grep '^rdht: [0-9]' "$work/miss.txt")"
+echo "warm:  $(grep '^rdht: [0-9]' "$work/warm.txt")"
+grep -o '"miss_reasons":{[^}]*}' "$work/warm.json" | sed 's/^/warm /'
+grep '^rdht: warning' "$work/warm.txt" | sort | uniq -c | sed 's/^/warm /'
+echo "local: $(grep '^rdht: [0-9]' "$work/local.txt")"
 awk -v c="$t_cold" -v m="$t_miss" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v same="$same" 'BEGIN {
     printf "%-34s %8s %8s\n", "build", "seconds", "x cold"
     printf "%-34s %8.2f %8.3f\n", "cold cargo build", c, 1
