@@ -564,3 +564,53 @@ async fn a_full_provider_store_is_an_error_not_a_silent_drop() {
     n.shutdown().await;
     assert!(matches!(n.peers().await, Err(NetError::Stopped)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_are_fetched_from_several_providers_in_parallel() {
+    init_tracing();
+    // 12 files of 5 blocks each (4 leaves and their parent).
+    let art = Artifact::new(5, &[4 * 16 * 1024; 12]);
+    let a = node(vec![swarm("public", vec![])], art.store()).await;
+    let b = node(
+        vec![swarm("public", vec![addr(&a, "public").await])],
+        art.store(),
+    )
+    .await;
+    let sink = Arc::new(MemoryBlocks::new());
+    let mut cfg = NodeConfig::new(vec![swarm("public", vec![addr(&b, "public").await])]);
+    cfg.fetch = fetch_config();
+    cfg.fetch.max_providers = 2;
+    // One file per request, so that each provider takes files as it goes.
+    cfg.fetch.batch_bytes = 1;
+    let fetcher = node_with(cfg, sink.clone()).await;
+    a.provide(ProviderKey::Artifact(art.root)).await.unwrap();
+    b.provide(ProviderKey::Artifact(art.root)).await.unwrap();
+    eventually(T, "both providers to be found", || async {
+        let l = fetcher
+            .find_providers(ProviderKey::Artifact(art.root))
+            .await
+            .unwrap()?;
+        (l.providers.len() == 2).then_some(())
+    })
+    .await;
+
+    let report = fetcher.fetch_artifact(art.root, &*sink).await.unwrap();
+    assert_eq!(report.files, 12);
+    assert_eq!(report.blocks_fetched as usize, art.blocks.len());
+    assert!(report.dropped.is_empty());
+    // Both workers take a file on their first turn, so both providers serve some.
+    assert_eq!(report.by_peer.len(), 2, "{:?}", report.by_peer);
+    assert!(
+        report.by_peer.values().all(|n| *n >= 5),
+        "{:?}",
+        report.by_peer
+    );
+    assert_eq!(
+        report.by_peer.values().sum::<u64>() as usize,
+        art.blocks.len()
+    );
+    art.assert_exactly_in(&sink);
+    for n in [fetcher, b, a] {
+        n.shutdown().await;
+    }
+}

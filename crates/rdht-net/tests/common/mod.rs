@@ -102,8 +102,10 @@ impl Artifact {
             .map(|id| (id, store.get(&id).unwrap()))
             .collect();
         let manifest = Manifest::from_dag(self.root, &mut map).unwrap();
-        for (entry, (path, bytes)) in manifest.files().iter().zip(&self.files) {
-            assert_eq!(&entry.path, path);
+        assert_eq!(manifest.files().len(), self.files.len());
+        for entry in manifest.files() {
+            // The manifest sorts paths; look each file up by name.
+            let (path, bytes) = self.files.iter().find(|(p, _)| *p == entry.path).unwrap();
             let back =
                 rdht_core::assemble_to_vec(entry.root, rdht_core::Limits::default(), &mut map)
                     .unwrap();
