@@ -83,13 +83,16 @@ impl Testnet {
         if n == 0 {
             return Err(Error::Usage("a testnet needs at least one node".into()));
         }
-        if let Ok(old) = Testnet::load(dir)
-            && old.nodes().iter().any(|s| old.is_running(s.index))
-        {
-            return Err(Error::Usage(format!(
-                "a testnet is already running in {} (run `rdht-testnet down` first)",
-                dir.display()
-            )));
+        if let Ok(old) = Testnet::load(dir) {
+            if old.nodes().iter().any(|s| old.is_running(s.index)) {
+                return Err(Error::Usage(format!(
+                    "a testnet is already running in {} (run `rdht-testnet down` first)",
+                    dir.display()
+                )));
+            }
+            // A dead one (its processes killed, say by a reboot): remove what is left of
+            // it, namespaces included.
+            old.down()?;
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
