@@ -508,3 +508,44 @@ fn tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_alive_needs_the_data_dir_on_the_command_line() {
+        let me = std::process::id();
+        let exe = std::env::args().next().unwrap_or_default();
+        assert!(
+            pid_alive(me, Path::new(&exe)),
+            "argv[0] is on our command line"
+        );
+        assert!(
+            !pid_alive(me, Path::new("/nonexistent/data-dir")),
+            "a reused PID"
+        );
+        assert!(!pid_alive(u32::MAX, Path::new(&exe)), "no such process");
+    }
+
+    #[test]
+    fn a_killed_child_is_not_running_before_it_is_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start = Instant::now();
+        // Until it has exec'd, its command line is ours.
+        while !pid_alive(pid, Path::new("30")) {
+            assert!(start.elapsed() < DEADLINE);
+            std::thread::sleep(crate::POLL);
+        }
+        child.kill().unwrap();
+        // A zombie until waited for: the /proc state says so.
+        while pid_alive(pid, Path::new("30")) {
+            assert!(start.elapsed() < DEADLINE);
+            std::thread::sleep(crate::POLL);
+        }
+        child.wait().unwrap();
+        assert!(Testnet::load(dir.path()).is_err_and(|e| matches!(e, Error::NoTestnet(_))));
+    }
+}

@@ -167,3 +167,25 @@ fn unique() -> u32 {
     x = x.wrapping_mul(0x7feb_352d);
     x ^ (x >> 15)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_linux_limits_and_differ_between_testnets() {
+        let a = Netns::new(MAX_NODES);
+        let b = Netns::new(3);
+        assert_ne!(a.prefix, b.prefix);
+        assert_eq!(a.prefix.len(), "rdht-".len() + 8);
+        assert_eq!(a.node_ns(250), format!("{}-n250", a.prefix));
+        assert_eq!(a.addr(250), "10.213.0.250");
+        // Interface names must be under 16 bytes (IFNAMSIZ).
+        assert!(Netns::hub_link(MAX_NODES).len() < 16);
+        assert!(
+            Netns::new(MAX_NODES + 1)
+                .create()
+                .is_err_and(|e| matches!(e, Error::Usage(_)))
+        );
+    }
+}
