@@ -19,8 +19,8 @@ use rdht_api::proto::{
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels};
 use rdht_net::{
-    AnnouncePolicy, FetchError, Keypair, Multiaddr, NetError, NodeConfig, NodeHandle, PeerId,
-    ProviderKey, SwarmConfig, SwarmKey,
+    AnnouncePolicy, DropReason, FetchError, Keypair, Multiaddr, NetError, NodeConfig, NodeHandle,
+    PeerId, ProviderKey, SwarmConfig, SwarmKey,
 };
 use rdht_store::{IngestFile, Store, StoreError};
 use tokio::net::{UnixListener, UnixStream};
@@ -44,6 +44,54 @@ pub const STORE_DIR: &str = "store";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an announcement may hold up a put or publish.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at a fetch whose providers all dropped because their connection failed: a
+/// closed connection is replaced by a fresh dial on the next attempt, and blocks already
+/// received are kept (the fetch resumes).
+const NET_ATTEMPTS: usize = 3;
+
+fn only_disconnects<'a>(mut reasons: impl Iterator<Item = &'a DropReason>) -> bool {
+    reasons.all(|r| matches!(r, DropReason::Disconnected(_)))
+}
+
+/// [`NodeHandle::fetch_artifact`], retried while every failure is a lost connection.
+async fn fetch_artifact(
+    net: &NodeHandle,
+    root: BlockId,
+    sink: &FetchSink<'_>,
+) -> Result<rdht_net::FetchReport, FetchError> {
+    let mut attempt = 1;
+    loop {
+        match net.fetch_artifact(root, sink).await {
+            Err(FetchError::AllProvidersFailed { ref last, .. })
+                if attempt < NET_ATTEMPTS && only_disconnects(std::iter::once(last)) =>
+            {
+                debug!(%root, attempt, "every provider's connection failed; fetching again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`NodeHandle::fetch_records`], retried while nothing came back and every failure is
+/// a lost connection.
+async fn fetch_records(
+    net: &NodeHandle,
+    key: BuildKey,
+) -> Result<rdht_net::RecordsReport, NetError> {
+    let mut attempt = 1;
+    loop {
+        let report = net.fetch_records(key).await?;
+        let transient = report.records.is_empty()
+            && !report.failures.is_empty()
+            && only_disconnects(report.failures.iter().map(|f| &f.reason));
+        if !transient || attempt >= NET_ATTEMPTS {
+            return Ok(report);
+        }
+        debug!(%key, attempt, "every record provider's connection failed; asking again");
+        attempt += 1;
+    }
+}
 
 /// The daemon could not start or stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -660,7 +708,7 @@ impl Shared {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let report = {
             let sink = FetchSink::new(&session, self.bytes_in.clone(), Some(tx));
-            let fetch = net.fetch_artifact(root, &sink);
+            let fetch = fetch_artifact(net, root, &sink);
             tokio::pin!(fetch);
             loop {
                 tokio::select! {
@@ -765,7 +813,7 @@ impl Shared {
                 reason: "no trusted record in the local store and no swarm is configured".into(),
             });
         };
-        let report = match net.fetch_records(key).await {
+        let report = match fetch_records(net, key).await {
             Ok(r) => r,
             Err(e) => {
                 return Ok(Resolution::Miss {
@@ -814,7 +862,7 @@ impl Shared {
             None => {
                 let session = self.store.session();
                 let sink = FetchSink::new(&session, self.bytes_in.clone(), None);
-                let report = match net.fetch_artifact(root, &sink).await {
+                let report = match fetch_artifact(net, root, &sink).await {
                     Ok(r) => r,
                     Err(e) => {
                         return Ok(Resolution::Miss {
@@ -887,7 +935,7 @@ impl Shared {
     async fn records(&self, key: BuildKey) -> Result<Response, ApiError> {
         let mut all = blocking(&self.store, move |s| s.records(&key)).await?;
         if let Some(net) = &self.net {
-            match net.fetch_records(key).await {
+            match fetch_records(net, key).await {
                 Ok(report) => {
                     for f in report.records {
                         if !all.contains(&f.record) {

@@ -51,23 +51,57 @@ fn warn(crate_name: &str, msg: &str) {
     eprintln!("rdht: warning: {crate_name}: {msg}; building locally");
 }
 
+/// Whether this is the first time in this `cargo dht-build` run that a warning of
+/// `class` is due (always true outside a session): a daemon that went away is reported
+/// once, not once per remaining unit.
+fn first_in_session(class: &str) -> bool {
+    match std::env::var_os(session::SESSION_LOG_ENV) {
+        Some(log) => {
+            let marker = PathBuf::from(format!("{}.warned-{class}", log.to_string_lossy()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker)
+                .is_ok()
+        }
+        None => true,
+    }
+}
+
+/// How a failed cache step is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    /// An ordinary miss (no trusted record): counted, not warned about.
+    Miss,
+    /// The daemon is unreachable: warned about once per session.
+    Unreachable,
+    /// Anything else that went wrong: warned about.
+    Fault,
+}
+
 /// A failed cache step: why, and whether to try publishing after the local build.
 struct CacheFailure {
     reason: String,
     publish: bool,
     sample_mismatch: bool,
+    severity: Severity,
 }
 
 impl From<ClientError> for CacheFailure {
     fn from(e: ClientError) -> Self {
-        let publish = !matches!(
+        let unreachable = matches!(
             e,
             ClientError::NotRunning { .. } | ClientError::Connect { .. }
         );
         CacheFailure {
             reason: e.to_string(),
-            publish,
+            publish: !unreachable,
             sample_mismatch: false,
+            severity: if unreachable {
+                Severity::Unreachable
+            } else {
+                Severity::Fault
+            },
         }
     }
 }
@@ -77,6 +111,7 @@ fn fail(reason: impl Into<String>) -> CacheFailure {
         reason: reason.into(),
         publish: true,
         sample_mismatch: false,
+        severity: Severity::Fault,
     }
 }
 
@@ -153,7 +188,12 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 return 0;
             }
             Err(f) => {
-                if !f.reason.starts_with("no ") && !f.reason.contains("trusted") {
+                let shown = match f.severity {
+                    Severity::Miss => false,
+                    Severity::Unreachable => first_in_session("unreachable"),
+                    Severity::Fault => true,
+                };
+                if shown {
                     warn(&crate_name, &f.reason);
                 }
                 publish = f.publish;
@@ -492,7 +532,11 @@ async fn try_hit(rustc: &Path, args: &[String], unit: &Unit) -> Result<Hit, Cach
                 .unwrap_or(0);
             (root, bytes_fetched, build_ms, verify, builders)
         }
-        Response::Resolved(Resolution::Miss { reason }) => return Err(fail(reason)),
+        Response::Resolved(Resolution::Miss { reason }) => {
+            let mut f = fail(reason);
+            f.severity = Severity::Miss;
+            return Err(f);
+        }
         other => return Err(fail(format!("unexpected answer {other:?}"))),
     };
     let tmp = scratch(&unit.out_dir, "hit");
