@@ -238,7 +238,7 @@ impl SwarmConfig {
             announce: AnnouncePolicy::Automatic,
             bootstrap_timeout: Duration::from_secs(20),
             max_provider_keys: 1 << 20,
-            query_timeout: Duration::from_secs(30),
+            query_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
             max_inbound_streams: 256,
         }

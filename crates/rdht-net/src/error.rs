@@ -99,6 +99,15 @@ pub enum NetError {
         /// The key, as `build:<hex>` or `artifact:<hex>`.
         key: String,
     },
+    /// The announcement's DHT query timed out before the provider record reached the
+    /// closest peers.
+    #[error("swarm {swarm}: announcing {key} timed out")]
+    AnnounceTimedOut {
+        /// The swarm's name.
+        swarm: String,
+        /// The key, as `build:<hex>` or `artifact:<hex>`.
+        key: String,
+    },
     /// No swarm of that name is configured.
     #[error("no swarm named {name:?} is configured")]
     UnknownSwarm {

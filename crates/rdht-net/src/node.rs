@@ -20,7 +20,7 @@ use crate::config::{AnnouncePolicy, FetchConfig, NodeConfig};
 use crate::error::{DropReason, FetchError, NetError, PeerFailure};
 use crate::fetch::{self, FetchCtx, FetchReport};
 use crate::source::{BlockSink, BlockSource};
-use crate::swarm::{self, Command, Lookup, SwarmHandle};
+use crate::swarm::{self, Command, Lookup, ProvideFailure, SwarmHandle};
 use crate::wire::{self, ProviderKey};
 
 /// Most announcements in flight at once during [`NodeHandle::reannounce`].
@@ -148,7 +148,9 @@ impl NodeHandle {
     }
 
     /// Announces `key` in every swarm whose policy is [`AnnouncePolicy::Automatic`];
-    /// returns their names. Completes when each announcement's DHT query has ended.
+    /// returns their names. Completes when each announcement's DHT query has ended;
+    /// fails if one timed out (the key stays in the local provider store and Kademlia
+    /// republishes it later; calling again retries now).
     pub async fn provide(&self, key: ProviderKey) -> Result<Vec<String>, NetError> {
         let mut names = Vec::new();
         for s in &self.inner.swarms {
@@ -167,12 +169,21 @@ impl NodeHandle {
     }
 
     async fn provide_via(&self, s: &SwarmHandle, key: ProviderKey) -> Result<(), NetError> {
-        let stored = s.request(|reply| Command::Provide { key, reply }).await?;
-        if !stored {
-            return Err(NetError::ProviderStoreFull {
-                swarm: s.name.clone(),
-                key: key.to_string(),
-            });
+        let res = s.request(|reply| Command::Provide { key, reply }).await?;
+        match res {
+            Ok(()) => {}
+            Err(ProvideFailure::StoreFull) => {
+                return Err(NetError::ProviderStoreFull {
+                    swarm: s.name.clone(),
+                    key: key.to_string(),
+                });
+            }
+            Err(ProvideFailure::TimedOut) => {
+                return Err(NetError::AnnounceTimedOut {
+                    swarm: s.name.clone(),
+                    key: key.to_string(),
+                });
+            }
         }
         debug!(swarm = %s.name, %key, "announced");
         Ok(())

@@ -67,10 +67,19 @@ pub struct Lookup {
     pub successes: u32,
 }
 
+/// Why an announcement failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProvideFailure {
+    /// The local provider store is full.
+    StoreFull,
+    /// The DHT query timed out before the record was sent to the closest peers.
+    TimedOut,
+}
+
 pub(crate) enum Command {
     Provide {
         key: ProviderKey,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Result<(), ProvideFailure>>,
     },
     FindProviders {
         key: ProviderKey,
@@ -196,7 +205,7 @@ struct Task {
     name: String,
     swarm: Swarm<Behaviour>,
     local: PeerId,
-    provides: HashMap<kad::QueryId, oneshot::Sender<bool>>,
+    provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), ProvideFailure>>>,
     bootstraps: HashMap<kad::QueryId, oneshot::Sender<()>>,
     finds: HashMap<kad::QueryId, Find>,
     bans: HashMap<PeerId, Instant>,
@@ -404,7 +413,7 @@ impl Task {
                     }
                     Err(e) => {
                         warn!(%key, "cannot provide: {e}");
-                        let _ = reply.send(false);
+                        let _ = reply.send(Err(ProvideFailure::StoreFull));
                     }
                 }
             }
@@ -518,12 +527,12 @@ impl Task {
         match result {
             kad::QueryResult::StartProviding(res) => {
                 if let Some(reply) = self.provides.remove(&id) {
-                    if let Err(e) = &res {
-                        debug!(swarm = %self.name, "announcement incomplete: {e}");
-                    }
-                    // The record is stored locally either way; peers that missed the
-                    // announcement learn it at the next republication.
-                    let _ = reply.send(true);
+                    // On a timeout the record stays in the local store and Kademlia
+                    // republishes it later; the caller may also retry.
+                    let _ = reply.send(res.map(|_| ()).map_err(|e| {
+                        debug!(swarm = %self.name, "announcement failed: {e}");
+                        ProvideFailure::TimedOut
+                    }));
                 }
             }
             kad::QueryResult::Bootstrap(_) => {
