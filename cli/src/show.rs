@@ -84,11 +84,11 @@ pub fn status(s: &NodeStatus) -> (String, Value) {
 pub fn peers(peers: &[PeerInfo]) -> (String, Value) {
     let text: String = peers
         .iter()
-        .map(|p| format!("{}  {}  {}\n", p.peer_id, p.swarm, p.addrs.join(",")))
+        .map(|p| format!("{}  {}\n", p.peer_id, p.swarm))
         .collect();
     let v = peers
         .iter()
-        .map(|p| json!({ "peer_id": p.peer_id, "swarm": p.swarm, "addrs": p.addrs }))
+        .map(|p| json!({ "peer_id": p.peer_id, "swarm": p.swarm }))
         .collect();
     (text, Value::Array(v))
 }

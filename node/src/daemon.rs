@@ -646,7 +646,6 @@ impl Shared {
                 .flat_map(|(swarm, peers)| {
                     peers.into_iter().map(move |p| PeerInfo {
                         peer_id: p.to_string(),
-                        addrs: Vec::new(),
                         swarm: swarm.clone(),
                     })
                 })

@@ -165,9 +165,7 @@ pub struct NodeStatus {
 pub struct PeerInfo {
     /// libp2p peer id.
     pub peer_id: String,
-    /// Its known addresses.
-    pub addrs: Vec<String>,
-    /// The swarm it was met in.
+    /// The swarm it is connected in.
     pub swarm: String,
 }
 
