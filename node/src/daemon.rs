@@ -155,6 +155,7 @@ struct Shared {
     resolve_hits: AtomicU64,
     resolve_misses: AtomicU64,
     bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
     stop: Notify,
 }
 
@@ -255,9 +256,11 @@ async fn start_net(
     keypair: Keypair,
     swarms: Vec<SwarmConfig>,
     store: &Store,
+    bytes_out: Arc<AtomicU64>,
 ) -> Result<NodeHandle, DaemonError> {
     let source = Arc::new(ServeStore {
         store: store.clone(),
+        bytes_out,
     });
     let config = NodeConfig {
         keypair: keypair.clone(),
@@ -334,10 +337,11 @@ pub async fn run(
             .map_err(|e| DaemonError::Config(format!("store open task failed: {e}")))??
     };
     let swarms = swarm_configs(&config, peer_id)?;
+    let bytes_out = Arc::new(AtomicU64::new(0));
     let net = if swarms.is_empty() {
         None
     } else {
-        Some(start_net(keypair, swarms, &store).await?)
+        Some(start_net(keypair, swarms, &store, bytes_out.clone()).await?)
     };
 
     let socket = rdht_api::socket_path(&dir);
@@ -370,6 +374,7 @@ pub async fn run(
         resolve_hits: AtomicU64::new(0),
         resolve_misses: AtomicU64::new(0),
         bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_out,
         stop: Notify::new(),
     });
     let listen = shared.listen_addrs().await;
@@ -626,7 +631,7 @@ impl Shared {
             resolve_hits: self.resolve_hits.load(Ordering::Relaxed),
             resolve_misses: self.resolve_misses.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
-            bytes_out: 0,
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             blocklisted: self.trust().blocked().len() as u32,
         }))

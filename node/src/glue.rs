@@ -13,11 +13,13 @@ use rdht_core::{Block, BlockId, BuildKey, BuildRecord};
 use rdht_store::{BlockStore, Session, Store};
 use tokio::sync::mpsc::UnboundedSender;
 
-/// Serves blocks and records from the store to peers.
+/// Serves blocks and records from the store to peers, counting the bytes sent.
 #[derive(Debug, Clone)]
 pub struct ServeStore {
     /// The store.
     pub store: Store,
+    /// Block bytes sent to peers.
+    pub bytes_out: Arc<AtomicU64>,
 }
 
 impl rdht_net::BlockSource for ServeStore {
@@ -29,6 +31,10 @@ impl rdht_net::BlockSource for ServeStore {
 
     fn build_records(&self, key: &BuildKey) -> std::io::Result<Vec<BuildRecord>> {
         self.store.records(key).map_err(std::io::Error::other)
+    }
+
+    fn served(&self, bytes: u64) {
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 

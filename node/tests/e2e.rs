@@ -92,6 +92,10 @@ fn put_on_one_get_on_another_then_restart_and_fetch_again() {
     let st: serde_json::Value = serde_json::from_str(&n3.stdout(&["--json", "status"])).unwrap();
     assert_eq!(st["peers"], 2);
     assert!(st["bytes_in"].as_u64().unwrap() > total, "{st}");
+    // n1 was the only holder: it sent every block (tags included, so more than the files).
+    let st1: serde_json::Value = serde_json::from_str(&n1.stdout(&["--json", "status"])).unwrap();
+    assert!(st1["bytes_out"].as_u64().unwrap() > total, "{st1}");
+    assert_eq!(st1["bytes_in"], 0, "{st1}");
 
     // Restart n1: clean stop, same store; n3 forgets everything and fetches again, and
     // n1 is the only holder (n2 never fetched it).

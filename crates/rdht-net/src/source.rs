@@ -22,6 +22,11 @@ pub trait BlockSource: Send + Sync + 'static {
 
     /// Signed records held for build key `key` (empty when none).
     fn build_records(&self, key: &BuildKey) -> std::io::Result<Vec<BuildRecord>>;
+
+    /// Called after a block of `bytes` bytes was sent to a peer (for traffic counters).
+    fn served(&self, bytes: u64) {
+        let _ = bytes;
+    }
 }
 
 /// Where a fetch delivers blocks. Every block given has been verified against the DAG

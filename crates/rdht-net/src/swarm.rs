@@ -670,7 +670,9 @@ async fn serve_blocks(stream: Stream, source: &dyn BlockSource) -> Result<(), wi
                     }
                 }
             }
+            let len = bytes.len() as u64;
             wire::write_frame(&mut w, &Frame::Block(bytes)).await?;
+            source.served(len);
         }
     }
     finish(&mut w, Frame::End).await
