@@ -5,8 +5,16 @@
 //! proxy libp2p exposes). Then 30% of the nodes (never a provider) are killed and the
 //! lookups are repeated from the survivors.
 //!
+//! Other knobs: `RDHT_DHT_IDLE` (connection idle timeout, s; default 1: both ends of
+//! every connection live in this process, under its file descriptor limit),
+//! `RDHT_DHT_CONCURRENCY` (announcements and lookups in flight, default 4),
+//! `RDHT_DHT_WAVE` (nodes joining at once, default 8), `RDHT_DHT_REFRESH` (set: refresh
+//! every routing table before announcing), `RDHT_DHT_DEBUG` (set: explain misses).
+//!
 //! Does not measure block transfer (see `transfer.rs`). Run:
-//! `cargo bench -p rdht-net --bench dht_scale`.
+//! `cargo bench -p rdht-net --bench dht_scale`, e.g.
+//! `RDHT_DHT_REFRESH=1 RDHT_DHT_IDLE=20 RDHT_DHT_CONCURRENCY=8 RDHT_DHT_NODES=200
+//! RDHT_DHT_KEYS=100 RDHT_DHT_LOOKUPS=1000 cargo bench -p rdht-net --bench dht_scale`.
 
 #![allow(clippy::unwrap_used)]
 
