@@ -141,7 +141,7 @@ async fn provider_killed_mid_fetch_the_fetch_completes_from_another() {
     let fetcher = node_with(cfg, sink.clone()).await;
 
     let providers = [doomed.peer_id(), honest.peer_id()];
-    let fetch = {
+    let mut fetch = {
         let fetcher = fetcher.clone();
         let sink = sink.clone();
         let root = art.root;
@@ -151,9 +151,13 @@ async fn provider_killed_mid_fetch_the_fetch_completes_from_another() {
                 .await
         })
     };
-    tokio::time::timeout(T, freezing.reached.notified())
-        .await
-        .expect("the doomed provider serves 40 blocks");
+    // The doomed provider must reach its 40th block before the fetch can end; if the
+    // fetch ends first, say why.
+    tokio::select! {
+        _ = freezing.reached.notified() => {}
+        done = &mut fetch => panic!("the fetch ended before the kill: {done:?}"),
+        _ = tokio::time::sleep(T) => panic!("the doomed provider never served 40 blocks"),
+    }
     doomed.shutdown().await;
     freezing.release();
 
