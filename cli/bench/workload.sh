@@ -129,8 +129,8 @@ fi
 
 echo "miss:  $(grep '^rdht: [0-9]' "$work/miss.txt")"
 echo "warm:  $(grep '^rdht: [0-9]' "$work/warm.txt")"
-grep -o '"miss_reasons":{[^}]*}' "$work/warm.json" | sed 's/^/warm /'
-grep '^rdht: warning' "$work/warm.txt" | sort | uniq -c | sed 's/^/warm /'
+grep -o '"miss_reasons":{[^}]*}' "$work/warm.json" | sed 's/^/warm /' || true
+{ grep '^rdht: warning' "$work/warm.txt" || true; } | sort | uniq -c | sed 's/^/warm /'
 echo "local: $(grep '^rdht: [0-9]' "$work/local.txt")"
 awk -v c="$t_cold" -v m="$t_miss" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v same="$same" 'BEGIN {
     printf "%-34s %8s %8s\n", "build", "seconds", "x cold"
