@@ -433,6 +433,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Announces `keys`; failures only cost findability, so they are logged, not returned.
+async fn announce(net: NodeHandle, keys: Vec<ProviderKey>, also_in: Option<&'static str>) {
+    for key in keys {
+        let work = async {
+            net.provide(key).await?;
+            if let Some(swarm) = also_in {
+                net.provide_in(swarm, key).await?;
+            }
+            Ok::<(), NetError>(())
+        };
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, work).await {
+            Ok(Ok(())) => debug!(%key, "announced"),
+            Ok(Err(e)) => warn!(%key, "announcing failed: {e}"),
+            Err(_) => warn!(%key, "announcing timed out after {ANNOUNCE_TIMEOUT:?}"),
+        }
+    }
+}
+
 fn blocked_list(p: &Policy) -> Vec<BlockedBuilder> {
     p.blocked()
         .iter()
@@ -509,23 +527,12 @@ impl Shared {
         }
     }
 
-    /// Announces `keys` in the automatic swarms, plus `also_in` when given. Failures
-    /// only cost findability, so they are logged, not returned.
-    async fn announce(&self, keys: &[ProviderKey], also_in: Option<&str>) {
-        let Some(net) = &self.net else { return };
-        for &key in keys {
-            let work = async {
-                net.provide(key).await?;
-                if let Some(swarm) = also_in {
-                    net.provide_in(swarm, key).await?;
-                }
-                Ok::<(), NetError>(())
-            };
-            match tokio::time::timeout(ANNOUNCE_TIMEOUT, work).await {
-                Ok(Ok(())) => debug!(%key, "announced"),
-                Ok(Err(e)) => warn!(%key, "announcing failed: {e}"),
-                Err(_) => warn!(%key, "announcing timed out after {ANNOUNCE_TIMEOUT:?}"),
-            }
+    /// Announces `keys` in the automatic swarms, plus `also_in` when given, in the
+    /// background: the local provider entry exists as soon as the swarm task takes the
+    /// command, and a build must not wait for DHT round trips.
+    fn announce(&self, keys: Vec<ProviderKey>, also_in: Option<&'static str>) {
+        if let Some(net) = &self.net {
+            tokio::spawn(announce(net.clone(), keys, also_in));
         }
     }
 
@@ -686,8 +693,7 @@ impl Shared {
             s.ingest(labels, files, pin)
         })
         .await?;
-        self.announce(&[ProviderKey::Artifact(info.root)], None)
-            .await;
+        self.announce(vec![ProviderKey::Artifact(info.root)], None);
         Ok(Response::Put {
             root: info.root,
             files: info.files,
@@ -927,10 +933,9 @@ impl Shared {
             _ => None,
         };
         self.announce(
-            &[ProviderKey::Build(key), ProviderKey::Artifact(root)],
+            vec![ProviderKey::Build(key), ProviderKey::Artifact(root)],
             public,
-        )
-        .await;
+        );
         Ok(Response::Published {
             record: record.encode(),
         })
