@@ -104,27 +104,41 @@ for p in p1 p2; do mkdir -p "$work/$p" && cp -r "$work/p0/." "$work/$p/"; done
 (cd "$work/p2" && CARGO_HOME="$work/home-b" cargo fetch -q)
 
 now() { date +%s.%N; }
-timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.3f\n", a - b }'; }
+# Runs a command; its wall time (seconds) goes to $work/elapsed, its output where the
+# caller redirects it.
+timed() {
+    local t0 t1
+    t0=$(now)
+    "$@"
+    t1=$(now)
+    awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.3f\n", a - b }' >"$work/elapsed"
+}
 
 echo "cold: cargo build ..." >&2
-t_cold=$(cd "$work/p0" && CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
+(cd "$work/p0" && CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
+t_cold=$(cat "$work/elapsed")
 echo "miss: cargo dht-build through A ..." >&2
-t_miss=$(cd "$work/p1" && CARGO_HOME="$work/home-a" RDHT_DATA_DIR="$work/a" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/miss.txt" >"$work/miss.json")
+(cd "$work/p1" && CARGO_HOME="$work/home-a" RDHT_DATA_DIR="$work/a" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/miss.txt" >"$work/miss.json")
+t_miss=$(cat "$work/elapsed")
 echo "warm: cargo dht-build at another path through B ..." >&2
-t_warm=$(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/warm.txt" >"$work/warm.json")
+(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/warm.txt" >"$work/warm.json")
+t_warm=$(cat "$work/elapsed")
 same=no
 cmp -s "$work/p1/target/debug/workload" "$work/p2/target/debug/workload" && same=yes
 rm -rf "$work/p2/target"
 echo "local: again through B (local hits) ..." >&2
-t_local=$(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/local.txt" >"$work/local.json")
+(cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/local.txt" >"$work/local.json")
+t_local=$(cat "$work/elapsed")
 units=$(sed 's/.*"units":\([0-9]*\).*/\1/' "$work/local.json")
-t_noop=$(cd "$work/p2" && CARGO_HOME="$work/home-b" timed cargo build -q)
+(cd "$work/p2" && CARGO_HOME="$work/home-b" timed cargo build -q)
+t_noop=$(cat "$work/elapsed")
 
 t_sccache=""
 if command -v sccache >/dev/null; then
     (cd "$work/p0" && rm -rf target && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" cargo build -q 2>/dev/null)
     rm -rf "$work/p0/target"
-    t_sccache=$(cd "$work/p0" && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
+    (cd "$work/p0" && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
+    t_sccache=$(cat "$work/elapsed")
 fi
 
 echo "miss:  $(grep '^rdht: [0-9]' "$work/miss.txt")"
