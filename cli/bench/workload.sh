@@ -13,6 +13,7 @@
 # and prints times and ratios against cold. Targets: miss <= 1.05x cold, warm <= 0.10x
 # cold, per-unit hit overhead <= 5 ms. If sccache is installed, its warm time (same
 # paths, after rm -rf target) is measured too. Downloads happen before any timing.
+# RDHT_BENCH_KEEP=1 keeps the work directory (daemon logs, projects) for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -27,7 +28,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    if [ -n "${RDHT_BENCH_KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -146,6 +147,10 @@ echo "warm:  $(grep '^rdht: [0-9]' "$work/warm.txt")"
 grep -o '"miss_reasons":{[^}]*}' "$work/warm.json" | sed 's/^/warm /' || true
 { grep '^rdht: warning' "$work/warm.txt" || true; } | sort | uniq -c | sed 's/^/warm /'
 echo "local: $(grep '^rdht: [0-9]' "$work/local.txt")"
+field() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$work/$1.json"; }
+for run in miss warm local; do
+    echo "$run: key computation $(field $run key_ms) ms, hits' wall time $(field $run hit_wall_ms) ms, misses' time beyond rustc $(field $run miss_overhead_ms) ms (sums over units)"
+done
 awk -v c="$t_cold" -v m="$t_miss" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v same="$same" 'BEGIN {
     printf "%-34s %8s %8s\n", "build", "seconds", "x cold"
     printf "%-34s %8.2f %8.3f\n", "cold cargo build", c, 1

@@ -65,6 +65,8 @@ fn verify_catches_a_validly_signed_wrong_root_and_blocklists_its_builder() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The daemon stores and publishes in the background; wait for it.
+    assert_eq!(a.stdout(&["sync"]), "4 published, 0 failed\n");
     let units: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()

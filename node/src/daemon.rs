@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::glue::{FetchSink, ServeStore};
 use crate::identity::{Identity, IdentityError};
 use crate::lock::{DataDirLock, LockError};
+use crate::submit::{self, Job, Tally};
 use crate::trust::{Policy, TrustError};
 
 /// Name of the private swarm.
@@ -53,15 +54,39 @@ fn only_disconnects<'a>(mut reasons: impl Iterator<Item = &'a DropReason>) -> bo
     reasons.all(|r| matches!(r, DropReason::Disconnected(_)))
 }
 
-/// [`NodeHandle::fetch_artifact`], retried while every failure is a lost connection.
+/// Fetches artifact `root` into `sink`: first from `hint` (peers in a swarm that just
+/// sent records naming it, which saves a DHT lookup), then through the DHT, retried
+/// while every failure is a lost connection (a closed connection is replaced by a fresh
+/// dial on the next attempt; blocks already received are kept, so the fetch resumes).
 async fn fetch_artifact(
     net: &NodeHandle,
     root: BlockId,
     sink: &FetchSink<'_>,
+    hint: Option<(&str, &[PeerId])>,
 ) -> Result<rdht_net::FetchReport, FetchError> {
+    let flushed = |r: Result<rdht_net::FetchReport, FetchError>| match sink.finish() {
+        Ok(()) => r,
+        Err(e) => {
+            let (block, e) = *e;
+            Err(FetchError::Sink {
+                root,
+                block,
+                source: std::io::Error::other(e),
+            })
+        }
+    };
+    if let Some((swarm, peers)) = hint.filter(|(_, p)| !p.is_empty()) {
+        match flushed(net.fetch_artifact_from(swarm, root, peers, sink).await) {
+            Ok(r) => return Ok(r),
+            Err(e @ FetchError::Sink { .. }) => return Err(e),
+            Err(e) => {
+                debug!(%root, "fetching from the record providers failed ({e}); looking up providers")
+            }
+        }
+    }
     let mut attempt = 1;
     loop {
-        match net.fetch_artifact(root, sink).await {
+        match flushed(net.fetch_artifact(root, sink).await) {
             Err(FetchError::AllProvidersFailed { ref last, .. })
                 if attempt < NET_ATTEMPTS && only_disconnects(std::iter::once(last)) =>
             {
@@ -157,6 +182,11 @@ struct Shared {
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     stop: Notify,
+    /// Queue of submitted jobs; `None` once the daemon stops accepting them.
+    jobs: Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
+    tally: Tally,
+    /// Numbers the scratch directories of jobs.
+    job_seq: AtomicU64,
 }
 
 fn api_err(kind: ErrorKind, msg: impl std::fmt::Display) -> ApiError {
@@ -363,6 +393,7 @@ pub async fn run(
         },
     )?;
 
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(submit::QUEUE_LEN);
     let shared = Arc::new(Shared {
         config,
         identity,
@@ -376,7 +407,11 @@ pub async fn run(
         bytes_in: Arc::new(AtomicU64::new(0)),
         bytes_out,
         stop: Notify::new(),
+        jobs: Mutex::new(Some(jobs_tx)),
+        tally: Tally::default(),
+        job_seq: AtomicU64::new(0),
     });
+    let worker = tokio::spawn(run_jobs(shared.clone(), jobs_rx));
     let listen = shared.listen_addrs().await;
     let stats = shared.store.stats().ok();
     info!(
@@ -420,6 +455,13 @@ pub async fn run(
         );
         conns.shutdown().await;
     }
+    // Queued jobs finish (their wrappers already returned to cargo), within the limit.
+    shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let worker_abort = worker.abort_handle();
+    if tokio::time::timeout(DRAIN_TIMEOUT, worker).await.is_err() {
+        warn!("submitted jobs still running after {DRAIN_TIMEOUT:?}; dropping them");
+        worker_abort.abort();
+    }
     if let Some(net) = &shared.net {
         net.shutdown().await;
     }
@@ -448,6 +490,21 @@ async fn announce(net: NodeHandle, keys: Vec<ProviderKey>, also_in: Option<&'sta
             Ok(Err(e)) => warn!(%key, "announcing failed: {e}"),
             Err(_) => warn!(%key, "announcing timed out after {ANNOUNCE_TIMEOUT:?}"),
         }
+    }
+}
+
+/// Runs submitted jobs one at a time (they read, hash and write whole artifacts; one at a
+/// time leaves the cores to the compiles that are still running).
+async fn run_jobs(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        let session = job.session.clone();
+        let name = job.labels.crate_name.clone();
+        let key = job.key;
+        let outcome = shared.run_job(job).await.map_err(|e| {
+            warn!(%key, crate_name = %name, "not shared: {e}");
+            format!("{name}: {e}")
+        });
+        shared.tally.finished(&session, outcome);
     }
 }
 
@@ -607,6 +664,11 @@ impl Shared {
                 self.stop.notify_one();
                 Ok(Response::ShuttingDown)
             }
+            Request::Submit(job) => self.submit(job).await,
+            Request::Drain { session } => {
+                let (published, failed) = self.tally.drain(session.as_deref()).await;
+                Ok(Response::Drained { published, failed })
+            }
         }
     }
 
@@ -665,6 +727,54 @@ impl Shared {
         ))
     }
 
+    /// Queues a submitted build output.
+    async fn submit(&self, job: Job) -> Result<Response, ApiError> {
+        submit::check_request(&job.files).map_err(|e| api_err(ErrorKind::BadRequest, e))?;
+        let tx = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| api_err(ErrorKind::Unavailable, "the daemon is stopping"))?;
+        let session = job.session.clone();
+        let pending = self.tally.queued(&session);
+        if tx.send(job).await.is_err() {
+            self.tally
+                .finished(&session, Err("the daemon is stopping".into()));
+            return Err(api_err(ErrorKind::Unavailable, "the daemon is stopping"));
+        }
+        Ok(Response::Submitted { pending })
+    }
+
+    /// Stores a job's files (unpinned until the record is published), checks they did
+    /// not change while being read, then publishes.
+    async fn run_job(&self, job: Job) -> Result<(), String> {
+        let n = self.job_seq.fetch_add(1, Ordering::Relaxed);
+        let scratch = self
+            .config
+            .data_dir
+            .join("tmp")
+            .join(format!("job-{}-{n}", std::process::id()));
+        let files = job.files;
+        let labels = job.labels.clone();
+        let dir = scratch.clone();
+        let stored = blocking(&self.store, move |s| {
+            let prepared = match submit::prepare(&files, &dir) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let info = s.ingest(labels, prepared.files.clone(), false)?;
+            Ok(prepared.recheck().map(|()| info.root))
+        })
+        .await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        let root = stored.map_err(|e| e.message)??;
+        self.publish(job.key, root, job.labels, job.scope, job.build_ms)
+            .await
+            .map_err(|e| e.message)?;
+        Ok(())
+    }
+
     async fn put(
         &self,
         conn: &mut ServerConn<UnixStream>,
@@ -718,7 +828,7 @@ impl Shared {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let report = {
             let sink = FetchSink::new(&session, self.bytes_in.clone(), Some(tx));
-            let fetch = fetch_artifact(net, root, &sink);
+            let fetch = fetch_artifact(net, root, &sink, None);
             tokio::pin!(fetch);
             loop {
                 tokio::select! {
@@ -823,6 +933,7 @@ impl Shared {
                 reason: "no trusted record in the local store and no swarm is configured".into(),
             });
         };
+        let started = std::time::Instant::now();
         let report = match fetch_records(net, key).await {
             Ok(r) => r,
             Err(e) => {
@@ -831,6 +942,7 @@ impl Shared {
                 });
             }
         };
+        let records_ms = started.elapsed().as_millis();
         let fetched: Vec<BuildRecord> = report.records.iter().map(|f| f.record.clone()).collect();
         if fetched.is_empty() {
             let reason = match report.failures.first() {
@@ -872,7 +984,25 @@ impl Shared {
             None => {
                 let session = self.store.session();
                 let sink = FetchSink::new(&session, self.bytes_in.clone(), None);
-                let report = match fetch_artifact(net, root, &sink).await {
+                let hint = report
+                    .records
+                    .iter()
+                    .find(|f| f.record.root() == root)
+                    .map(|f| f.swarm.clone());
+                let peers: Vec<PeerId> = report
+                    .records
+                    .iter()
+                    .filter(|f| f.record.root() == root && Some(&f.swarm) == hint.as_ref())
+                    .map(|f| f.peer)
+                    .collect();
+                let report = match fetch_artifact(
+                    net,
+                    root,
+                    &sink,
+                    hint.as_deref().map(|s| (s, peers.as_slice())),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         return Ok(Resolution::Miss {
@@ -887,6 +1017,7 @@ impl Shared {
                 (report.swarm, report.bytes_fetched)
             }
         };
+        debug!(%key, %root, records_ms, total_ms = started.elapsed().as_millis(), bytes_fetched, "resolved from the swarm");
         Ok(Resolution::Hit {
             root,
             records: records.iter().map(BuildRecord::encode).collect(),

@@ -5,8 +5,8 @@
 //! own: verification (rdht-net verifies before handing blocks over; the store verifies
 //! again on read) or registration (the caller registers the session once complete).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rdht_core::{Block, BlockId, BuildKey, BuildRecord};
@@ -38,12 +38,20 @@ impl rdht_net::BlockSource for ServeStore {
     }
 }
 
-/// Receives verified blocks of a fetch into a store session.
+/// Block bytes gathered before one atomic store write.
+const SINK_BATCH: usize = 1 << 20;
+
+/// Receives verified blocks of a fetch into a store session, written in batches of
+/// about [`SINK_BATCH`] bytes (one index write per batch, not per block).
+///
+/// Invariant: the caller calls [`FetchSink::finish`] after every fetch attempt, so no
+/// received block stays only in memory.
 pub struct FetchSink<'a> {
     session: &'a Session,
     bytes: AtomicU64,
     total_in: Arc<AtomicU64>,
     progress: Option<UnboundedSender<u64>>,
+    pending: Mutex<(Vec<Block>, usize)>,
 }
 
 impl<'a> FetchSink<'a> {
@@ -59,14 +67,43 @@ impl<'a> FetchSink<'a> {
             bytes: AtomicU64::new(0),
             total_in,
             progress,
+            pending: Mutex::new((Vec::new(), 0)),
         }
+    }
+
+    /// Writes the blocks still buffered. On failure, names the batch's first block.
+    pub fn finish(&self) -> Result<(), Box<(BlockId, rdht_store::StoreError)>> {
+        let blocks = {
+            let mut p = self.lock();
+            p.1 = 0;
+            std::mem::take(&mut p.0)
+        };
+        let Some(first) = blocks.first().map(Block::id) else {
+            return Ok(());
+        };
+        self.session
+            .put_many(&blocks)
+            .map(drop)
+            .map_err(|e| Box::new((first, e)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Block>, usize)> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl rdht_net::BlockSink for FetchSink<'_> {
     fn put_block(&self, block: Block) -> std::io::Result<()> {
         let len = block.bytes().len() as u64;
-        self.session.put(&block).map_err(std::io::Error::other)?;
+        let full = {
+            let mut p = self.lock();
+            p.0.push(block);
+            p.1 += len as usize;
+            p.1 >= SINK_BATCH
+        };
+        if full {
+            self.finish().map_err(|e| std::io::Error::other(e.1))?;
+        }
         self.total_in.fetch_add(len, Ordering::Relaxed);
         let done = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
         if let Some(tx) = &self.progress {

@@ -2,8 +2,9 @@
 //! and the local API together.
 //!
 //! Owns: configuration ([`config`]), identity ([`identity`]), the data-directory lock
-//! ([`lock`]), trusted builders ([`trust`]), the store/swarm adapters ([`glue`]) and the
-//! daemon's lifecycle and request handling ([`daemon`]). Does not own: formats
+//! ([`lock`]), trusted builders ([`trust`]), the store/swarm adapters ([`glue`]),
+//! background store-and-publish jobs ([`submit`]) and the daemon's lifecycle and request
+//! handling ([`daemon`]). Does not own: formats
 //! (`rdht-core`), storage layout (`rdht-store`) or wire protocols (`rdht-net`,
 //! `rdht-api`).
 
@@ -12,4 +13,5 @@ pub mod daemon;
 pub mod glue;
 pub mod identity;
 pub mod lock;
+pub mod submit;
 pub mod trust;

@@ -183,3 +183,115 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
     assert_eq!(mode(dir.join("identity.key")), 0o600);
     assert_eq!(mode(dir.clone()), 0o700);
 }
+
+#[test]
+fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_changed() {
+    use rdht_api::proto::{FileSource, Scope, Submission, SubmitFile};
+    use rdht_api::{Client, Request, Response};
+    use rdht_core::{BuildKey, Labels};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(&tmp.path().join("n"), &[]);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let rlib = out.join("libdemo.rlib");
+    std::fs::write(&rlib, content("rlib", 300_000)).unwrap();
+    let good_key = BuildKey::from_bytes([1; 32]);
+    let stale_key = BuildKey::from_bytes([2; 32]);
+    let labels = Labels {
+        crate_name: "demo".into(),
+        ..Labels::default()
+    };
+    let submit = |key: BuildKey, source: FileSource| {
+        Request::Submit(Submission {
+            key,
+            files: vec![
+                SubmitFile {
+                    path: "out/libdemo.rlib".into(),
+                    source,
+                },
+                SubmitFile {
+                    path: "rdht/stderr".into(),
+                    source: FileSource::Inline(b"warning: unused\n".to_vec()),
+                },
+            ],
+            labels: labels.clone(),
+            scope: Scope::Private,
+            build_ms: 1234,
+            session: "s1".into(),
+        })
+    };
+    let fresh = FileSource::from_disk(&rlib).unwrap();
+    // What a later compile rewriting the file looks like: the identity no longer matches.
+    let FileSource::Disk {
+        path,
+        len,
+        ino,
+        executable,
+        mtime_ns,
+    } = fresh.clone()
+    else {
+        unreachable!()
+    };
+    let stale = FileSource::Disk {
+        path,
+        len,
+        ino,
+        executable,
+        mtime_ns: mtime_ns - 1,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (published, failed) = rt.block_on(async {
+        let mut c = Client::connect(&rdht_api::socket_path(&node.dir))
+            .await
+            .unwrap();
+        for (key, source) in [(good_key, fresh), (stale_key, stale)] {
+            let r = c.call(submit(key, source)).await.unwrap();
+            assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
+        }
+        match c
+            .call(Request::Drain {
+                session: Some("s1".into()),
+            })
+            .await
+            .unwrap()
+        {
+            Response::Drained { published, failed } => (published, failed),
+            r => panic!("{r:?}"),
+        }
+    });
+    assert_eq!(published, 1);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].starts_with(&format!(
+            "demo: {} changed after the compile",
+            rlib.display()
+        )),
+        "{failed:?}"
+    );
+    // The good job's record is there, signed by this node, and its artifact exports
+    // the file and the inline messages byte for byte.
+    let records = node.json(&["records", &good_key.to_string()]);
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let root = records[0]["root"].as_str().unwrap().to_string();
+    let dest = tmp.path().join("export");
+    node.stdout(&["get", &root, dest.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(dest.join("out/libdemo.rlib")).unwrap(),
+        content("rlib", 300_000)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("rdht/stderr")).unwrap(),
+        "warning: unused\n"
+    );
+    // The stale job published nothing.
+    let stale_records = node.json(&["records", &stale_key.to_string()]);
+    assert_eq!(stale_records.as_array().unwrap().len(), 0);
+    // Nothing is left in the daemon's scratch space.
+    let tmp_dir = node.dir.join("tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp_dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

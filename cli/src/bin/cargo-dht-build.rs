@@ -116,6 +116,9 @@ fn subcommand(args: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if daemon_up {
+        wait_for_sharing(&log);
+    }
     let summary = session::summarize(&log);
     eprintln!("{}", summary.line());
     if let Some(line) = summary.verify_line() {
@@ -138,6 +141,48 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         code = 1;
     }
     ExitCode::from(u8::try_from(code).unwrap_or(101))
+}
+
+/// How long to wait at the end for the daemon to finish storing and publishing.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Waits until the daemon has stored and published every miss of this run (it does so
+/// in the background while the build goes on), so that the next build, here or on a
+/// peer, finds them. Failures are warnings: the build itself succeeded.
+fn wait_for_sharing(log: &Path) {
+    let Some(dir) = unit::data_dir() else {
+        return;
+    };
+    let session = log.to_string_lossy().into_owned();
+    let drained = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let mut client = rdht_api::Client::connect(&rdht_api::socket_path(&dir))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(
+                    DRAIN_TIMEOUT,
+                    client.call(rdht_api::Request::Drain {
+                        session: Some(session),
+                    }),
+                )
+                .await
+                .map_err(|_| format!("still not done after {DRAIN_TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())
+            })
+        });
+    match drained {
+        Ok(rdht_api::Response::Drained { failed, .. }) => {
+            for f in failed {
+                eprintln!("rdht: warning: built locally but not shared: {f}");
+            }
+        }
+        Ok(other) => eprintln!("rdht: warning: unexpected answer from the daemon: {other:?}"),
+        Err(e) => eprintln!("rdht: warning: waiting for the daemon to share this build: {e}"),
+    }
 }
 
 fn main() -> ExitCode {

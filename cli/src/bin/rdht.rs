@@ -58,6 +58,9 @@ enum Command {
     },
     /// Run garbage collection now.
     Gc,
+    /// Wait until every build output submitted to the daemon (by cargo-dht-build used
+    /// as RUSTC_WRAPPER) is stored and published; fails if any could not be.
+    Sync,
     /// List every known record for a build key, with the trust decision for each.
     Records {
         /// The build key (64 hex digits).
@@ -331,6 +334,25 @@ async fn run(cli: Cli) -> Result<()> {
                         "evicted {evicted_artifacts} artifacts, freed {}",
                         indicatif::HumanBytes(freed_bytes)
                     );
+                }
+            }
+            r => return Err(unexpected(r)),
+        },
+        Command::Sync => match client.call(Request::Drain { session: None }).await? {
+            Response::Drained { published, failed } => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "published": published, "failed": failed })
+                    );
+                } else {
+                    println!("{published} published, {} failed", failed.len());
+                }
+                for f in &failed {
+                    eprintln!("not shared: {f}");
+                }
+                if !failed.is_empty() {
+                    anyhow::bail!("{} build output(s) could not be shared", failed.len());
                 }
             }
             r => return Err(unexpected(r)),

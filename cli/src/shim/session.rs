@@ -41,6 +41,9 @@ pub struct UnitLog {
     pub compile_ms: u64,
     /// Wall time this invocation took.
     pub wall_ms: u64,
+    /// Of `wall_ms`, the time spent computing the build key.
+    #[serde(default)]
+    pub key_ms: u64,
     /// The unit's build key (hex), when it has one.
     #[serde(default)]
     pub key: String,
@@ -89,6 +92,12 @@ pub struct Summary {
     pub saved_ms: u64,
     /// Verification outcomes (`--verify`, sampled hits) by kind.
     pub verify: BTreeMap<String, u64>,
+    /// Wall time of all hits together (the wrapper's whole run per hit).
+    pub hit_wall_ms: u64,
+    /// What misses cost beyond their compile: wall time minus compile time, summed.
+    pub miss_overhead_ms: u64,
+    /// Time spent computing build keys, all units together.
+    pub key_ms: u64,
 }
 
 /// Reads the session log (missing: an empty session).
@@ -101,6 +110,7 @@ pub fn summarize(path: &Path) -> Summary {
         };
         s.units += 1;
         s.bytes_fetched += u.bytes_fetched;
+        s.key_ms += u.key_ms;
         if let Some(v) = &u.verify {
             *s.verify.entry(v.clone()).or_default() += 1;
         }
@@ -108,11 +118,13 @@ pub fn summarize(path: &Path) -> Summary {
             Kind::Hit => {
                 s.hits += 1;
                 s.saved_ms += u.compile_ms.saturating_sub(u.wall_ms);
+                s.hit_wall_ms += u.wall_ms;
             }
             Kind::Miss => {
                 s.misses += 1;
                 *s.miss_reasons.entry(u.reason).or_default() += 1;
                 s.missed.push(u.crate_name);
+                s.miss_overhead_ms += u.wall_ms.saturating_sub(u.compile_ms);
             }
             Kind::Uncacheable => {
                 s.uncacheable += 1;
@@ -190,6 +202,7 @@ mod tests {
                 bytes_fetched: fetched,
                 compile_ms: compile,
                 wall_ms: wall,
+                key_ms: 1,
                 key: String::new(),
                 verify: None,
             };
@@ -199,6 +212,7 @@ mod tests {
         text.push_str("garbage\n");
         std::fs::write(&log, text).unwrap();
         let s = summarize(&log);
+        assert_eq!((s.hit_wall_ms, s.miss_overhead_ms, s.key_ms), (30, 50, 4));
         assert_eq!(
             s.line(),
             "rdht: 4 units, 2 hits, 1 misses, 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved"

@@ -5,7 +5,9 @@
 //!   directory, check the environment the unit read (`# env-dep` lines), move outputs
 //!   into place with local paths in dep-info, replay rustc's messages with local paths.
 //! - Miss: run rustc with path remapping, passing its output through as it comes, then
-//!   store the outputs and publish a signed record.
+//!   submit the outputs: the daemon stores them and publishes a signed record in the
+//!   background (it checks the files did not change meanwhile), so cargo is not kept
+//!   waiting. Outputs too large to describe inline are stored synchronously instead.
 //! - Sampled hit (the daemon's `verify_sample_rate`): before using a hit, compile it
 //!   again in a scratch directory and compare; a difference blocklists the builders
 //!   that claimed it and the unit is built locally.
@@ -23,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdht_api::proto::{ExportedFile, PutFile, Resolution, Scope};
+use rdht_api::proto::{
+    ExportedFile, FileSource, MAX_INLINE_BYTES, PutFile, Resolution, Scope, Submission, SubmitFile,
+};
 use rdht_api::{Client, ClientError, Request, Response};
 use rdht_core::{BlockId, BuildRecord, BuilderKey};
 
@@ -126,7 +130,9 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| "unit".into());
-    let planned = match plan(&rustc, &args, &env, &cwd) {
+    let planned = plan(&rustc, &args, &env, &cwd);
+    let key_ms = start.elapsed().as_millis() as u64;
+    let planned = match planned {
         Ok(p) => p,
         Err(e) => {
             warn(&crate_name, &format!("cannot compute the build key: {e}"));
@@ -143,6 +149,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 bytes_fetched: 0,
                 compile_ms: 0,
                 wall_ms: 0,
+                key_ms,
                 key: String::new(),
                 verify: None,
             });
@@ -168,6 +175,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         bytes_fetched: 0,
         compile_ms: 0,
         wall_ms: 0,
+        key_ms,
         key: unit.key.to_string(),
         verify: None,
     };
@@ -213,8 +221,13 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
     log.compile_ms = compile_start.elapsed().as_millis() as u64;
     if code == 0 && publish {
         let shared = runtime.block_on(async {
-            let root = store(&unit, &captured).await?;
-            publish_record(&unit, root, log.compile_ms).await
+            match submit(&unit, &captured, log.compile_ms).await? {
+                Submitted::Queued => Ok(()),
+                Submitted::TooLarge => {
+                    let root = store(&unit, &captured).await?;
+                    publish_record(&unit, root, log.compile_ms).await
+                }
+            }
         });
         if let Err(e) = shared {
             eprintln!(
@@ -678,6 +691,89 @@ fn artifacts(stderr: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// How a submission went.
+enum Submitted {
+    /// The daemon queued it.
+    Queued,
+    /// The messages are too large to carry inline; store synchronously instead.
+    TooLarge,
+}
+
+/// Hands the unit's outputs to the daemon, which stores and publishes them after this
+/// process has returned to cargo.
+async fn submit(
+    unit: &Unit,
+    captured: &Captured,
+    build_ms: u64,
+) -> Result<Submitted, CacheFailure> {
+    let outputs = artifacts(&captured.stderr);
+    if outputs.is_empty() {
+        return Err(fail("rustc reported no output files"));
+    }
+    let mut files = Vec::with_capacity(outputs.len() + 2);
+    let mut inline = 0usize;
+    for o in &outputs {
+        let name = output_name(unit, o)?;
+        let source = if name.ends_with(".d") {
+            let text = std::fs::read_to_string(o)
+                .map_err(|e| fail(format!("reading {}: {e}", o.display())))?;
+            let bytes = unit.roots.normalize(&text).into_bytes();
+            inline += bytes.len();
+            FileSource::Inline(bytes)
+        } else {
+            FileSource::from_disk(o).map_err(|e| fail(format!("reading {}: {e}", o.display())))?
+        };
+        files.push(SubmitFile {
+            path: format!("out/{name}"),
+            source,
+        });
+    }
+    for (name, text) in [
+        ("stderr", unit.roots.normalize(&captured.stderr)),
+        ("stdout", unit.roots.normalize(&captured.stdout)),
+    ] {
+        inline += text.len();
+        files.push(SubmitFile {
+            path: format!("rdht/{name}"),
+            source: FileSource::Inline(text.into_bytes()),
+        });
+    }
+    if inline > MAX_INLINE_BYTES {
+        return Ok(Submitted::TooLarge);
+    }
+    let submit = Request::Submit(Submission {
+        key: unit.key,
+        files,
+        labels: unit.labels.clone(),
+        scope: if unit.public {
+            Scope::Everywhere
+        } else {
+            Scope::Private
+        },
+        build_ms,
+        session: std::env::var(session::SESSION_LOG_ENV).unwrap_or_default(),
+    });
+    let mut client = connect().await?;
+    match tokio::time::timeout(PUBLISH_TIMEOUT, client.call(submit))
+        .await
+        .map_err(|_| fail("submitting timed out"))??
+    {
+        Response::Submitted { .. } => Ok(Submitted::Queued),
+        other => Err(fail(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// The file name of output `o`, which must be directly in the unit's output directory.
+fn output_name<'a>(unit: &Unit, o: &'a Path) -> Result<&'a str, CacheFailure> {
+    let (Some(parent), Some(name)) = (o.parent(), o.file_name().and_then(|n| n.to_str())) else {
+        return Err(fail(format!("odd output path {}", o.display())));
+    };
+    if parent != unit.out_dir {
+        return Err(fail(format!("output {} is outside --out-dir", o.display())));
+    }
+    Ok(name)
+}
+
 /// Stores the unit's outputs and messages (pinned); returns the artifact root.
 async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, CacheFailure> {
     let outputs = artifacts(&captured.stderr);
@@ -698,13 +794,7 @@ async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, CacheFailure
         };
         let mut files = Vec::new();
         for o in &outputs {
-            let (Some(parent), Some(name)) = (o.parent(), o.file_name().and_then(|n| n.to_str()))
-            else {
-                return Err(fail(format!("odd output path {}", o.display())));
-            };
-            if parent != unit.out_dir {
-                return Err(fail(format!("output {} is outside --out-dir", o.display())));
-            }
+            let name = output_name(unit, o)?;
             let source = if name.ends_with(".d") {
                 let text = std::fs::read_to_string(o)
                     .map_err(|e| fail(format!("reading {}: {e}", o.display())))?;

@@ -23,6 +23,89 @@ pub struct PutFile {
     pub path: String,
 }
 
+/// Largest total of inline file contents in one [`Request::Submit`]; larger files go by
+/// path. Keeps the request well under the frame limit.
+pub const MAX_INLINE_BYTES: usize = 512 << 10;
+
+/// One file of a [`Request::Submit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitFile {
+    /// Relative path inside the artifact (specs/blocks.md §6 rules).
+    pub path: String,
+    /// Its contents.
+    pub source: FileSource,
+}
+
+/// A build's outputs handed over by [`Request::Submit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The build key.
+    pub key: BuildKey,
+    /// The files.
+    pub files: Vec<SubmitFile>,
+    /// The unit's labels.
+    pub labels: Labels,
+    /// Where it may be announced.
+    pub scope: Scope,
+    /// How long the build took, in milliseconds (signed into the record).
+    pub build_ms: u64,
+    /// Groups jobs for [`Request::Drain`] (e.g. one `cargo dht-build` run).
+    pub session: String,
+}
+
+/// Where a submitted file's contents come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileSource {
+    /// A file the daemon reads later. The identity fields are what the client saw; the
+    /// daemon refuses the job if the file no longer matches them before or after reading.
+    Disk {
+        /// Absolute path.
+        path: String,
+        /// Size in bytes.
+        len: u64,
+        /// Modification time, nanoseconds since the Unix epoch.
+        mtime_ns: i128,
+        /// Inode number.
+        ino: u64,
+        /// Whether it is exported executable.
+        executable: bool,
+    },
+    /// Small contents carried in the request.
+    Inline(Vec<u8>),
+}
+
+impl FileSource {
+    /// `path` on disk, described by its current size, modification time, inode and
+    /// execute bit.
+    pub fn from_disk(path: &std::path::Path) -> std::io::Result<FileSource> {
+        use std::os::unix::fs::PermissionsExt;
+        let (len, mtime_ns, ino) = file_identity(path)?;
+        let executable = std::fs::metadata(path)?.permissions().mode() & 0o111 != 0;
+        let path = path.to_str().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("path {} is not UTF-8", path.display()),
+            )
+        })?;
+        Ok(FileSource::Disk {
+            path: path.to_string(),
+            len,
+            mtime_ns,
+            ino,
+            executable,
+        })
+    }
+}
+
+/// A file's identity as [`FileSource::Disk`] records it: (size, modification time in
+/// nanoseconds since the Unix epoch, inode).
+pub fn file_identity(path: &std::path::Path) -> std::io::Result<(u64, i128, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    Ok((m.len(), mtime, m.ino()))
+}
+
 /// Where a published record may be announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scope {
@@ -110,6 +193,16 @@ pub enum Request {
     BlockList,
     /// Stop the daemon cleanly.
     Shutdown,
+    /// Store files as a pinned artifact and publish a record that `key` built into it,
+    /// in the background: the daemon answers once the job is queued, so the caller need
+    /// not wait for the store or the swarm.
+    Submit(Submission),
+    /// Wait until every job submitted under `session` (every job, with `None`) has
+    /// finished; report them.
+    Drain {
+        /// The session; `None` for all.
+        session: Option<String>,
+    },
 }
 
 /// Counters of the node's store.
@@ -281,6 +374,19 @@ pub enum Response {
     Blocked(Vec<BlockedBuilder>),
     /// To [`Request::Shutdown`].
     ShuttingDown,
+    /// To [`Request::Submit`]: the job is queued.
+    Submitted {
+        /// Jobs queued or running, this one included.
+        pending: u32,
+    },
+    /// To [`Request::Drain`]: the jobs waited for, all finished (for `None`: every job
+    /// since the daemon started, less sessions already drained).
+    Drained {
+        /// Jobs that stored and published their artifact.
+        published: u64,
+        /// One line per failed job: the crate and why.
+        failed: Vec<String>,
+    },
 }
 
 /// Progress of a long request, sent before its final answer.
