@@ -6,6 +6,7 @@
 //! Does not own: storage layout (rdht-store), protocols (rdht-net, rdht-api) or formats
 //! (rdht-core). Store calls block, so they run on tokio's blocking pool.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,11 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use rdht_api::proto::{
     BlockedBuilder, ExportedFile, NodeStatus, PeerInfo, RecordView, Resolution, Scope, StoreStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
-use rdht_core::{BlockId, BuildKey, BuildRecord, Labels};
+use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, plan};
 use rdht_net::{
     AnnouncePolicy, DropReason, FetchError, Keypair, Multiaddr, NetError, NodeConfig, NodeHandle,
     PeerId, ProviderKey, SwarmConfig, SwarmKey,
@@ -43,6 +45,12 @@ pub const PUBLIC_SWARM: &str = "public";
 pub const STORE_DIR: &str = "store";
 /// How long in-flight requests may run on after a stop is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Units of a build plan resolved at once while prefetching.
+const PREFETCH_CONCURRENCY: usize = 4;
+/// Prefetched units remembered for attribution; past this the memory is cleared.
+const MAX_PREFETCHED_KEPT: usize = 100_000;
+/// The one file of a build plan artifact (specs/build-key.md §8).
+pub const PLAN_FILE: &str = "plan";
 /// How long an announcement may hold up a put or publish.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a fetch whose providers all dropped because their connection failed: a
@@ -187,6 +195,14 @@ struct Shared {
     tally: Tally,
     /// Numbers the scratch directories of jobs.
     job_seq: AtomicU64,
+    /// Build keys being resolved from the swarm; a second resolve of the same key waits
+    /// for the first instead of fetching again.
+    inflight: Mutex<HashMap<BuildKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Plans being prefetched.
+    prefetching: Mutex<HashSet<BuildKey>>,
+    /// Units a prefetch fetched and no client has resolved yet: where from and how many
+    /// bytes, reported by the first `Resolve` so a build's summary counts them.
+    prefetched: Mutex<HashMap<BuildKey, (String, u64)>>,
 }
 
 fn api_err(kind: ErrorKind, msg: impl std::fmt::Display) -> ApiError {
@@ -410,6 +426,9 @@ pub async fn run(
         jobs: Mutex::new(Some(jobs_tx)),
         tally: Tally::default(),
         job_seq: AtomicU64::new(0),
+        inflight: Mutex::new(HashMap::new()),
+        prefetching: Mutex::new(HashSet::new()),
+        prefetched: Mutex::new(HashMap::new()),
     });
     let worker = tokio::spawn(run_jobs(shared.clone(), jobs_rx));
     let listen = shared.listen_addrs().await;
@@ -594,7 +613,7 @@ impl Shared {
     }
 
     async fn handle(
-        &self,
+        self: &Arc<Self>,
         conn: &mut ServerConn<UnixStream>,
         id: u64,
         request: Request,
@@ -610,7 +629,17 @@ impl Shared {
             Request::Put { files, labels, pin } => self.put(conn, id, files, labels, pin).await,
             Request::Export { root, dest } => self.export(conn, id, root, dest).await,
             Request::Resolve { key } => {
-                let r = self.resolve(key).await?;
+                let mut r = self.resolve(key).await?;
+                if let Resolution::Hit {
+                    source,
+                    bytes_fetched,
+                    ..
+                } = &mut r
+                    && let Some((swarm, bytes)) = self.lock_prefetched().remove(&key)
+                {
+                    *source = swarm;
+                    *bytes_fetched += bytes;
+                }
                 let counter = match r {
                     Resolution::Hit { .. } => &self.resolve_hits,
                     Resolution::Miss { .. } => &self.resolve_misses,
@@ -665,6 +694,10 @@ impl Shared {
                 Ok(Response::ShuttingDown)
             }
             Request::Submit(job) => self.submit(job).await,
+            Request::Prefetch { key } => {
+                self.prefetch(key);
+                Ok(Response::Prefetching)
+            }
             Request::Drain { session } => {
                 let (published, failed) = self.tally.drain(session.as_deref()).await;
                 Ok(Response::Drained { published, failed })
@@ -746,15 +779,19 @@ impl Shared {
         Ok(Response::Submitted { pending })
     }
 
+    /// A fresh path under the data directory's `tmp` for the daemon's own files.
+    fn scratch_dir(&self, what: &str) -> PathBuf {
+        let n = self.job_seq.fetch_add(1, Ordering::Relaxed);
+        self.config
+            .data_dir
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
     /// Stores a job's files (unpinned until the record is published), checks they did
     /// not change while being read, then publishes.
     async fn run_job(&self, job: Job) -> Result<(), String> {
-        let n = self.job_seq.fetch_add(1, Ordering::Relaxed);
-        let scratch = self
-            .config
-            .data_dir
-            .join("tmp")
-            .join(format!("job-{}-{n}", std::process::id()));
+        let scratch = self.scratch_dir("job");
         let files = job.files;
         let labels = job.labels.clone();
         let dir = scratch.clone();
@@ -913,7 +950,139 @@ impl Shared {
         rate > 0.0 && rand::random::<f64>() < rate
     }
 
+    /// Starts prefetching plan `key` in the background, unless it is already running.
+    fn prefetch(self: &Arc<Self>, key: BuildKey) {
+        if self.net.is_none() || !self.lock_prefetching().insert(key) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match me.run_prefetch(key).await {
+                Ok((n, fetched, bytes)) => info!(
+                    plan = %key,
+                    keys = n,
+                    fetched,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "prefetched a build plan"
+                ),
+                Err(e) => info!(plan = %key, "no build plan prefetched: {e}"),
+            }
+            me.lock_prefetching().remove(&key);
+        });
+    }
+
+    fn lock_prefetched(&self) -> MutexGuard<'_, HashMap<BuildKey, (String, u64)>> {
+        self.prefetched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_prefetching(&self) -> MutexGuard<'_, HashSet<BuildKey>> {
+        self.prefetching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves plan `key`, reads the plan, and resolves its keys in order, a few at a
+    /// time. Returns (keys, artifacts fetched, bytes fetched).
+    async fn run_prefetch(&self, key: BuildKey) -> Result<(usize, usize, u64), String> {
+        let root = match self.resolve(key).await.map_err(|e| e.message)? {
+            Resolution::Hit { root, .. } => root,
+            Resolution::Miss { reason } => return Err(reason),
+        };
+        let dir = self.scratch_dir("plan");
+        let d = dir.clone();
+        let text = blocking(&self.store, move |s| {
+            let manifest = s.export(&root, &d)?;
+            match manifest.files() {
+                [f] if f.path == PLAN_FILE && f.size <= plan::MAX_PLAN_LEN as u64 => {
+                    Ok(std::fs::read(d.join(PLAN_FILE)).ok())
+                }
+                _ => Ok(None),
+            }
+        })
+        .await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let text = text
+            .map_err(|e| e.message)?
+            .ok_or_else(|| format!("artifact {root} is not a build plan"))?;
+        let keys = plan::decode(&text).map_err(|e| e.to_string())?;
+        let fetched = AtomicU64::new(0);
+        let bytes = AtomicU64::new(0);
+        futures::stream::iter(keys.iter().copied())
+            .for_each_concurrent(PREFETCH_CONCURRENCY, |k| {
+                let (fetched, bytes) = (&fetched, &bytes);
+                async move {
+                    if let Ok(Resolution::Hit {
+                        bytes_fetched,
+                        source,
+                        ..
+                    }) = self.resolve(k).await
+                        && bytes_fetched > 0
+                    {
+                        fetched.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(bytes_fetched, Ordering::Relaxed);
+                        let mut p = self.lock_prefetched();
+                        if p.len() >= MAX_PREFETCHED_KEPT {
+                            p.clear();
+                        }
+                        p.insert(k, (source, bytes_fetched));
+                    }
+                }
+            })
+            .await;
+        Ok((
+            keys.len(),
+            fetched.into_inner() as usize,
+            bytes.into_inner(),
+        ))
+    }
+
+    /// A trusted root for `key` with its artifact in the store, if any.
+    async fn resolve_local(&self, key: BuildKey) -> Result<Option<Resolution>, ApiError> {
+        let local = blocking(&self.store, move |s| s.records(&key)).await?;
+        if let Some((root, records)) = self.choose(key, &local)
+            && blocking(&self.store, move |s| s.artifact(&root))
+                .await?
+                .is_some()
+        {
+            return Ok(Some(Resolution::Hit {
+                root,
+                records: records.iter().map(BuildRecord::encode).collect(),
+                source: "local".into(),
+                bytes_fetched: 0,
+                verify: self.sample(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Resolves `key`: the local store, then the swarms. Only one swarm resolve per key
+    /// runs at a time; a concurrent one waits and then usually finds it locally.
     async fn resolve(&self, key: BuildKey) -> Result<Resolution, ApiError> {
+        if let Some(hit) = self.resolve_local(key).await? {
+            return Ok(hit);
+        }
+        let gate = self
+            .lock_inflight()
+            .entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let result = {
+            let _turn = gate.lock().await;
+            self.resolve_remote(key).await
+        };
+        let mut inflight = self.lock_inflight();
+        // The map's reference and ours: nobody else waits for this key.
+        if Arc::strong_count(&gate) == 2 {
+            inflight.remove(&key);
+        }
+        result
+    }
+
+    fn lock_inflight(&self) -> MutexGuard<'_, HashMap<BuildKey, Arc<tokio::sync::Mutex<()>>>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn resolve_remote(&self, key: BuildKey) -> Result<Resolution, ApiError> {
         let local = blocking(&self.store, move |s| s.records(&key)).await?;
         if let Some((root, records)) = self.choose(key, &local)
             && blocking(&self.store, move |s| s.artifact(&root))

@@ -295,3 +295,196 @@ fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_chan
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Puts `data` as the one file `name` of an artifact and publishes `key → it`.
+async fn put_and_publish(
+    c: &mut rdht_api::Client,
+    dir: &Path,
+    key: rdht_core::BuildKey,
+    name: &str,
+    data: &[u8],
+    labels: &rdht_core::Labels,
+) {
+    use rdht_api::proto::{PutFile, Scope};
+    use rdht_api::{Request, Response};
+    let file = dir.join(name);
+    std::fs::write(&file, data).unwrap();
+    let Response::Put { root, .. } = c
+        .call(Request::Put {
+            files: vec![PutFile {
+                source: file.to_str().unwrap().into(),
+                path: name.into(),
+            }],
+            labels: labels.clone(),
+            pin: true,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("put")
+    };
+    let r = c
+        .call(Request::Publish {
+            key,
+            root,
+            labels: labels.clone(),
+            scope: Scope::Private,
+            build_ms: 10,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Published { .. }), "{r:?}");
+}
+
+/// Publishes the plan listing `keys` as `plan_key`.
+async fn publish_plan(
+    c: &mut rdht_api::Client,
+    dir: &Path,
+    plan_key: rdht_core::BuildKey,
+    keys: &[rdht_core::BuildKey],
+    labels: &rdht_core::Labels,
+) {
+    let plan = rdht_core::plan::encode(keys);
+    put_and_publish(c, dir, plan_key, "plan", plan.as_bytes(), labels).await;
+}
+
+#[test]
+fn a_build_plan_is_prefetched_from_a_trusted_builder_and_resolves_locally() {
+    use rdht_api::proto::Resolution;
+    use rdht_api::{Client, Request, Response};
+    use rdht_core::{BuildKey, Labels};
+    use std::time::{Duration, Instant};
+
+    let swarm = Swarm::new();
+    let a = swarm.node("a");
+    let b = swarm.node("b");
+    b.rdht(&["trust", "add", &a.builder_key()]);
+    let labels = Labels {
+        crate_name: "unit".into(),
+        ..Labels::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A publishes three units and the plan naming them.
+    let keys: Vec<BuildKey> = (1..=3u8).map(|i| BuildKey::from_bytes([i; 32])).collect();
+    let plan_key = BuildKey::from_bytes([9; 32]);
+    let mut unit_bytes = 0;
+    rt.block_on(async {
+        let mut c = Client::connect(&rdht_api::socket_path(&a.dir))
+            .await
+            .unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            let data = content(&format!("unit{i}"), 200_000 * (i + 1));
+            unit_bytes += data.len() as u64;
+            put_and_publish(
+                &mut c,
+                swarm.tmp.path(),
+                *k,
+                &format!("u{i}"),
+                &data,
+                &labels,
+            )
+            .await;
+        }
+        publish_plan(&mut c, swarm.tmp.path(), plan_key, &keys, &labels).await;
+    });
+    // B is asked to prefetch the plan: the answer comes at once, the units follow.
+    rt.block_on(async {
+        let mut c = Client::connect(&rdht_api::socket_path(&b.dir))
+            .await
+            .unwrap();
+        let r = c.call(Request::Prefetch { key: plan_key }).await.unwrap();
+        assert_eq!(r, Response::Prefetching);
+    });
+    // The daemon logs the outcome; wait for that line rather than for time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let log = std::fs::read_to_string(b.log()).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("prefetched a build plan")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "prefetch did not finish: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("keys=3 fetched=3"), "{line}");
+    let st = b.json(&["status"]);
+    assert!(st["bytes_in"].as_u64().unwrap() > unit_bytes, "{st}");
+    // Every unit now resolves from the local store, fetching nothing more. The first
+    // resolve of each reports what the prefetch fetched for it; later ones, nothing.
+    rt.block_on(async {
+        let mut c = Client::connect(&rdht_api::socket_path(&b.dir))
+            .await
+            .unwrap();
+        let mut reported = 0;
+        for round in 0..2 {
+            for k in &keys {
+                let Response::Resolved(Resolution::Hit {
+                    source,
+                    bytes_fetched,
+                    ..
+                }) = c.call(Request::Resolve { key: *k }).await.unwrap()
+                else {
+                    panic!("not a hit")
+                };
+                if round == 0 {
+                    assert_eq!(source, "private");
+                    reported += bytes_fetched;
+                } else {
+                    assert_eq!((source.as_str(), bytes_fetched), ("local", 0));
+                }
+            }
+        }
+        assert!(reported > unit_bytes, "{reported}");
+    });
+    assert_eq!(b.json(&["status"])["bytes_in"], st["bytes_in"]);
+}
+
+#[test]
+fn a_plan_from_an_untrusted_builder_is_not_prefetched() {
+    use rdht_api::{Client, Request, Response};
+    use rdht_core::{BuildKey, Labels};
+
+    let swarm = Swarm::new();
+    let a = swarm.node("a");
+    let b = swarm.node("b");
+    let unit = BuildKey::from_bytes([1; 32]);
+    let plan_key = BuildKey::from_bytes([9; 32]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(&rdht_api::socket_path(&a.dir))
+            .await
+            .unwrap();
+        publish_plan(
+            &mut c,
+            swarm.tmp.path(),
+            plan_key,
+            &[unit],
+            &Labels::default(),
+        )
+        .await;
+        let mut cb = Client::connect(&rdht_api::socket_path(&b.dir))
+            .await
+            .unwrap();
+        assert_eq!(
+            cb.call(Request::Prefetch { key: plan_key }).await.unwrap(),
+            Response::Prefetching
+        );
+    });
+    // B does not trust A: the plan's record is fetched and refused, nothing is stored.
+    // The daemon logs that; wait for the line rather than for time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(b.log()).unwrap_or_default();
+        if log.contains("no build plan prefetched") {
+            assert!(log.contains("none from a trusted builder"), "{log}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let st = b.json(&["status"]);
+    assert_eq!(
+        (st["bytes_in"].as_u64(), st["store"]["blocks"].as_u64()),
+        (Some(0), Some(0)),
+        "{st}"
+    );
+}

@@ -3,13 +3,17 @@
 //!
 //! - As a cargo subcommand (`cargo dht-build [CARGO BUILD ARGS]`): runs `cargo build`
 //!   with this program as `RUSTC_WRAPPER`, then prints one `rdht:` summary line on
-//!   stderr (and JSON on stdout with `--json`). Exits with cargo's exit code.
+//!   stderr (and JSON on stdout with `--json`). Exits with cargo's exit code. While
+//!   cargo starts it asks the daemon to prefetch this build's plan; at the end it waits
+//!   for the daemon to share the run's misses and publishes the run's plan
+//!   (specs/build-key.md §8).
 //! - As a wrapper (`cargo-dht-build /path/to/rustc ARGS`, what cargo runs when
 //!   `RUSTC_WRAPPER` points here): see `rdht_cli::shim::unit`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use rdht_cli::shim::plan;
 use rdht_cli::shim::session::{self, SESSION_LOG_ENV};
 use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV, VERIFY_ENV};
 
@@ -109,15 +113,42 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         );
         cmd.env(DAEMON_DOWN_ENV, "1");
     }
-    let status = match cmd.status() {
-        Ok(s) => s,
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("rdht: error: cannot run cargo: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // While cargo starts: the daemon fetches every unit a previous run of this build
+    // used, before cargo asks for them one by one.
+    let plan = (daemon_up && !verify)
+        .then(|| plan::plan_key(&cargo_args))
+        .flatten();
+    if let Some(key) = plan {
+        let _ = with_daemon(|mut c| async move { plan::prefetch(&mut c, key).await });
+    }
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rdht: error: waiting for cargo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if daemon_up {
         wait_for_sharing(&log);
+    }
+    if let Some(key) = plan.filter(|_| status.success()) {
+        let keys = session::plan_keys(&log);
+        let scratch = session_dir.path().to_path_buf();
+        if !keys.is_empty()
+            && let Err(e) =
+                with_daemon(
+                    |mut c| async move { plan::publish(&mut c, key, &keys, &scratch).await },
+                )
+        {
+            eprintln!("rdht: warning: publishing this build's plan: {e}");
+        }
     }
     let summary = session::summarize(&log);
     eprintln!("{}", summary.line());
@@ -146,34 +177,41 @@ fn subcommand(args: Vec<String>) -> ExitCode {
 /// How long to wait at the end for the daemon to finish storing and publishing.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Runs `f` with a client of this process's daemon on a fresh single-threaded runtime.
+fn with_daemon<T, F, Fut>(f: F) -> Result<T, String>
+where
+    F: FnOnce(rdht_api::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let dir = unit::data_dir().ok_or("no data directory (set RDHT_DATA_DIR)")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = rdht_api::Client::connect(&rdht_api::socket_path(&dir))
+            .await
+            .map_err(|e| e.to_string())?;
+        f(client).await
+    })
+}
+
 /// Waits until the daemon has stored and published every miss of this run (it does so
 /// in the background while the build goes on), so that the next build, here or on a
 /// peer, finds them. Failures are warnings: the build itself succeeded.
 fn wait_for_sharing(log: &Path) {
-    let Some(dir) = unit::data_dir() else {
-        return;
-    };
     let session = log.to_string_lossy().into_owned();
-    let drained = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let drained = with_daemon(|mut client| async move {
+        tokio::time::timeout(
+            DRAIN_TIMEOUT,
+            client.call(rdht_api::Request::Drain {
+                session: Some(session),
+            }),
+        )
+        .await
+        .map_err(|_| format!("still not done after {DRAIN_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                let mut client = rdht_api::Client::connect(&rdht_api::socket_path(&dir))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::time::timeout(
-                    DRAIN_TIMEOUT,
-                    client.call(rdht_api::Request::Drain {
-                        session: Some(session),
-                    }),
-                )
-                .await
-                .map_err(|_| format!("still not done after {DRAIN_TIMEOUT:?}"))?
-                .map_err(|e| e.to_string())
-            })
-        });
+    });
     match drained {
         Ok(rdht_api::Response::Drained { failed, .. }) => {
             for f in failed {

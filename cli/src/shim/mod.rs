@@ -3,7 +3,7 @@
 //! [`args`] reads rustc command lines, [`roots`] handles machine-local paths,
 //! [`filehash`] content roots with sidecars, [`inputs`] decides cacheability and
 //! collects key inputs, [`unit`] runs the hit and miss paths, [`session`] writes and
-//! summarises one build's outcomes.
+//! summarises one build's outcomes, [`plan`] prefetches and publishes build plans.
 //!
 //! Owns: everything between cargo and rustc. Does not own: the daemon (reached only
 //! through `rdht-api`) or formats (`rdht-core`).
@@ -11,6 +11,7 @@
 pub mod args;
 pub mod filehash;
 pub mod inputs;
+pub mod plan;
 pub mod roots;
 pub mod session;
 pub mod unit;

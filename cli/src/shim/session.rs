@@ -136,6 +136,17 @@ pub fn summarize(path: &Path) -> Summary {
     s
 }
 
+/// The build keys of the session's hits and misses (its plan, specs/build-key.md §8).
+pub fn plan_keys(path: &Path) -> Vec<rdht_core::BuildKey> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<UnitLog>(l).ok())
+        .filter(|u| matches!(u.kind, Kind::Hit | Kind::Miss))
+        .filter_map(|u| u.key.parse().ok())
+        .collect()
+}
+
 impl Summary {
     /// Units whose verification found a builder's root differing from a reproducible
     /// local build.
@@ -203,7 +214,11 @@ mod tests {
                 compile_ms: compile,
                 wall_ms: wall,
                 key_ms: 1,
-                key: String::new(),
+                key: if kind == Kind::Uncacheable {
+                    String::new()
+                } else {
+                    "07".repeat(32)
+                },
                 verify: None,
             };
             text.push_str(&serde_json::to_string(&u).unwrap());
@@ -212,6 +227,11 @@ mod tests {
         text.push_str("garbage\n");
         std::fs::write(&log, text).unwrap();
         let s = summarize(&log);
+        // Hits and misses with a key; the uncacheable unit and the garbage line are not.
+        assert_eq!(
+            plan_keys(&log),
+            vec![rdht_core::BuildKey::from_bytes([7; 32]); 3]
+        );
         assert_eq!((s.hit_wall_ms, s.miss_overhead_ms, s.key_ms), (30, 50, 4));
         assert_eq!(
             s.line(),

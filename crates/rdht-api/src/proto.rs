@@ -203,6 +203,12 @@ pub enum Request {
         /// The session; `None` for all.
         session: Option<String>,
     },
+    /// Start fetching, in the background, every unit of the build plan `key`
+    /// (specs/build-key.md §8); answered at once.
+    Prefetch {
+        /// The plan key.
+        key: BuildKey,
+    },
 }
 
 /// Counters of the node's store.
@@ -379,6 +385,8 @@ pub enum Response {
         /// Jobs queued or running, this one included.
         pending: u32,
     },
+    /// To [`Request::Prefetch`]: the background work started (or was already running).
+    Prefetching,
     /// To [`Request::Drain`]: the jobs waited for, all finished (for `None`: every job
     /// since the daemon started, less sessions already drained).
     Drained {

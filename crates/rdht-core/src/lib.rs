@@ -8,6 +8,7 @@
 //!   ([`manifest`]).
 //! - [`buildkey::KeyInputs`]: what a build key hashes (specs/build-key.md).
 //! - [`BuildRecord`]: a builder's signed claim "key K built into root R" ([`record`]).
+//! - [`plan`]: build plans, the keys of one build run, fetched ahead by another machine.
 //!
 //! Normative formats: `specs/blocks.md` and `specs/records.md`; the test vectors in
 //! `specs/vectors/` are checked by this crate's tests.
@@ -29,6 +30,7 @@ pub mod codec;
 pub mod dag;
 pub mod id;
 pub mod manifest;
+pub mod plan;
 pub mod record;
 
 pub use block::{Block, BlockError, BlockKind, BlockRef, Link, MAX_BLOCK_LEN, MAX_LEAF_DATA};
