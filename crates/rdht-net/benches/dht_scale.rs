@@ -1,12 +1,15 @@
-//! DHT scale benchmark: N in-process nodes (default 1000; `RDHT_DHT_NODES` sets it) on
-//! 127.0.0.1:0 form one swarm; K keys (`RDHT_DHT_KEYS`, default 200) are announced by
+//! DHT scale benchmark: N in-process nodes (default 1000; `RDHT_DHT_NODES` sets it) form
+//! one swarm over libp2p's memory transport (noise and yamux as in production; no file
+//! descriptors, so 1000 nodes fit in one process; `RDHT_DHT_TRANSPORT=tcp` uses
+//! 127.0.0.1:0 instead, which runs out of descriptors and CPU well before 1000 nodes); K keys (`RDHT_DHT_KEYS`, default 200) are announced by
 //! random nodes; L lookups (`RDHT_DHT_LOOKUPS`, default 1000) from random nodes measure
 //! the success rate, median and p99 latency and Kademlia requests per lookup (the hop
 //! proxy libp2p exposes). Then 30% of the nodes (never a provider) are killed and the
 //! lookups are repeated from the survivors.
 //!
-//! Other knobs: `RDHT_DHT_IDLE` (connection idle timeout, s; default 1: both ends of
-//! every connection live in this process, under its file descriptor limit),
+//! Other knobs: `RDHT_DHT_IDLE` (connection idle timeout, s; default: production's over
+//! memory, 2 over TCP, where both ends of every connection count against this process's
+//! file descriptor limit),
 //! `RDHT_DHT_CONCURRENCY` (announcements and lookups in flight, default 4),
 //! `RDHT_DHT_WAVE` (nodes joining at once, default 8), `RDHT_DHT_REFRESH` (set: refresh
 //! every routing table before announcing), `RDHT_DHT_DEBUG` (set: explain misses).
@@ -49,18 +52,29 @@ impl Rng {
     }
 }
 
+fn tcp() -> bool {
+    std::env::var("RDHT_DHT_TRANSPORT").is_ok_and(|v| v == "tcp")
+}
+
 fn swarm_config(bootstrap: Vec<BootstrapPeer>) -> SwarmConfig {
-    let mut s = SwarmConfig::loopback("dht");
+    let mut s = if tcp() {
+        SwarmConfig::loopback("dht")
+    } else {
+        SwarmConfig::in_memory("dht")
+    };
     s.bootstrap = bootstrap;
     s.bootstrap_timeout = Duration::from_secs(30);
-    // Short-lived connections keep the process under its file descriptor limit (both
-    // ends of every connection are in this process).
-    s.idle_timeout = Duration::from_secs(
-        std::env::var("RDHT_DHT_IDLE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2),
-    );
+    // Over TCP, short-lived connections keep the process under its file descriptor
+    // limit (both ends of every connection are in this process); the memory transport
+    // uses no descriptors and keeps the production default.
+    if let Some(idle) = std::env::var("RDHT_DHT_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        s.idle_timeout = Duration::from_secs(idle);
+    } else if tcp() {
+        s.idle_timeout = Duration::from_secs(2);
+    }
     s
 }
 

@@ -196,6 +196,18 @@ pub enum AnnouncePolicy {
     Explicit,
 }
 
+/// The byte transport under a swarm's pnet, noise and yamux layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// TCP: what every real node uses.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport (`/memory/<port>` addresses): for tests and
+    /// benchmarks that run hundreds of nodes in one process without using a file
+    /// descriptor per connection. The layers above it (pnet, noise, yamux) are the same.
+    Memory,
+}
+
 /// One swarm the node joins: its own transport (with or without pnet), DHT and peers.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
@@ -224,6 +236,9 @@ pub struct SwarmConfig {
     pub idle_timeout: Duration,
     /// Most inbound block or record streams served at once.
     pub max_inbound_streams: usize,
+    /// The transport under pnet, noise and yamux ([`TransportKind::Tcp`] unless a test
+    /// or benchmark asks for memory; listen addresses must match it).
+    pub transport: TransportKind,
 }
 
 impl SwarmConfig {
@@ -241,6 +256,7 @@ impl SwarmConfig {
             query_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
             max_inbound_streams: 256,
+            transport: TransportKind::Tcp,
         }
     }
 
@@ -252,6 +268,15 @@ impl SwarmConfig {
                 .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
                 .with(Protocol::Tcp(0)),
         );
+        c
+    }
+
+    /// Listens on `/memory/0` (a fresh in-process port) over the memory transport:
+    /// tests and benchmarks with many nodes in one process.
+    pub fn in_memory(name: impl Into<String>) -> SwarmConfig {
+        let mut c = SwarmConfig::new(name);
+        c.transport = TransportKind::Memory;
+        c.listen.push(Multiaddr::empty().with(Protocol::Memory(0)));
         c
     }
 }

@@ -38,8 +38,8 @@ pub mod wire;
 
 pub use config::{
     AnnouncePolicy, BootstrapPeer, FetchConfig, MAX_CONFIG_FILE_LEN, NodeConfig,
-    SWARM_KEY_ENCODING, SWARM_KEY_HEADER, SwarmConfig, SwarmKey, inline_path, parse_bootstrap,
-    read_bootstrap_file,
+    SWARM_KEY_ENCODING, SWARM_KEY_HEADER, SwarmConfig, SwarmKey, TransportKind, inline_path,
+    parse_bootstrap, read_bootstrap_file,
 };
 pub use error::{ConfigError, DropReason, FetchError, NetError, PeerFailure};
 pub use fetch::FetchReport;

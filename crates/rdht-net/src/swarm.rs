@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use futures::io::BufWriter;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::core::transport::Boxed;
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::core::transport::{Boxed, MemoryTransport};
 use libp2p::core::{muxing::StreamMuxerBox, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::kad;
@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::{AnnouncePolicy, SwarmConfig};
+use crate::config::{AnnouncePolicy, SwarmConfig, TransportKind};
 use crate::error::NetError;
 use crate::source::BlockSource;
 use crate::wire::{self, Frame, ProviderKey};
@@ -147,23 +147,45 @@ fn build_transport(
         swarm: cfg.name.clone(),
         reason: e.to_string(),
     })?;
-    let yamux = yamux::Config::default();
-    Ok(tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
-        .and_then(move |socket, _| async move {
-            match psk {
-                Some(psk) => PnetConfig::new(psk)
-                    .handshake(socket)
-                    .await
-                    .map(Either::Left)
-                    .map_err(std::io::Error::other),
-                None => Ok(Either::Right(socket)),
-            }
-        })
-        .upgrade(upgrade::Version::V1Lazy)
-        .authenticate(noise)
-        .multiplex(yamux)
-        .timeout(Duration::from_secs(20))
-        .boxed())
+    Ok(match cfg.transport {
+        TransportKind::Tcp => secure(
+            tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
+            psk,
+            noise,
+        ),
+        TransportKind::Memory => secure(MemoryTransport::default(), psk, noise),
+    })
+}
+
+/// The layers above the byte transport, the same for TCP and memory: optional pnet,
+/// noise, yamux.
+fn secure<T>(
+    base: T,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+    noise: noise::Config,
+) -> Boxed<(PeerId, StreamMuxerBox)>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+    T::Error: Send + Sync + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+{
+    base.and_then(move |socket, _| async move {
+        match psk {
+            Some(psk) => PnetConfig::new(psk)
+                .handshake(socket)
+                .await
+                .map(Either::Left)
+                .map_err(std::io::Error::other),
+            None => Ok(Either::Right(socket)),
+        }
+    })
+    .upgrade(upgrade::Version::V1Lazy)
+    .authenticate(noise)
+    .multiplex(yamux::Config::default())
+    .timeout(Duration::from_secs(20))
+    .boxed()
 }
 
 fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair) -> Behaviour {
@@ -633,16 +655,15 @@ async fn accept_loop(
 }
 
 /// Streams every requested subtree in pre-order; see `specs/swarm.md` §3.
-async fn serve_blocks(stream: Stream, source: &dyn BlockSource) -> Result<(), wire::WireError> {
-    let (mut r, w) = stream.split();
-    let wants = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_block_request(&mut r))
+async fn serve_blocks(mut stream: Stream, source: &dyn BlockSource) -> Result<(), wire::WireError> {
+    let wants = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_block_request(&mut stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
     debug!(wants = wants.len(), "block request");
     // yamux sends at most 16 KiB per frame and noise encrypts and writes every frame
     // separately; buffering makes that one full frame per block instead of three
     // (5-byte header, 16,384 bytes, 1 byte).
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER, w);
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER, stream);
     let mut stack = Vec::new();
     for want in wants {
         stack.push(want);
