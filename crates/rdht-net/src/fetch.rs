@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use rdht_core::manifest::MAX_MANIFEST_LEN;
 use rdht_core::{BlockId, DagVerifier, Limits, Manifest};
@@ -115,6 +115,9 @@ struct Work {
     queue: VecDeque<Unit>,
     in_flight: usize,
     done: Vec<Unit>,
+    /// Verified blocks and bytes received from each provider, counted per batch so that
+    /// a worker dropped while still opening a stream loses none of its earlier counts.
+    received: HashMap<PeerId, (u64, u64)>,
 }
 
 struct Shared {
@@ -135,8 +138,6 @@ enum BatchError {
 
 struct WorkerEnd {
     peer: PeerId,
-    blocks: u64,
-    bytes: u64,
     result: Result<(), BatchError>,
 }
 
@@ -228,6 +229,7 @@ async fn run(
             queue: units.into(),
             in_flight: 0,
             done: Vec::new(),
+            received: HashMap::new(),
         }),
         notify: Notify::new(),
     };
@@ -255,13 +257,10 @@ async fn run(
             break;
         };
         let end: WorkerEnd = end;
-        report.blocks_fetched += end.blocks;
-        report.bytes_fetched += end.bytes;
-        if end.blocks > 0 {
-            *report.by_peer.entry(end.peer).or_default() += end.blocks;
-        }
         match end.result {
-            Ok(()) => {}
+            // A worker ends well only when every unit is done; workers still opening a
+            // stream to a slow or unreachable provider hold nothing and are dropped.
+            Ok(()) => break,
             Err(BatchError::Fatal(e)) => return Err(e),
             Err(BatchError::Drop(reason)) => {
                 if matches!(reason, DropReason::Corrupt(_)) {
@@ -277,6 +276,13 @@ async fn run(
     }
     drop(workers);
     let work = shared.work.into_inner().unwrap_or_else(|e| e.into_inner());
+    for (peer, (blocks, bytes)) in work.received {
+        report.blocks_fetched += blocks;
+        report.bytes_fetched += bytes;
+        if blocks > 0 {
+            *report.by_peer.entry(peer).or_default() += blocks;
+        }
+    }
     if !work.queue.is_empty() {
         return Err(FetchError::AllProvidersFailed {
             root,
@@ -288,7 +294,8 @@ async fn run(
 }
 
 /// Takes batches from the queue and fetches them from `peer` until the work is done or
-/// the peer fails.
+/// the peer fails. A stream to the peer is opened before a batch is taken, so a provider
+/// that cannot be reached (cut off, dial timing out) never holds work the others could do.
 async fn worker(
     peer: PeerId,
     ctx: &FetchCtx<'_>,
@@ -297,50 +304,66 @@ async fn worker(
 ) -> WorkerEnd {
     let mut end = WorkerEnd {
         peer,
-        blocks: 0,
-        bytes: 0,
         result: Ok(()),
     };
     loop {
         let notified = shared.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let batch = {
-            let mut w = shared.lock();
-            if w.queue.is_empty() {
-                if w.in_flight == 0 {
-                    return end;
-                }
-                None
-            } else {
-                let mut batch = Vec::new();
-                let mut bytes = 0u64;
-                let mut wants = 0usize;
-                while let Some(u) = w.queue.front() {
-                    let n = u.verifier.pending().count();
-                    if !batch.is_empty()
-                        && (bytes >= ctx.cfg.batch_bytes || wants + n > wire::MAX_WANTS)
-                    {
-                        break;
-                    }
-                    bytes += u.size.max(1);
-                    wants += n;
-                    batch.extend(w.queue.pop_front());
-                }
-                w.in_flight += batch.len();
-                Some(batch)
+        let queued = {
+            let w = shared.lock();
+            if w.queue.is_empty() && w.in_flight == 0 {
+                return end;
             }
+            !w.queue.is_empty()
         };
-        let Some(mut batch) = batch else {
+        if !queued {
             notified.await;
             continue;
+        }
+        let s = match open(peer, ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                end.result = Err(e);
+                return end;
+            }
         };
+        let batch = {
+            let mut w = shared.lock();
+            let mut batch = Vec::new();
+            let mut bytes = 0u64;
+            let mut wants = 0usize;
+            while let Some(u) = w.queue.front() {
+                let n = u.verifier.pending().count();
+                if !batch.is_empty()
+                    && (bytes >= ctx.cfg.batch_bytes || wants + n > wire::MAX_WANTS)
+                {
+                    break;
+                }
+                bytes += u.size.max(1);
+                wants += n;
+                batch.extend(w.queue.pop_front());
+            }
+            w.in_flight += batch.len();
+            batch
+        };
+        if batch.is_empty() {
+            // Another worker took the work while this stream opened. A server gives up on
+            // a stream whose request is late, so it is not kept for later.
+            drop(s);
+            continue;
+        }
+        let mut batch = batch;
         let span = tracing::debug_span!("batch", %peer, units = batch.len());
-        let res = fetch_batch(peer, ctx, &mut batch, sink, &mut end)
+        let mut got = (0, 0);
+        let res = fetch_batch(s, ctx, &mut batch, sink, &mut got)
             .instrument(span)
             .await;
         {
             let mut w = shared.lock();
+            let counts = w.received.entry(peer).or_default();
+            counts.0 += got.0;
+            counts.1 += got.1;
             w.in_flight -= batch.len();
             for u in batch.into_iter().rev() {
                 if u.verifier.is_complete() {
@@ -358,22 +381,10 @@ async fn worker(
     }
 }
 
-fn io_drop(e: std::io::Error) -> BatchError {
-    BatchError::Drop(DropReason::Disconnected(e.to_string()))
-}
-
-/// One request: the pending subtrees of every unit in `batch`, streamed in order.
-async fn fetch_batch(
-    peer: PeerId,
-    ctx: &FetchCtx<'_>,
-    batch: &mut [Unit],
-    sink: &dyn BlockSink,
-    end: &mut WorkerEnd,
-) -> Result<(), BatchError> {
-    let wants: Vec<BlockId> = batch.iter().flat_map(|u| u.verifier.pending()).collect();
-    debug!(wants = wants.len(), "requesting blocks");
+/// Opens a block stream to `peer` (dialing it if needed) within the connect timeout.
+async fn open(peer: PeerId, ctx: &FetchCtx<'_>) -> Result<libp2p::Stream, BatchError> {
     let mut control = ctx.control.clone();
-    let stream = tokio::time::timeout(
+    tokio::time::timeout(
         ctx.cfg.connect_timeout,
         control.open_stream(peer, wire::BLOCKS_PROTOCOL),
     )
@@ -383,19 +394,37 @@ async fn fetch_batch(
             "opening a stream timed out".into(),
         ))
     })?
-    .map_err(|e| BatchError::Drop(DropReason::Disconnected(e.to_string())))?;
-    let (r, mut w) = stream.split();
+    .map_err(|e| BatchError::Drop(DropReason::Disconnected(e.to_string())))
+}
+
+fn io_drop(e: std::io::Error) -> BatchError {
+    BatchError::Drop(DropReason::Disconnected(e.to_string()))
+}
+
+/// One request on `stream`: the pending subtrees of every unit in `batch`, streamed in
+/// order.
+async fn fetch_batch(
+    mut stream: libp2p::Stream,
+    ctx: &FetchCtx<'_>,
+    batch: &mut [Unit],
+    sink: &dyn BlockSink,
+    got: &mut (u64, u64),
+) -> Result<(), BatchError> {
+    let wants: Vec<BlockId> = batch.iter().flat_map(|u| u.verifier.pending()).collect();
+    debug!(wants = wants.len(), "requesting blocks");
     let request = wire::encode_block_request(&wants);
+    // Closing only ends our side of the stream; the response is read from the same one
+    // (no split, so no lock between the two halves on every read).
     tokio::time::timeout(ctx.cfg.stall_timeout, async {
-        w.write_all(&request).await?;
-        w.flush().await?;
-        w.close().await
+        stream.write_all(&request).await?;
+        stream.flush().await?;
+        stream.close().await
     })
     .await
     .map_err(|_| BatchError::Drop(DropReason::Stalled))?
     .map_err(io_drop)?;
 
-    let mut r = r;
+    let mut r = stream;
     let stall = ctx.cfg.stall_timeout;
     for unit in batch.iter_mut() {
         while !unit.verifier.is_complete() {
@@ -414,8 +443,8 @@ async fn fetch_batch(
                             source,
                         })
                     })?;
-                    end.blocks += 1;
-                    end.bytes += len;
+                    got.0 += 1;
+                    got.1 += len;
                 }
                 Frame::Missing(id) => return Err(BatchError::Drop(DropReason::Missing(id))),
                 Frame::End => {

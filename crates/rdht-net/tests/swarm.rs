@@ -618,3 +618,50 @@ async fn files_are_fetched_from_several_providers_in_parallel() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_provider_holds_no_work_while_its_stream_opens() {
+    init_tracing();
+    let art = Artifact::new(6, &[3 * 16 * 1024, 70_000]);
+    let a = node(vec![swarm("public", vec![])], art.store()).await;
+    // A "cut off" provider: a peer whose address accepts TCP connections but never
+    // answers, so dialing it hangs until the transport gives up (20 s).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_peer = rdht_net::BootstrapPeer {
+        peer: rdht_net::Keypair::generate_ed25519().public().to_peer_id(),
+        addr: format!("/ip4/127.0.0.1/tcp/{}", hole.local_addr().unwrap().port())
+            .parse()
+            .unwrap(),
+    };
+    let sink = Arc::new(MemoryBlocks::new());
+    // The fetcher knows both; start-up succeeds on the first bootstrap peer that answers.
+    let mut cfg = NodeConfig::new(vec![swarm(
+        "public",
+        vec![hole_peer.clone(), addr(&a, "public").await],
+    )]);
+    cfg.fetch = fetch_config();
+    // Far longer than the bound below: the fetch must not wait for this provider at all.
+    cfg.fetch.connect_timeout = Duration::from_secs(120);
+    let fetcher = node_with(cfg, sink.clone()).await;
+
+    // The unreachable provider comes first, so under the old scheme its worker took the
+    // manifest and held it until its stream failed (20 s and more).
+    let report = tokio::time::timeout(
+        Duration::from_secs(15),
+        fetcher.fetch_artifact_from("public", art.root, &[hole_peer.peer, a.peer_id()], &*sink),
+    )
+    .await
+    .expect("the fetch waited for the unreachable provider")
+    .unwrap();
+    assert_eq!(report.blocks_fetched as usize, art.blocks.len());
+    assert_eq!(
+        report.by_peer.keys().copied().collect::<Vec<_>>(),
+        vec![a.peer_id()]
+    );
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    art.assert_exactly_in(&sink);
+    drop(hole);
+    for n in [fetcher, a] {
+        n.shutdown().await;
+    }
+}
