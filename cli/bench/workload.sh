@@ -10,6 +10,7 @@
 #   warm      a copy at another path, another CARGO_HOME, empty target dir, through
 #             daemon B, which fetches every unit from A over loopback
 #   local     the same again through B, now holding everything (local hits)
+#   cold      plain `cargo build` again; the faster cold build is the baseline
 # and prints times and ratios against cold. Targets: miss <= 1.05x cold, warm <= 0.10x
 # cold, per-unit hit overhead <= 5 ms. If sccache is installed, its warm time (same
 # paths, after rm -rf target) is measured too. Downloads happen before any timing.
@@ -134,6 +135,15 @@ units=$(sed 's/.*"units":\([0-9]*\).*/\1/' "$work/local.json")
 (cd "$work/p2" && CARGO_HOME="$work/home-b" timed cargo build -q)
 t_noop=$(cat "$work/elapsed")
 
+# The baseline again at the end: the cold build time is the faster of the two, so a
+# machine that got busier during the run does not flatter the ratios.
+echo "cold (again): cargo build ..." >&2
+rm -rf "$work/p0/target"
+(cd "$work/p0" && CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
+t_cold2=$(cat "$work/elapsed")
+t_cold1=$t_cold
+t_cold=$(awk -v a="$t_cold1" -v b="$t_cold2" 'BEGIN { print (a < b ? a : b) }')
+
 t_sccache=""
 if command -v sccache >/dev/null; then
     (cd "$work/p0" && rm -rf target && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" cargo build -q 2>/dev/null)
@@ -149,11 +159,11 @@ grep -o '"miss_reasons":{[^}]*}' "$work/warm.json" | sed 's/^/warm /' || true
 echo "local: $(grep '^rdht: [0-9]' "$work/local.txt")"
 field() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" "$work/$1.json"; }
 for run in miss warm local; do
-    echo "$run: key computation $(field $run key_ms) ms, hits' wall time $(field $run hit_wall_ms) ms, misses' time beyond rustc $(field $run miss_overhead_ms) ms (sums over units)"
+    echo "$run: key computation $(field $run key_ms) ms, hits' wall time $(field $run hit_wall_ms) ms, misses' time beyond rustc $(field $run miss_overhead_ms) ms (sums over units), waiting at the end for sharing $(field $run share_wait_ms) ms"
 done
-awk -v c="$t_cold" -v m="$t_miss" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v same="$same" 'BEGIN {
+awk -v c="$t_cold" -v c1="$t_cold1" -v c2="$t_cold2" -v m="$t_miss" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v same="$same" 'BEGIN {
     printf "%-34s %8s %8s\n", "build", "seconds", "x cold"
-    printf "%-34s %8.2f %8.3f\n", "cold cargo build", c, 1
+    printf "%-34s %8.2f %8.3f  (faster of %.2f and %.2f)\n", "cold cargo build", c, 1, c1, c2
     printf "%-34s %8.2f %8.3f  (target <= 1.05)\n", "cargo dht-build, all misses", m, m / c
     printf "%-34s %8.2f %8.3f  (target <= 0.10)\n", "cargo dht-build, warm from swarm", w, w / c
     printf "%-34s %8.2f %8.3f\n", "cargo dht-build, local hits", l, l / c

@@ -135,6 +135,7 @@ fn subcommand(args: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let waited = std::time::Instant::now();
     if daemon_up {
         wait_for_sharing(&log);
     }
@@ -150,7 +151,8 @@ fn subcommand(args: Vec<String>) -> ExitCode {
             eprintln!("rdht: warning: publishing this build's plan: {e}");
         }
     }
-    let summary = session::summarize(&log);
+    let mut summary = session::summarize(&log);
+    summary.share_wait_ms = waited.elapsed().as_millis() as u64;
     eprintln!("{}", summary.line());
     if let Some(line) = summary.verify_line() {
         eprintln!("{line}");

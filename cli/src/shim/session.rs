@@ -98,6 +98,9 @@ pub struct Summary {
     pub miss_overhead_ms: u64,
     /// Time spent computing build keys, all units together.
     pub key_ms: u64,
+    /// Time `cargo dht-build` waited at the end for the daemon to finish sharing the
+    /// run's misses and to store its plan.
+    pub share_wait_ms: u64,
 }
 
 /// Reads the session log (missing: an empty session).
