@@ -306,6 +306,8 @@ async fn worker(
         peer,
         result: Ok(()),
     };
+    // Whether the last failure was a lost connection already given a second chance.
+    let mut reconnected = false;
     loop {
         let notified = shared.notify.notified();
         tokio::pin!(notified);
@@ -323,6 +325,14 @@ async fn worker(
         }
         let s = match open(peer, ctx).await {
             Ok(s) => s,
+            Err(e) if !reconnected && lost_connection(&e) => {
+                // The connection the stream was asked of closed under it (an idle
+                // timeout firing as the request arrived); the next attempt dials anew.
+                debug!(%peer, "connection closed while opening a stream; once more");
+                reconnected = true;
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
             Err(e) => {
                 end.result = Err(e);
                 return end;
@@ -374,12 +384,36 @@ async fn worker(
             }
         }
         shared.notify.notify_waiters();
-        if let Err(e) = res {
-            end.result = Err(e);
-            return end;
+        match res {
+            Ok(()) => reconnected = false,
+            // Nothing arrived before the connection went away: the same race, on the
+            // provider's side. The batch is back in the queue; ask again once.
+            Err(e) if !reconnected && got.0 == 0 && lost_connection(&e) => {
+                debug!(%peer, "connection closed before the first block; once more");
+                reconnected = true;
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+            Err(e) => {
+                end.result = Err(e);
+                return end;
+            }
         }
     }
 }
+
+/// Whether a batch failed because its connection closed (not a stall, corruption or a
+/// refusal by the provider).
+fn lost_connection(e: &BatchError) -> bool {
+    matches!(e, BatchError::Drop(DropReason::Disconnected(m)) if m != OPEN_TIMED_OUT)
+}
+
+/// How long to wait before asking a provider again after its connection closed under a
+/// request: until the swarm has processed the closure, a new stream request would go to
+/// the same dead connection (libp2p-stream picks among the connections it knows).
+pub(crate) const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The reason given when a stream could not be opened within the connect timeout.
+pub(crate) const OPEN_TIMED_OUT: &str = "opening a stream timed out";
 
 /// Opens a block stream to `peer` (dialing it if needed) within the connect timeout.
 async fn open(peer: PeerId, ctx: &FetchCtx<'_>) -> Result<libp2p::Stream, BatchError> {
@@ -389,11 +423,7 @@ async fn open(peer: PeerId, ctx: &FetchCtx<'_>) -> Result<libp2p::Stream, BatchE
         control.open_stream(peer, wire::BLOCKS_PROTOCOL),
     )
     .await
-    .map_err(|_| {
-        BatchError::Drop(DropReason::Disconnected(
-            "opening a stream timed out".into(),
-        ))
-    })?
+    .map_err(|_| BatchError::Drop(DropReason::Disconnected(OPEN_TIMED_OUT.into())))?
     .map_err(|e| BatchError::Drop(DropReason::Disconnected(e.to_string())))
 }
 

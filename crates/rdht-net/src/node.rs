@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{AnnouncePolicy, FetchConfig, NodeConfig};
 use crate::error::{DropReason, FetchError, NetError, PeerFailure};
-use crate::fetch::{self, FetchCtx, FetchReport};
+use crate::fetch::{self, FetchCtx, FetchReport, OPEN_TIMED_OUT, RECONNECT_PAUSE};
 use crate::source::{BlockSink, BlockSource};
 use crate::swarm::{self, Command, Lookup, ProvideFailure, SwarmHandle};
 use crate::wire::{self, ProviderKey};
@@ -243,6 +243,15 @@ impl NodeHandle {
         let mut lookup = s
             .request(|reply| Command::FindProviders { key, limit, reply })
             .await?;
+        if lookup.providers.is_empty() && lookup.requests > 0 && lookup.successes == 0 {
+            // No peer answered at all: typically the only connections closed under the
+            // query (idle timeouts); once the swarm has seen that, it dials anew.
+            debug!(swarm = %s.name, %key, requests = lookup.requests, "no peer answered the lookup; once more");
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            lookup = s
+                .request(|reply| Command::FindProviders { key, limit, reply })
+                .await?;
+        }
         lookup.providers.retain(|p| !self.is_banned(p));
         debug!(swarm = %s.name, %key, providers = lookup.providers.len(), "lookup done");
         Ok(lookup)
@@ -329,7 +338,7 @@ impl NodeHandle {
                 lookup
                     .providers
                     .iter()
-                    .map(|p| async move { (*p, self.records_from(s, *p, key).await) }),
+                    .map(|p| async move { (*p, self.records_retrying(s, *p, key).await) }),
             )
             .await;
             for (peer, answer) in answers {
@@ -361,6 +370,25 @@ impl NodeHandle {
         Ok(report)
     }
 
+    /// [`Self::records_from`], asked once more when the connection closed under the
+    /// exchange (a stream opened on a connection whose idle timeout fired at the same
+    /// moment, on either side). The exchange is idempotent.
+    async fn records_retrying(
+        &self,
+        s: &SwarmHandle,
+        peer: PeerId,
+        key: BuildKey,
+    ) -> Result<Vec<BuildRecord>, DropReason> {
+        match self.records_from(s, peer, key).await {
+            Err(DropReason::Disconnected(m)) if m != OPEN_TIMED_OUT => {
+                debug!(%peer, "connection closed during a record request ({m}); once more");
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                self.records_from(s, peer, key).await
+            }
+            other => other,
+        }
+    }
+
     async fn records_from(
         &self,
         s: &SwarmHandle,
@@ -374,7 +402,7 @@ impl NodeHandle {
             control.open_stream(peer, wire::RECORDS_PROTOCOL),
         )
         .await
-        .map_err(|_| DropReason::Disconnected("opening a stream timed out".into()))?
+        .map_err(|_| DropReason::Disconnected(OPEN_TIMED_OUT.into()))?
         .map_err(|e| DropReason::Disconnected(e.to_string()))?;
         let raw = tokio::time::timeout(cfg.stall_timeout, async {
             stream
