@@ -142,6 +142,21 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
         "{s2}"
     );
     assert!(count(&s2, "bytes_fetched") > 100_000, "{s2}");
+    // A published the plan of its run; B derived the same plan key at another path
+    // with another CARGO_HOME and prefetched every unit of it.
+    let deadline = Instant::now() + DEADLINE;
+    let prefetched = loop {
+        let log = std::fs::read_to_string(b.log()).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("prefetched a build plan")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no plan prefetched: {log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        prefetched.contains(&format!(" keys={units} ")),
+        "{prefetched}"
+    );
     let line = String::from_utf8_lossy(&out2.stderr)
         .lines()
         .last()

@@ -121,12 +121,22 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         }
     };
     // While cargo starts: the daemon fetches every unit a previous run of this build
-    // used, before cargo asks for them one by one.
-    let plan = (daemon_up && !verify)
-        .then(|| plan::plan_key(&cargo_args))
-        .flatten();
-    if let Some(key) = plan {
-        let _ = with_daemon(|mut c| async move { plan::prefetch(&mut c, key).await });
+    // used, before cargo asks for them one by one. A first build has no Cargo.lock
+    // until cargo has resolved the dependencies, so wait for it (briefly).
+    if daemon_up && !verify {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let key = loop {
+            if let Some(k) = plan::plan_key(&cargo_args) {
+                break Some(k);
+            }
+            if !matches!(child.try_wait(), Ok(None)) || std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if let Some(key) = key {
+            let _ = with_daemon(|mut c| async move { plan::prefetch(&mut c, key).await });
+        }
     }
     let status = match child.wait() {
         Ok(s) => s,
@@ -139,7 +149,11 @@ fn subcommand(args: Vec<String>) -> ExitCode {
     if daemon_up {
         wait_for_sharing(&log);
     }
-    if let Some(key) = plan.filter(|_| status.success()) {
+    // The plan key again: Cargo.lock is final now.
+    let plan = (daemon_up && !verify && status.success())
+        .then(|| plan::plan_key(&cargo_args))
+        .flatten();
+    if let Some(key) = plan {
         let keys = session::plan_keys(&log);
         let scratch = session_dir.path().to_path_buf();
         if !keys.is_empty()
@@ -175,6 +189,9 @@ fn subcommand(args: Vec<String>) -> ExitCode {
     }
     ExitCode::from(u8::try_from(code).unwrap_or(101))
 }
+
+/// How long to wait for cargo to write Cargo.lock before giving up on prefetching.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long to wait at the end for the daemon to finish storing and publishing.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
