@@ -144,15 +144,7 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
     assert!(count(&s2, "bytes_fetched") > 100_000, "{s2}");
     // A published the plan of its run; B derived the same plan key at another path
     // with another CARGO_HOME and prefetched every unit of it.
-    let deadline = Instant::now() + DEADLINE;
-    let prefetched = loop {
-        let log = std::fs::read_to_string(b.log()).unwrap_or_default();
-        if let Some(l) = log.lines().find(|l| l.contains("prefetched a build plan")) {
-            break l.to_string();
-        }
-        assert!(Instant::now() < deadline, "no plan prefetched: {log}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let prefetched = b.wait_for_log("prefetched a build plan");
     assert!(
         prefetched.contains(&format!(" keys={units} ")),
         "{prefetched}"

@@ -353,7 +353,6 @@ fn a_build_plan_is_prefetched_from_a_trusted_builder_and_resolves_locally() {
     use rdht_api::proto::Resolution;
     use rdht_api::{Client, Request, Response};
     use rdht_core::{BuildKey, Labels};
-    use std::time::{Duration, Instant};
 
     let swarm = Swarm::new();
     let a = swarm.node("a");
@@ -396,15 +395,7 @@ fn a_build_plan_is_prefetched_from_a_trusted_builder_and_resolves_locally() {
         assert_eq!(r, Response::Prefetching);
     });
     // The daemon logs the outcome; wait for that line rather than for time.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let line = loop {
-        let log = std::fs::read_to_string(b.log()).unwrap_or_default();
-        if let Some(l) = log.lines().find(|l| l.contains("prefetched a build plan")) {
-            break l.to_string();
-        }
-        assert!(Instant::now() < deadline, "prefetch did not finish: {log}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let line = b.wait_for_log("prefetched a build plan");
     assert!(line.contains("keys=3 fetched=3"), "{line}");
     let st = b.json(&["status"]);
     assert!(st["bytes_in"].as_u64().unwrap() > unit_bytes, "{st}");
@@ -470,17 +461,8 @@ fn a_plan_from_an_untrusted_builder_is_not_prefetched() {
         );
     });
     // B does not trust A: the plan's record is fetched and refused, nothing is stored.
-    // The daemon logs that; wait for the line rather than for time.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let log = std::fs::read_to_string(b.log()).unwrap_or_default();
-        if log.contains("no build plan prefetched") {
-            assert!(log.contains("none from a trusted builder"), "{log}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{log}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let line = b.wait_for_log("no build plan prefetched");
+    assert!(line.contains("none from a trusted builder"), "{line}");
     let st = b.json(&["status"]);
     assert_eq!(
         (st["bytes_in"].as_u64(), st["store"]["blocks"].as_u64()),

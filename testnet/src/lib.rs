@@ -184,6 +184,25 @@ impl Node {
         self.dir.with_extension("log")
     }
 
+    /// The first line of the daemon's log containing `needle`, waiting for it to appear.
+    ///
+    /// # Panics
+    /// When no such line appears before [`DEADLINE`] (the log is in the message).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            if let Some(l) = log.lines().find(|l| l.contains(needle)) {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}: {log}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Starts the daemon again (after [`Node::stop`] or [`Node::kill`]).
     ///
     /// # Panics
