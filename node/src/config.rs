@@ -54,7 +54,15 @@ store_max_bytes = 21474836480
 # Share of cache hits that are also rebuilt locally and compared (0.02 = 2%). A
 # mismatch is logged, counted and blocklists the builders that claimed the artifact.
 # verify_sample_rate = 0.0
+
+# How long a build waits for the swarm to say who has records for a unit, in
+# milliseconds. A miss costs one such lookup; past this the unit is built locally.
+# Fetching an artifact once found is not limited by it (stalled peers are dropped).
+# lookup_timeout_ms = 3000
 "#;
+
+/// Default limit on one record lookup.
+pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 3000;
 
 /// Default public-swarm listen address.
 pub const DEFAULT_PUBLIC_LISTEN: &str = "/ip4/0.0.0.0/tcp/4518";
@@ -107,6 +115,8 @@ pub struct FileConfig {
     pub trust_threshold: Option<usize>,
     /// Share of hits rebuilt locally to check them.
     pub verify_sample_rate: Option<f64>,
+    /// Limit on a record lookup, in milliseconds.
+    pub lookup_timeout_ms: Option<u64>,
 }
 
 /// Values from flags or environment (clap resolves flag over env).
@@ -149,6 +159,8 @@ pub struct Config {
     pub trust_threshold: usize,
     /// Share of hits rebuilt locally to check them, 0.0 to 1.0.
     pub verify_sample_rate: f64,
+    /// Limit on the record lookup of one resolve (at least 1 ms).
+    pub lookup_timeout: std::time::Duration,
 }
 
 /// The data directory: the given one, or the platform's data directory for rdht.
@@ -211,7 +223,16 @@ pub fn load(
         trusted_keys: file.trusted_keys.unwrap_or_default(),
         trust_threshold: file.trust_threshold.unwrap_or(2),
         verify_sample_rate: file.verify_sample_rate.unwrap_or(0.0),
+        lookup_timeout: std::time::Duration::from_millis(
+            file.lookup_timeout_ms.unwrap_or(DEFAULT_LOOKUP_TIMEOUT_MS),
+        ),
     };
+    if config.lookup_timeout.is_zero() {
+        return Err(ConfigError::Parse {
+            path: config.config_file.clone(),
+            message: "lookup_timeout_ms = 0: a lookup needs at least 1 ms".into(),
+        });
+    }
     if !(0.0..=1.0).contains(&config.verify_sample_rate) {
         return Err(ConfigError::Parse {
             path: config.config_file.clone(),
@@ -236,12 +257,13 @@ mod tests {
         assert_eq!(c.listen, vec![DEFAULT_LISTEN.to_string()]);
         assert_eq!(c.store_max_bytes, DEFAULT_STORE_MAX_BYTES);
         assert_eq!(c.swarm_key, None);
+        assert_eq!(c.lookup_timeout, std::time::Duration::from_millis(3000));
         let (_, created) = load(dir.path(), None, Overrides::default()).unwrap();
         assert!(!created);
 
         fs::write(
             dir.path().join(CONFIG_FILE),
-            "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nstore_max_bytes = 5\nswarm_key = \"/k\"\n",
+            "listen = [\"/ip4/127.0.0.1/tcp/0\"]\nstore_max_bytes = 5\nswarm_key = \"/k\"\nlookup_timeout_ms = 250\n",
         )
         .unwrap();
         let over = Overrides {
@@ -252,6 +274,14 @@ mod tests {
         assert_eq!(c.listen, vec!["/ip4/127.0.0.1/tcp/0".to_string()]);
         assert_eq!(c.store_max_bytes, 7, "flag/env beats file");
         assert_eq!(c.swarm_key, Some(PathBuf::from("/k")), "file beats default");
+        assert_eq!(c.lookup_timeout, std::time::Duration::from_millis(250));
+        fs::write(dir.path().join(CONFIG_FILE), "lookup_timeout_ms = 0\n").unwrap();
+        let err = load(dir.path(), None, Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("lookup_timeout_ms = 0: a lookup needs at least 1 ms"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1103,11 +1103,17 @@ impl Shared {
             });
         };
         let started = std::time::Instant::now();
-        let report = match fetch_records(net, key).await {
-            Ok(r) => r,
-            Err(e) => {
+        let limit = self.config.lookup_timeout;
+        let report = match tokio::time::timeout(limit, fetch_records(net, key)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 return Ok(Resolution::Miss {
                     reason: format!("record lookup failed: {e}"),
+                });
+            }
+            Err(_) => {
+                return Ok(Resolution::Miss {
+                    reason: format!("record lookup took longer than {} ms", limit.as_millis()),
                 });
             }
         };
