@@ -356,6 +356,9 @@ pub async fn run(
     let dir = config.data_dir.clone();
     prepare_dir(&dir)?;
     let _lock = DataDirLock::acquire(&dir)?;
+    // Scratch files of jobs and prefetches a previous daemon left behind (we hold the
+    // lock, so nobody else uses them).
+    let _ = std::fs::remove_dir_all(dir.join("tmp"));
     let (identity, created) = Identity::load_or_create(&dir)?;
     if created {
         info!(builder = %identity.builder_key(), "created a new identity");
