@@ -7,9 +7,11 @@
 //! proxy libp2p exposes). Then 30% of the nodes (never a provider) are killed and the
 //! lookups are repeated from the survivors.
 //!
-//! Other knobs: `RDHT_DHT_IDLE` (connection idle timeout, s; default: production's over
-//! memory, 2 over TCP, where both ends of every connection count against this process's
-//! file descriptor limit),
+//! Other knobs: `RDHT_DHT_IDLE` (connection idle timeout, s; default 10 over memory, where
+//! production's 120 s kept ~100,000 connections open and grew past 6 GB before 1000 nodes
+//! had joined; 2 over TCP, where both ends of every connection count against this
+//! process's file descriptor limit), `RDHT_DHT_REFRESH_EVERY` (Kademlia's periodic
+//! routing-table refresh, s; default off, see `swarm_config`),
 //! `RDHT_DHT_CONCURRENCY` (announcements and lookups in flight, default 4),
 //! `RDHT_DHT_WAVE` (nodes joining at once, default 8), `RDHT_DHT_REFRESH` (set: refresh
 //! every routing table before announcing), `RDHT_DHT_DEBUG` (set: explain misses).
@@ -64,6 +66,15 @@ fn swarm_config(bootstrap: Vec<BootstrapPeer>) -> SwarmConfig {
     };
     s.bootstrap = bootstrap;
     s.bootstrap_timeout = Duration::from_secs(30);
+    // Kademlia's periodic routing-table refresh (every 5 min per node) is off unless
+    // RDHT_DHT_REFRESH_EVERY (s) is set: 1000 nodes in one 2-core process refresh about
+    // 3 times a second, each refresh opening ~200 connections (noise handshakes on both
+    // ends), which alone saturates the machine. On real machines each node pays for its
+    // own. Lookups after the kill therefore rely on query-time failure handling only.
+    s.refresh_interval = std::env::var("RDHT_DHT_REFRESH_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs);
     // Over TCP, short-lived connections keep the process under its file descriptor
     // limit (both ends of every connection are in this process); the memory transport
     // uses no descriptors and keeps the production default.
@@ -74,6 +85,8 @@ fn swarm_config(bootstrap: Vec<BootstrapPeer>) -> SwarmConfig {
         s.idle_timeout = Duration::from_secs(idle);
     } else if tcp() {
         s.idle_timeout = Duration::from_secs(2);
+    } else {
+        s.idle_timeout = Duration::from_secs(10);
     }
     s
 }
@@ -157,6 +170,40 @@ fn print(label: &str, mut s: Stats) {
     );
 }
 
+/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Waits (at most `RDHT_DHT_SETTLE` s, default 900; 0 skips) until the swarm's own
+/// background work has died down: under 0.3 cores over 5 s. Every node that joins runs
+/// Kademlia bootstrap lookups after `start` returns; with 1000 nodes joining within
+/// minutes on 2 cores they overlap for minutes, and keys announced meanwhile land on
+/// peers that are not the k closest (measured at 1000 nodes without this wait: all 27
+/// misses before the kill were on 8 keys among the first 23 announced, and retrying
+/// found nothing either). Real nodes join one at a time.
+async fn settle() {
+    let limit = Duration::from_secs(env("RDHT_DHT_SETTLE", 900) as u64);
+    let t = Instant::now();
+    let mut last = cpu_time();
+    while t.elapsed() < limit {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = cpu_time();
+        let busy = match (last, now) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64() / 5.0,
+            _ => 0.0,
+        };
+        last = now;
+        if busy < 0.3 {
+            break;
+        }
+    }
+    println!("swarm settled after {:.1} s", t.elapsed().as_secs_f64());
+}
+
 #[tokio::main]
 async fn main() {
     let _ = tracing_subscriber::fmt()
@@ -185,6 +232,13 @@ async fn main() {
             nodes.push(node);
             addrs.push(addr);
         }
+        if nodes.len() % 100 < wave {
+            eprintln!(
+                "{} nodes up after {:.1} s",
+                nodes.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
     }
     println!("{n} nodes started in {:.1} s", t.elapsed().as_secs_f64());
     // Optionally refresh every routing table once (nodes that joined early know few
@@ -206,6 +260,7 @@ async fn main() {
         "routing tables refreshed in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    settle().await;
 
     let t = Instant::now();
     let keys: Vec<(ProviderKey, usize)> = (0..k)
@@ -226,6 +281,17 @@ async fn main() {
             }
         })
         .buffer_unordered(env("RDHT_DHT_CONCURRENCY", 4))
+        .enumerate()
+        .map(|(i, r)| {
+            if (i + 1) % 50 == 0 {
+                eprintln!(
+                    "{} keys announced after {:.1} s",
+                    i + 1,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            r
+        })
         .collect()
         .await;
     let mut took: Vec<Duration> = results.iter().map(|r| r.0).collect();

@@ -236,6 +236,11 @@ pub struct SwarmConfig {
     pub idle_timeout: Duration,
     /// Most inbound block or record streams served at once.
     pub max_inbound_streams: usize,
+    /// How often Kademlia refreshes the routing table by itself (a bootstrap: a lookup
+    /// of our own id and of a random id per bucket); `None` turns the periodic refresh
+    /// off (benchmarks of many nodes in one process do; each refresh opens hundreds of
+    /// connections). Default: 5 minutes, libp2p's.
+    pub refresh_interval: Option<Duration>,
     /// The transport under pnet, noise and yamux ([`TransportKind::Tcp`] unless a test
     /// or benchmark asks for memory; listen addresses must match it).
     pub transport: TransportKind,
@@ -256,6 +261,7 @@ impl SwarmConfig {
             query_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(120),
             max_inbound_streams: 256,
+            refresh_interval: Some(Duration::from_secs(5 * 60)),
             transport: TransportKind::Tcp,
         }
     }

@@ -202,6 +202,7 @@ fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair) -> Behaviour {
     );
     let mut kcfg = kad::Config::new(wire::KAD_PROTOCOL);
     kcfg.set_query_timeout(cfg.query_timeout);
+    kcfg.set_periodic_bootstrap_interval(cfg.refresh_interval);
     let mut kad = kad::Behaviour::with_config(peer, store, kcfg);
     kad.set_mode(Some(kad::Mode::Server));
     Behaviour {
