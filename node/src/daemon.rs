@@ -1039,15 +1039,19 @@ impl Shared {
         ))
     }
 
-    /// A trusted root for `key` with its artifact in the store, if any.
-    async fn resolve_local(&self, key: BuildKey) -> Result<Option<Resolution>, ApiError> {
+    /// A hit from the local store (a trusted root whose artifact is held), or else the
+    /// local records to go on with.
+    async fn resolve_local(
+        &self,
+        key: BuildKey,
+    ) -> Result<Result<Resolution, Vec<BuildRecord>>, ApiError> {
         let local = blocking(&self.store, move |s| s.records(&key)).await?;
         if let Some((root, records)) = self.choose(key, &local)
             && blocking(&self.store, move |s| s.artifact(&root))
                 .await?
                 .is_some()
         {
-            return Ok(Some(Resolution::Hit {
+            return Ok(Ok(Resolution::Hit {
                 root,
                 records: records.iter().map(BuildRecord::encode).collect(),
                 source: "local".into(),
@@ -1055,15 +1059,12 @@ impl Shared {
                 verify: self.sample(),
             }));
         }
-        Ok(None)
+        Ok(Err(local))
     }
 
-    /// Resolves `key`: the local store, then the swarms. Only one swarm resolve per key
-    /// runs at a time; a concurrent one waits and then usually finds it locally.
+    /// Resolves `key`: the local store, then the swarms. One resolve per key runs at a
+    /// time; a concurrent one waits, then usually finds the artifact locally.
     async fn resolve(&self, key: BuildKey) -> Result<Resolution, ApiError> {
-        if let Some(hit) = self.resolve_local(key).await? {
-            return Ok(hit);
-        }
         let gate = self
             .lock_inflight()
             .entry(key)
@@ -1071,7 +1072,11 @@ impl Shared {
             .clone();
         let result = {
             let _turn = gate.lock().await;
-            self.resolve_remote(key).await
+            match self.resolve_local(key).await {
+                Ok(Ok(hit)) => Ok(hit),
+                Ok(Err(local)) => self.resolve_remote(key, local).await,
+                Err(e) => Err(e),
+            }
         };
         let mut inflight = self.lock_inflight();
         // The map's reference and ours: nobody else waits for this key.
@@ -1085,21 +1090,13 @@ impl Shared {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn resolve_remote(&self, key: BuildKey) -> Result<Resolution, ApiError> {
-        let local = blocking(&self.store, move |s| s.records(&key)).await?;
-        if let Some((root, records)) = self.choose(key, &local)
-            && blocking(&self.store, move |s| s.artifact(&root))
-                .await?
-                .is_some()
-        {
-            return Ok(Resolution::Hit {
-                root,
-                records: records.iter().map(BuildRecord::encode).collect(),
-                source: "local".into(),
-                bytes_fetched: 0,
-                verify: self.sample(),
-            });
-        }
+    /// Asks the swarms for records of `key` (none of the `local` ones gave a hit) and
+    /// fetches the accepted root.
+    async fn resolve_remote(
+        &self,
+        key: BuildKey,
+        local: Vec<BuildRecord>,
+    ) -> Result<Resolution, ApiError> {
         let Some(net) = &self.net else {
             return Ok(Resolution::Miss {
                 reason: "no trusted record in the local store and no swarm is configured".into(),
