@@ -65,20 +65,7 @@ fn copy_project(from: &Path, to: &Path) {
 
 /// `cargo dht-build --json` in `project` against `node`, with `cargo_home`.
 fn dht_build(project: &Path, cargo_home: &Path, node: &Node) -> (Output, serde_json::Value) {
-    let out = Command::new(bin("cargo-dht-build"))
-        .args(["dht-build", "--json"])
-        .current_dir(project)
-        .env("CARGO_HOME", cargo_home)
-        .env("RDHT_DATA_DIR", &node.dir)
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "build failed:\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stderr}"));
-    (out, summary)
+    rdht_testnet::dht_build(project, cargo_home, &node.dir)
 }
 
 fn sha256(path: &Path) -> String {

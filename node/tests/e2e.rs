@@ -2,43 +2,13 @@
 //! driven by the `rdht` CLI, through the `rdht-testnet` harness.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rdht_testnet::{Node, Swarm, bin};
-
-/// Deterministic incompressible bytes.
-fn content(seed: &str, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut v);
-    v
-}
-
-/// Path → (content hash, executable) for every file under `root`.
-fn snapshot(root: &Path) -> BTreeMap<String, (blake3::Hash, bool)> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (blake3::Hash, bool)>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-                let exec = std::fs::metadata(&p).unwrap().permissions().mode() & 0o111 != 0;
-                out.insert(rel, (blake3::hash(&std::fs::read(&p).unwrap()), exec));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
+use rdht_testnet::{Node, Swarm, bin, content, snapshot};
 
 /// A 100 MiB tree: two large files, many small ones, two executables.
 fn make_tree(root: &Path) -> u64 {

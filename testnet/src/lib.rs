@@ -12,7 +12,8 @@
 //!   runs in its own network namespace behind a private bridge ([`netns`]).
 //!
 //! Owns: finding the built binaries, starting, stopping and killing daemons, private
-//! swarms, namespaces. Does not own: any daemon behaviour. Waits poll with deadlines;
+//! swarms, namespaces, and the tests' shared helpers (deterministic file contents, tree
+//! snapshots, a `cargo dht-build --json` run). Does not own: any daemon behaviour. Waits poll with deadlines;
 //! loopback ports are chosen by the OS.
 //!
 //! Binaries are looked up in `$RDHT_BIN_DIR`, else beside the running executable, else
@@ -28,7 +29,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -367,4 +370,69 @@ impl Swarm {
         f.write_all(line.as_bytes()).expect("write bootstrap file");
         n
     }
+}
+
+/// Deterministic incompressible bytes: `len` bytes of BLAKE3's output stream for `seed`.
+pub fn content(seed: &str, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut v);
+    v
+}
+
+/// Relative path → (content hash, executable) for every file under `root`.
+///
+/// # Panics
+/// When the tree cannot be read.
+pub fn snapshot(root: &Path) -> BTreeMap<String, (blake3::Hash, bool)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (blake3::Hash, bool)>) {
+        for e in std::fs::read_dir(dir).expect("readable tree") {
+            let p = e.expect("directory entry").path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p
+                    .strip_prefix(root)
+                    .ok()
+                    .and_then(Path::to_str)
+                    .expect("UTF-8 path under the root")
+                    .to_string();
+                let meta = std::fs::metadata(&p).expect("file metadata");
+                let exec = meta.permissions().mode() & 0o111 != 0;
+                let bytes = std::fs::read(&p).expect("readable file");
+                out.insert(rel, (blake3::hash(&bytes), exec));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// `cargo dht-build --json` in `project` through the daemon of `data_dir`, with
+/// `cargo_home`: its output and the parsed summary.
+///
+/// # Panics
+/// When the build fails or prints no JSON summary (stderr is in the message).
+pub fn dht_build(
+    project: &Path,
+    cargo_home: &Path,
+    data_dir: &Path,
+) -> (std::process::Output, serde_json::Value) {
+    let out = Command::new(bin("cargo-dht-build"))
+        .args(["dht-build", "--json"])
+        .current_dir(project)
+        .env("CARGO_HOME", cargo_home)
+        .env("RDHT_DATA_DIR", data_dir)
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cargo-dht-build runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stderr}"));
+    (out, summary)
 }

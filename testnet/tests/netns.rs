@@ -9,34 +9,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdht_testnet::{Testnet, netns};
-
-/// Deterministic incompressible bytes.
-fn content(seed: &str, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut v);
-    v
-}
+use rdht_testnet::{Testnet, content, netns};
 
 /// Relative path → content hash for every file under `root`.
 fn snapshot(root: &Path) -> BTreeMap<String, blake3::Hash> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, blake3::Hash>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-                out.insert(rel, blake3::hash(&std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+    rdht_testnet::snapshot(root)
+        .into_iter()
+        .map(|(path, (hash, _))| (path, hash))
+        .collect()
 }
 
 /// `rdht --json get ROOT DEST` on node `i`; returns the snapshot of DEST and how long

@@ -90,6 +90,17 @@ struct FreezingSource {
 }
 
 impl FreezingSource {
+    /// Serves `inner`, freezing on the `limit`-th block.
+    fn new(inner: Arc<MemoryBlocks>, limit: usize) -> Arc<FreezingSource> {
+        Arc::new(FreezingSource {
+            inner,
+            served: AtomicUsize::new(0),
+            limit,
+            reached: tokio::sync::Notify::new(),
+            gate: (Mutex::new(false), Condvar::new()),
+        })
+    }
+
     fn release(&self) {
         *self.gate.0.lock().unwrap() = true;
         self.gate.1.notify_all();
@@ -113,31 +124,40 @@ impl BlockSource for FreezingSource {
     }
 }
 
+/// A provider serving `bad`, and an honest one serving `good` that joined through it.
+async fn bad_and_honest(
+    bad: Arc<dyn BlockSource>,
+    good: Arc<dyn BlockSource>,
+) -> (NodeHandle, NodeHandle) {
+    let bad = node(vec![swarm("public", vec![])], bad).await;
+    let honest = node(
+        vec![swarm("public", vec![addr(&bad, "public").await])],
+        good,
+    )
+    .await;
+    (bad, honest)
+}
+
+/// A fetcher's config bootstrapping from `peers`, asking one provider at a time.
+fn one_provider_at_a_time(peers: Vec<rdht_net::BootstrapPeer>) -> NodeConfig {
+    let mut cfg = NodeConfig::new(vec![swarm("public", peers)]);
+    cfg.fetch = fetch_config();
+    cfg.fetch.max_providers = 1;
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn provider_killed_mid_fetch_the_fetch_completes_from_another() {
     init_tracing();
     let art = Artifact::new(2, &[512 * 1024; 6]);
-    let freezing = Arc::new(FreezingSource {
-        inner: art.store(),
-        served: AtomicUsize::new(0),
-        limit: 40,
-        reached: tokio::sync::Notify::new(),
-        gate: (Mutex::new(false), Condvar::new()),
-    });
-    let doomed = node(vec![swarm("public", vec![])], freezing.clone()).await;
-    let honest = node(
-        vec![swarm("public", vec![addr(&doomed, "public").await])],
-        art.store(),
-    )
-    .await;
+    let freezing = FreezingSource::new(art.store(), 40);
+    let (doomed, honest) = bad_and_honest(freezing.clone(), art.store()).await;
     let sink = Arc::new(MemoryBlocks::new());
-    let mut cfg = NodeConfig::new(vec![swarm(
-        "public",
-        vec![addr(&doomed, "public").await, addr(&honest, "public").await],
-    )]);
-    cfg.fetch = fetch_config();
     // One provider at a time, the doomed one first: it is mid-stream when killed.
-    cfg.fetch.max_providers = 1;
+    let cfg = one_provider_at_a_time(vec![
+        addr(&doomed, "public").await,
+        addr(&honest, "public").await,
+    ]);
     let fetcher = node_with(cfg, sink.clone()).await;
 
     let providers = [doomed.peer_id(), honest.peer_id()];
@@ -190,29 +210,13 @@ async fn provider_killed_mid_fetch_the_fetch_completes_from_another() {
 async fn stalling_provider_is_dropped_and_the_fetch_completes_from_another() {
     init_tracing();
     let art = Artifact::new(4, &[200_000, 100_000]);
-    let frozen = Arc::new(FreezingSource {
-        inner: art.store(),
-        served: AtomicUsize::new(0),
-        limit: 3,
-        reached: tokio::sync::Notify::new(),
-        gate: (Mutex::new(false), Condvar::new()),
-    });
-    let staller = node(vec![swarm("public", vec![])], frozen.clone()).await;
-    let honest = node(
-        vec![swarm("public", vec![addr(&staller, "public").await])],
-        art.store(),
-    )
-    .await;
+    let frozen = FreezingSource::new(art.store(), 3);
+    let (staller, honest) = bad_and_honest(frozen.clone(), art.store()).await;
     let sink = Arc::new(MemoryBlocks::new());
-    let mut cfg = NodeConfig::new(vec![swarm(
-        "public",
-        vec![
-            addr(&staller, "public").await,
-            addr(&honest, "public").await,
-        ],
-    )]);
-    cfg.fetch = fetch_config();
-    cfg.fetch.max_providers = 1;
+    let mut cfg = one_provider_at_a_time(vec![
+        addr(&staller, "public").await,
+        addr(&honest, "public").await,
+    ]);
     cfg.fetch.stall_timeout = Duration::from_secs(1);
     let fetcher = node_with(cfg, sink.clone()).await;
 
@@ -256,16 +260,9 @@ async fn corrupting_provider_is_banned_and_the_fetch_completes_from_an_honest_on
         }
         evil_store.insert_raw(b.id(), Bytes::from(bytes));
     }
-    let evil = node(vec![swarm("public", vec![])], evil_store).await;
-    let honest = node(
-        vec![swarm("public", vec![addr(&evil, "public").await])],
-        art.store(),
-    )
-    .await;
+    let (evil, honest) = bad_and_honest(evil_store, art.store()).await;
     let sink = Arc::new(MemoryBlocks::new());
-    let mut cfg = NodeConfig::new(vec![swarm("public", vec![addr(&honest, "public").await])]);
-    cfg.fetch = fetch_config();
-    cfg.fetch.max_providers = 1;
+    let cfg = one_provider_at_a_time(vec![addr(&honest, "public").await]);
     let fetcher = node_with(cfg, sink.clone()).await;
 
     evil.provide(ProviderKey::Artifact(art.root)).await.unwrap();
