@@ -25,7 +25,8 @@ fn main() {
 }
 "#;
 
-/// Writes project P (binary `proj` + path dependency `mylib`) under `dir`.
+/// Writes project P (binary `proj` + path dependency `mylib`, which is also built as a
+/// cdylib and a staticlib) under `dir`.
 fn write_project(dir: &Path, greeting: &str) {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::create_dir_all(dir.join("mylib/src")).unwrap();
@@ -39,7 +40,8 @@ fn write_project(dir: &Path, greeting: &str) {
     std::fs::write(dir.join("src/main.rs"), MAIN_RS).unwrap();
     std::fs::write(
         dir.join("mylib/Cargo.toml"),
-        "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [lib]\ncrate-type = [\"rlib\", \"cdylib\", \"staticlib\"]\n",
     )
     .unwrap();
     std::fs::write(
@@ -147,10 +149,13 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
         )),
         "{line}"
     );
-    assert_eq!(
-        sha256(&p2.join("target/debug/proj")),
-        sha256(&p1.join("target/debug/proj"))
-    );
+    for out in ["proj", "libmylib.so", "libmylib.a", "libmylib.rlib"] {
+        assert_eq!(
+            sha256(&p2.join("target/debug").join(out)),
+            sha256(&p1.join("target/debug").join(out)),
+            "{out}"
+        );
+    }
     assert_eq!(run_bin(&p2), "hello 8\n");
     // A following plain cargo build is a no-op.
     let again = Command::new("cargo")
