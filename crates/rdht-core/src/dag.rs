@@ -417,6 +417,43 @@ impl DagVerifier {
         self.blocks
     }
 
+    /// The next expected block, when its parent showed it to be a leaf: its id and data
+    /// size. `None` for the root (its kind is unknown until it is read) and interior
+    /// blocks.
+    pub fn next_leaf(&self) -> Option<(BlockId, u64)> {
+        if !self.started {
+            return None;
+        }
+        self.stack
+            .last()
+            .filter(|p| p.height == 0)
+            .map(|p| (p.id, p.size))
+    }
+
+    /// Accepts the next expected leaf without reading it, for a holder that verified
+    /// the leaf when it stored it. `stored_len` is the length of the block as stored
+    /// (tag included); it must be one more than the size the parent lists. On error
+    /// nothing changes.
+    pub fn skip_leaf(&mut self, stored_len: u64) -> Result<(), DagError> {
+        let Some((id, size)) = self.next_leaf() else {
+            let block = self.next_expected().ok_or(DagError::Complete)?;
+            return Err(DagError::BadShape {
+                block,
+                reason: "only a leaf whose parent was verified can be skipped".into(),
+            });
+        };
+        if stored_len != size + 1 {
+            return Err(DagError::SizeMismatch {
+                block: id,
+                expected: size,
+                actual: stored_len.saturating_sub(1),
+            });
+        }
+        self.stack.pop();
+        self.blocks += 1;
+        Ok(())
+    }
+
     /// Verifies `bytes` as the next expected block. On success the block is returned
     /// (leaf data is its payload, in file order); on error nothing changes.
     pub fn push(&mut self, bytes: Bytes) -> Result<Block, DagError> {
@@ -667,5 +704,42 @@ mod tests {
         assert!(v.is_complete());
         assert_eq!(v.size(), Some(data.len() as u64));
         assert_eq!(v.push(Bytes::new()), Err(DagError::Complete));
+    }
+
+    #[test]
+    fn leaves_are_skipped_by_stored_length_only_under_a_verified_parent() {
+        // Two full leaves and one of 5 bytes under one interior root.
+        let data = vec![7u8; 2 * 16384 + 5];
+        let (root, blocks) = DagBuilder::build(&data);
+        let by_id: HashMap<_, _> = blocks.iter().map(|b| (b.id(), b.bytes().clone())).collect();
+        let mut v = DagVerifier::new(root.id, Some(root.size), Limits::default());
+        assert_eq!(v.next_leaf(), None, "the root's kind is not known yet");
+        assert!(
+            matches!(v.skip_leaf(16385), Err(DagError::BadShape { block, .. }) if block == root.id)
+        );
+        v.push(by_id[&root.id].clone()).unwrap();
+        let (first, size) = v.next_leaf().unwrap();
+        assert_eq!(size, 16384);
+        // A stored length that disagrees with the parent is refused; nothing changes.
+        assert_eq!(
+            v.skip_leaf(16384),
+            Err(DagError::SizeMismatch {
+                block: first,
+                expected: 16384,
+                actual: 16383
+            })
+        );
+        assert_eq!(v.next_leaf(), Some((first, 16384)));
+        v.skip_leaf(16385).unwrap();
+        v.skip_leaf(16385).unwrap();
+        let (last, size) = v.next_leaf().unwrap();
+        assert_eq!((size, by_id[&last].len()), (5, 6));
+        v.skip_leaf(6).unwrap();
+        assert!(v.is_complete());
+        assert_eq!(
+            (v.blocks_verified(), v.size()),
+            (4, Some(data.len() as u64))
+        );
+        assert_eq!(v.skip_leaf(6), Err(DagError::Complete));
     }
 }

@@ -277,6 +277,50 @@ impl Store {
         Ok((manifest, ids))
     }
 
+    /// Checks that artifact `root` is complete without reading file data: the manifest
+    /// and every interior block are read and verified; every leaf must be stored with
+    /// the length its verified parent lists. Sound because a block is verified before
+    /// it is stored ([`Block`] values only exist verified); corruption after that is
+    /// caught when the block is read. Returns the manifest and the distinct block ids.
+    fn check_complete(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
+        let inner = &self.inner;
+        let mut ids = Vec::new();
+        let manifest = self.read_manifest(root, Some(&mut ids))?;
+        for f in manifest.files() {
+            let mut v = DagVerifier::new(f.root, Some(f.size), Limits::default());
+            let dag = |e| StoreError::Dag {
+                root: *root,
+                source: Box::new(e),
+            };
+            while let Some(id) = v.next_expected() {
+                if v.next_leaf().is_some() {
+                    let Some(len) = inner.stored_len(&id)? else {
+                        return Err(dag(DagError::Missing { block: id }));
+                    };
+                    v.skip_leaf(u64::from(len)).map_err(dag)?;
+                    ids.push(id);
+                    continue;
+                }
+                let Some(raw) = inner.read_raw(&id)? else {
+                    return Err(dag(DagError::Missing { block: id }));
+                };
+                if let Err(e) = v.push(raw.bytes) {
+                    if matches!(
+                        e,
+                        DagError::HashMismatch { .. } | DagError::Malformed { .. }
+                    ) {
+                        inner.remove_corrupt(&id, &raw.index, &e)?;
+                    }
+                    return Err(dag(e));
+                }
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok((manifest, ids))
+    }
+
     /// The manifest of artifact `root`, read from its verified blocks.
     pub fn manifest(&self, root: &BlockId) -> Result<Manifest, StoreError> {
         self.read_manifest(root, None)
@@ -613,12 +657,14 @@ impl Store {
 }
 
 impl Session {
-    /// Registers artifact `root` after reading and verifying its whole DAG from the
-    /// store: the manifest and every file must be present and verify, else nothing is
-    /// registered. Blocks put through this session stay protected until then.
+    /// Registers artifact `root` once its whole DAG is in the store: the manifest and
+    /// every interior block are read and verified, every leaf must be stored with the
+    /// length its parent lists (leaves were verified when put, so their data is not
+    /// read again), else nothing is registered. Blocks put through this session stay
+    /// protected until then.
     pub fn register(self, root: BlockId, pin: bool) -> Result<ArtifactInfo, StoreError> {
         let store = self.store.clone();
-        let (manifest, ids) = store.verify_artifact(&root)?;
+        let (manifest, ids) = store.check_complete(&root)?;
         store.register(&self, root, pin, ids, &manifest)
     }
 }

@@ -194,6 +194,7 @@ on_both_backends!(
     registration_over_cap_runs_gc,
     records_are_deduplicated_per_builder,
     fetch_session_registers_only_complete_dags,
+    registration_checks_leaf_lengths_and_reads_catch_damaged_leaves,
     plain_puts_then_add_artifact,
     corrupt_leaf_fails_export_and_reput_repairs,
     regression_session_blocks_held_by_an_evicted_artifact_survive_gc,
@@ -601,6 +602,74 @@ fn fetch_session_registers_only_complete_dags(kind: Kind) {
     assert_eq!(info.blocks as usize, blocks.len());
     assert_eq!(fx.store.gc_to(0).unwrap().blocks_removed, 0, "pinned");
     check_export(&fx, &root, FILES);
+}
+
+/// Registration reads the manifest and interior blocks but not leaf data: a leaf
+/// stored with the wrong length fails it; a leaf damaged in place after it was stored
+/// is caught by the first read (export) instead.
+fn registration_checks_leaf_lengths_and_reads_catch_damaged_leaves(kind: Kind) {
+    let src = fixture(Kind::Memory, Config::default());
+    let files = [("big", 9, 100_000, false)];
+    let root = ingest(&src, "a", &files, false);
+    let blocks = blocks_of(&src.store, &root);
+    let file_root = src.store.manifest(&root).unwrap().files()[0].root;
+    let leaf_id = src
+        .store
+        .get(&file_root)
+        .unwrap()
+        .unwrap()
+        .links()
+        .nth(2)
+        .unwrap()
+        .id;
+    let fx = fixture(kind, Config::default());
+    let session = fx.store.session();
+    session.put_many(&blocks).unwrap();
+    // The index claims one byte less than the parent lists.
+    let good = fx.raw.get(&block_key(&leaf_id)).unwrap().unwrap();
+    let short = match rdht_store::packs::Loc::decode(&good) {
+        Some(loc) => rdht_store::packs::Loc {
+            len: loc.len - 1,
+            ..loc
+        }
+        .encode(),
+        None => good[..good.len() - 1].to_vec(),
+    };
+    let mut batch = Batch::new();
+    batch.put(block_key(&leaf_id), short);
+    fx.raw.apply(batch).unwrap();
+    match session.register(root, false) {
+        Err(StoreError::Dag { root: r, source }) => {
+            assert_eq!(r, root);
+            assert_eq!(
+                *source,
+                DagError::SizeMismatch {
+                    block: leaf_id,
+                    expected: 16_384,
+                    actual: 16_383
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fx.store.artifacts().unwrap(), vec![]);
+    // Right length, damaged bytes: registration does not read leaves, so it succeeds;
+    // export verifies every block and refuses the damaged one.
+    let mut batch = Batch::new();
+    batch.put(block_key(&leaf_id), good.to_vec());
+    fx.raw.apply(batch).unwrap();
+    corrupt_stored(&fx, &leaf_id, 77);
+    let session = fx.store.session();
+    session.put_many(&blocks).unwrap();
+    let info = session.register(root, false).unwrap();
+    assert_eq!(info.blocks as usize, blocks.len());
+    match fx.store.export(&root, &fx.dir.path().join("out")) {
+        Err(StoreError::Dag { source, .. }) => {
+            assert!(matches!(*source, DagError::HashMismatch { block, .. } if block == leaf_id));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fx.store.stats().unwrap().corruptions, 1);
 }
 
 fn plain_puts_then_add_artifact(kind: Kind) {
