@@ -4,7 +4,7 @@
 //! Invariant: JSON field names are stable; ids and keys are lowercase hex strings.
 
 use indicatif::HumanBytes;
-use rdht_api::proto::{NodeStatus, PeerInfo, RecordView};
+use rdht_api::proto::{JobsStatus, NodeStatus, PeerInfo, RecordView};
 use rdht_core::{BuildRecord, BuilderKey};
 use serde_json::{Value, json};
 
@@ -27,8 +27,8 @@ pub fn id(peer_id: &str, builder: &BuilderKey, listen: &[String]) -> (String, Va
     (text, v)
 }
 
-/// `rdht status`.
-pub fn status(s: &NodeStatus) -> (String, Value) {
+/// `rdht status`: the node's counters and its sharing backlog.
+pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
     let st = &s.store;
     let cap = if st.max_bytes == 0 {
         "no cap".to_string()
@@ -38,7 +38,8 @@ pub fn status(s: &NodeStatus) -> (String, Value) {
     let text = format!(
         "peer id:   {}\npeers:     {}\nstore:     {} blocks, {} ({} on disk), {} pinned, {cap}\n\
          reads:     {} hits, {} misses, {} evictions\nresolves:  {} hits, {} misses\n\
-         transfer:  {} in, {} out\ntrust:     {} conflicts seen, {} builders blocklisted\n",
+         transfer:  {} in, {} out\ntrust:     {} conflicts seen, {} builders blocklisted\n\
+         sharing:   {} jobs queued or running; since start {} published, {} failed\n",
         s.peer_id,
         s.peers,
         st.blocks,
@@ -54,6 +55,9 @@ pub fn status(s: &NodeStatus) -> (String, Value) {
         HumanBytes(s.bytes_out),
         s.conflicts,
         s.blocklisted,
+        jobs.pending,
+        jobs.published,
+        jobs.failed,
     );
     let v = json!({
         "peer_id": s.peer_id,
@@ -76,6 +80,11 @@ pub fn status(s: &NodeStatus) -> (String, Value) {
         "bytes_out": s.bytes_out,
         "conflicts": s.conflicts,
         "blocklisted": s.blocklisted,
+        "jobs": {
+            "pending": jobs.pending,
+            "published": jobs.published,
+            "failed": jobs.failed,
+        },
     });
     (text, v)
 }
@@ -174,12 +183,27 @@ mod tests {
             },
             ..Default::default()
         };
-        let (text, v) = status(&s);
+        let jobs = JobsStatus {
+            pending: 2,
+            published: 5,
+            failed: 1,
+        };
+        let (text, v) = status(&s, &jobs);
         assert!(
             text.contains("store:     3 blocks, 2.00 KiB (0 B on disk), 0 B pinned, no cap\n"),
             "{text}"
         );
+        assert!(
+            text.ends_with(
+                "sharing:   2 jobs queued or running; since start 5 published, 1 failed\n"
+            ),
+            "{text}"
+        );
         assert_eq!(v["store"]["logical_bytes"], 2048);
         assert_eq!(v["peers"], 2);
+        assert_eq!(
+            v["jobs"],
+            json!({"pending": 2, "published": 5, "failed": 1})
+        );
     }
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rdht_api::proto::{
-    BlockedBuilder, ExportedFile, NodeStatus, PeerInfo, RecordView, Resolution, Scope, StoreStatus,
+    BlockedBuilder, ExportedFile, JobsStatus, NodeStatus, PeerInfo, RecordView, Resolution, Scope,
+    StoreStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, plan};
@@ -705,6 +706,14 @@ impl Shared {
                 let (published, failed) = self.tally.drain(session.as_deref()).await;
                 Ok(Response::Drained { published, failed })
             }
+            Request::Jobs => {
+                let (pending, published, failed) = self.tally.status();
+                Ok(Response::Jobs(JobsStatus {
+                    pending,
+                    published,
+                    failed,
+                }))
+            }
         }
     }
 
@@ -1045,11 +1054,20 @@ impl Shared {
         &self,
         key: BuildKey,
     ) -> Result<Result<Resolution, Vec<BuildRecord>>, ApiError> {
-        let local = blocking(&self.store, move |s| s.records(&key)).await?;
+        // One trip to the blocking pool: the records, and which of their roots are held.
+        let (local, held) = blocking(&self.store, move |s| {
+            let records = s.records(&key)?;
+            let mut held = HashSet::new();
+            for r in &records {
+                if !held.contains(&r.root()) && s.artifact(&r.root())?.is_some() {
+                    held.insert(r.root());
+                }
+            }
+            Ok((records, held))
+        })
+        .await?;
         if let Some((root, records)) = self.choose(key, &local)
-            && blocking(&self.store, move |s| s.artifact(&root))
-                .await?
-                .is_some()
+            && held.contains(&root)
         {
             return Ok(Ok(Resolution::Hit {
                 root,

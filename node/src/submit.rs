@@ -130,6 +130,8 @@ struct SessionTally {
 pub struct Tally {
     sessions: Mutex<HashMap<String, SessionTally>>,
     changed: Notify,
+    /// Finished jobs since start: (published, failed); never forgotten by a drain.
+    totals: Mutex<(u64, u64)>,
 }
 
 impl Tally {
@@ -147,8 +149,22 @@ impl Tally {
         s.values().map(|t| t.pending).sum()
     }
 
+    /// Jobs queued or running, and finished jobs since start (published, failed).
+    pub fn status(&self) -> (u32, u64, u64) {
+        let pending = self.lock().values().map(|t| t.pending).sum();
+        let (published, failed) = *self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        (pending, published, failed)
+    }
+
     /// Records a finished job.
     pub fn finished(&self, session: &str, outcome: Result<(), String>) {
+        {
+            let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+            match &outcome {
+                Ok(()) => totals.0 += 1,
+                Err(_) => totals.1 += 1,
+            }
+        }
         {
             let mut s = self.lock();
             let t = s.entry(session.to_string()).or_default();

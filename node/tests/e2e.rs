@@ -219,7 +219,7 @@ fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_chan
             let r = c.call(submit(key, source)).await.unwrap();
             assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
         }
-        match c
+        let drained = match c
             .call(Request::Drain {
                 session: Some("s1".into()),
             })
@@ -228,7 +228,18 @@ fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_chan
         {
             Response::Drained { published, failed } => (published, failed),
             r => panic!("{r:?}"),
-        }
+        };
+        // The backlog is empty; the totals outlive the drained session.
+        let jobs = c.call(Request::Jobs).await.unwrap();
+        assert_eq!(
+            jobs,
+            Response::Jobs(rdht_api::proto::JobsStatus {
+                pending: 0,
+                published: 1,
+                failed: 1
+            })
+        );
+        drained
     });
     assert_eq!(published, 1);
     assert_eq!(failed.len(), 1, "{failed:?}");

@@ -34,7 +34,8 @@ struct Cli {
 enum Command {
     /// Show this node's peer id, builder key and listen addresses.
     Id,
-    /// Show peers, store size, hits and misses, bytes in and out.
+    /// Show peers, store size, hits and misses, bytes in and out, and the jobs still
+    /// sharing built outputs (queued or running).
     Status,
     /// List connected peers.
     Peers,
@@ -253,10 +254,17 @@ async fn run(cli: Cli) -> Result<()> {
                 r => return Err(unexpected(r)),
             }
         }
-        Command::Status => match client.call(Request::Status).await? {
-            Response::Status(s) => emit(json, show::status(&s)),
-            r => return Err(unexpected(r)),
-        },
+        Command::Status => {
+            let status = match client.call(Request::Status).await? {
+                Response::Status(s) => s,
+                r => return Err(unexpected(r)),
+            };
+            let jobs = match client.call(Request::Jobs).await? {
+                Response::Jobs(j) => j,
+                r => return Err(unexpected(r)),
+            };
+            emit(json, show::status(&status, &jobs))
+        }
         Command::Peers => match client.call(Request::Peers).await? {
             Response::Peers(p) => {
                 if p.is_empty() && !json {

@@ -209,6 +209,20 @@ pub enum Request {
         /// The plan key.
         key: BuildKey,
     },
+    /// The sharing backlog: submitted jobs queued or running, and what finished jobs
+    /// did since the daemon started; answered at once.
+    Jobs,
+}
+
+/// Submitted jobs, for [`Request::Jobs`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobsStatus {
+    /// Jobs queued or running.
+    pub pending: u32,
+    /// Jobs that stored and published their artifact since the daemon started.
+    pub published: u64,
+    /// Jobs that failed since the daemon started.
+    pub failed: u64,
 }
 
 /// Counters of the node's store.
@@ -395,6 +409,8 @@ pub enum Response {
         /// One line per failed job: the crate and why.
         failed: Vec<String>,
     },
+    /// To [`Request::Jobs`].
+    Jobs(JobsStatus),
 }
 
 /// Progress of a long request, sent before its final answer.
