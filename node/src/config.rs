@@ -56,8 +56,11 @@ store_max_bytes = 21474836480
 # verify_sample_rate = 0.0
 
 # How long a build waits for the swarm to say who has records for a unit, in
-# milliseconds. A miss costs one such lookup; past this the unit is built locally.
-# Fetching an artifact once found is not limited by it (stalled peers are dropped).
+# milliseconds. A miss costs one such lookup. Asking stops as soon as the records
+# received satisfy the trust policy; at this limit the unit goes on with whatever
+# records arrived (built locally if none is trusted), so one silent peer cannot turn
+# hits into misses. Fetching an artifact once found is not limited by it (stalled
+# peers are dropped).
 # lookup_timeout_ms = 3000
 "#;
 

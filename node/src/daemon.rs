@@ -54,6 +54,8 @@ const MAX_PREFETCHED_KEPT: usize = 100_000;
 pub const PLAN_FILE: &str = "plan";
 /// How long an announcement may hold up a put or publish.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Past the record lookup deadline, how long a retry pause may still run.
+const NET_RETRY_SLACK: Duration = Duration::from_secs(1);
 /// Attempts at a fetch whose providers all dropped because their connection failed: a
 /// closed connection is replaced by a fresh dial on the next attempt, and blocks already
 /// received are kept (the fetch resumes).
@@ -107,15 +109,17 @@ async fn fetch_artifact(
     }
 }
 
-/// [`NodeHandle::fetch_records`], retried while nothing came back and every failure is
-/// a lost connection.
+/// [`NodeHandle::fetch_records_until`] (stop once `enough`, or at `deadline` with what
+/// arrived), retried while nothing came back and every failure is a lost connection.
 async fn fetch_records(
     net: &NodeHandle,
     key: BuildKey,
+    deadline: tokio::time::Instant,
+    enough: &(dyn Fn(&[rdht_net::FetchedRecord]) -> bool + Send + Sync),
 ) -> Result<rdht_net::RecordsReport, NetError> {
     let mut attempt = 1;
     loop {
-        let report = net.fetch_records(key).await?;
+        let report = net.fetch_records_until(key, Some(deadline), enough).await?;
         let transient = report.records.is_empty()
             && !report.failures.is_empty()
             && only_disconnects(report.failures.iter().map(|f| &f.reason));
@@ -1122,19 +1126,31 @@ impl Shared {
         };
         let started = std::time::Instant::now();
         let limit = self.config.lookup_timeout;
-        let report = match tokio::time::timeout(limit, fetch_records(net, key)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return Ok(Resolution::Miss {
-                    reason: format!("record lookup failed: {e}"),
-                });
-            }
-            Err(_) => {
-                return Ok(Resolution::Miss {
-                    reason: format!("record lookup took longer than {} ms", limit.as_millis()),
-                });
-            }
+        // Stop asking once the policy accepts a root among the local and received
+        // records; at the deadline, go on with whatever arrived.
+        let enough = |received: &[rdht_net::FetchedRecord]| {
+            let mut all = local.clone();
+            all.extend(received.iter().map(|f| f.record.clone()));
+            self.trust().evaluate(key, &all).root.is_some()
         };
+        let deadline = tokio::time::Instant::now() + limit;
+        // The deadline bounds the lookup and the answers; this guard only catches a
+        // retry pause running past it.
+        let guard = limit + NET_RETRY_SLACK;
+        let report =
+            match tokio::time::timeout(guard, fetch_records(net, key, deadline, &enough)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    return Ok(Resolution::Miss {
+                        reason: format!("record lookup failed: {e}"),
+                    });
+                }
+                Err(_) => {
+                    return Ok(Resolution::Miss {
+                        reason: format!("record lookup took longer than {} ms", limit.as_millis()),
+                    });
+                }
+            };
         let records_ms = started.elapsed().as_millis();
         let fetched: Vec<BuildRecord> = report.records.iter().map(|f| f.record.clone()).collect();
         if fetched.is_empty() {
@@ -1268,7 +1284,9 @@ impl Shared {
     async fn records(&self, key: BuildKey) -> Result<Response, ApiError> {
         let mut all = blocking(&self.store, move |s| s.records(&key)).await?;
         if let Some(net) = &self.net {
-            match fetch_records(net, key).await {
+            // Every record is wanted here (nothing is enough), within the lookup limit.
+            let deadline = tokio::time::Instant::now() + self.config.lookup_timeout;
+            match fetch_records(net, key, deadline, &|_: &[rdht_net::FetchedRecord]| false).await {
                 Ok(report) => {
                     for f in report.records {
                         if !all.contains(&f.record) {

@@ -130,6 +130,9 @@ pub enum DropReason {
     Disconnected(String),
     /// It said it does not hold a block the DAG needs.
     Missing(BlockId),
+    /// It had not answered when the caller's deadline passed (not a fault: nothing is
+    /// held against it).
+    Unanswered,
 }
 
 impl std::fmt::Display for DropReason {
@@ -139,6 +142,7 @@ impl std::fmt::Display for DropReason {
             DropReason::Stalled => write!(f, "stalled"),
             DropReason::Disconnected(why) => write!(f, "disconnected: {why}"),
             DropReason::Missing(id) => write!(f, "missing block {id}"),
+            DropReason::Unanswered => write!(f, "no answer before the deadline"),
         }
     }
 }

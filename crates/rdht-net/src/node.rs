@@ -37,7 +37,7 @@ pub struct FetchedRecord {
     pub record: BuildRecord,
 }
 
-/// The outcome of [`NodeHandle::fetch_records`].
+/// The outcome of [`NodeHandle::fetch_records`] and [`NodeHandle::fetch_records_until`].
 #[derive(Debug, Clone, Default)]
 pub struct RecordsReport {
     /// Verified records, one per distinct encoding, in arrival order.
@@ -321,27 +321,70 @@ impl NodeHandle {
     }
 
     /// Asks the providers of `key` (swarms in order; the first swarm that yields a
-    /// verified record wins) for their signed records. Every returned record passed
-    /// `BuildRecord::decode_for` (signature checked) and is for `key`; a peer that sends a
-    /// bad one is banned and all its records are discarded.
+    /// verified record wins) for their signed records, waiting for every provider's
+    /// answer. Every returned record passed `BuildRecord::decode_for` (signature
+    /// checked) and is for `key`; a peer that sends a bad one is banned and all its
+    /// records are discarded.
     pub async fn fetch_records(&self, key: BuildKey) -> Result<RecordsReport, NetError> {
+        self.fetch_records_until(key, None, &|_: &[FetchedRecord]| false)
+            .await
+    }
+
+    /// [`Self::fetch_records`] that stops early: as soon as the records received so far
+    /// satisfy `enough` (checked after each provider's answer; the other requests are
+    /// dropped), or at `deadline`, when it returns what arrived and lists every provider
+    /// still asked as [`DropReason::Unanswered`]. One slow or silent provider therefore
+    /// delays a caller only until its policy is met or its deadline passes, and never
+    /// costs the records the others sent.
+    pub async fn fetch_records_until(
+        &self,
+        key: BuildKey,
+        deadline: Option<tokio::time::Instant>,
+        enough: &(dyn Fn(&[FetchedRecord]) -> bool + Send + Sync),
+    ) -> Result<RecordsReport, NetError> {
         let mut report = RecordsReport::default();
         for s in &self.inner.swarms {
-            let lookup = self
-                .lookup(
-                    s,
-                    ProviderKey::Build(key),
-                    self.inner.fetch.max_providers.max(1) * 2,
-                )
-                .await?;
-            let answers = futures::future::join_all(
-                lookup
-                    .providers
-                    .iter()
-                    .map(|p| async move { (*p, self.records_retrying(s, *p, key).await) }),
-            )
-            .await;
-            for (peer, answer) in answers {
+            let lookup = self.lookup(
+                s,
+                ProviderKey::Build(key),
+                self.inner.fetch.max_providers.max(1) * 2,
+            );
+            let lookup = match deadline {
+                None => lookup.await?,
+                Some(d) => match tokio::time::timeout_at(d, lookup).await {
+                    Ok(l) => l?,
+                    Err(_) => {
+                        debug!(swarm = %s.name, %key, "record lookup passed the deadline");
+                        return Ok(report);
+                    }
+                },
+            };
+            let mut asked: Vec<PeerId> = lookup.providers.clone();
+            let mut answers: futures::stream::FuturesUnordered<_> = lookup
+                .providers
+                .iter()
+                .map(|p| async move { (*p, self.records_retrying(s, *p, key).await) })
+                .collect();
+            loop {
+                let next = match deadline {
+                    None => answers.next().await,
+                    Some(d) => match tokio::time::timeout_at(d, answers.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            for peer in asked {
+                                report.failures.push(PeerFailure {
+                                    peer,
+                                    reason: DropReason::Unanswered,
+                                });
+                            }
+                            return Ok(report);
+                        }
+                    },
+                };
+                let Some((peer, answer)) = next else {
+                    break;
+                };
+                asked.retain(|p| *p != peer);
                 match answer {
                     Ok(records) => {
                         for record in records {
@@ -353,6 +396,9 @@ impl NodeHandle {
                                     record,
                                 });
                             }
+                        }
+                        if !report.records.is_empty() && enough(&report.records) {
+                            return Ok(report);
                         }
                     }
                     Err(reason) => {

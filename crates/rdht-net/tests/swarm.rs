@@ -453,6 +453,132 @@ async fn announcements_stay_in_their_swarm_and_lookups_go_private_first() {
     }
 }
 
+/// An honest provider holding `record`, a second provider of its key serving `other`,
+/// and an asker that already sees both as providers: (honest, other, asker).
+async fn record_providers(
+    record: &BuildRecord,
+    other: Arc<dyn BlockSource>,
+) -> (NodeHandle, NodeHandle, NodeHandle) {
+    let build = record.key();
+    let good_store = Arc::new(MemoryBlocks::new());
+    good_store.insert_record(record.clone());
+    let good = node(vec![swarm("public", vec![])], good_store).await;
+    let second = node(
+        vec![swarm("public", vec![addr(&good, "public").await])],
+        other,
+    )
+    .await;
+    let asker = node(
+        vec![swarm("public", vec![addr(&good, "public").await])],
+        Arc::new(MemoryBlocks::new()),
+    )
+    .await;
+    good.provide(ProviderKey::Build(build)).await.unwrap();
+    second.provide(ProviderKey::Build(build)).await.unwrap();
+    eventually(T, "both record providers to be found", || async {
+        let l = asker
+            .find_providers(ProviderKey::Build(build))
+            .await
+            .unwrap()?;
+        (l.providers.len() == 2).then_some(())
+    })
+    .await;
+    (good, second, asker)
+}
+
+/// Holds a record request open without answering until released (a frozen peer).
+struct SilentRecords {
+    gate: (Mutex<bool>, Condvar),
+}
+
+impl SilentRecords {
+    fn release(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+}
+
+/// Opens a [`SilentRecords`] gate when dropped, so a failing assertion unblocks the
+/// frozen provider's thread instead of hanging the runtime's shutdown.
+struct Release(Arc<SilentRecords>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl BlockSource for SilentRecords {
+    fn get_block(&self, _: &BlockId) -> std::io::Result<Option<Bytes>> {
+        Ok(None)
+    }
+    fn build_records(&self, _: &BuildKey) -> std::io::Result<Vec<BuildRecord>> {
+        let mut open = self.gate.0.lock().unwrap();
+        while !*open {
+            open = self.gate.1.wait(open).unwrap();
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_record_provider_delays_the_answer_only_until_enough_or_the_deadline() {
+    init_tracing();
+    let signer = SigningKey::from_bytes(&[7; 32]);
+    let build = BuildKey::from_bytes([8; 32]);
+    let record = BuildRecord::sign(
+        build,
+        BlockId::from_bytes([9; 32]),
+        10,
+        1_700_000_000,
+        Labels::default(),
+        &signer,
+    )
+    .unwrap();
+    let silent = Arc::new(SilentRecords {
+        gate: (Mutex::new(false), Condvar::new()),
+    });
+    let release = Release(silent.clone());
+    // Its stall timeout (20 s in fetch_config) is far beyond every wait below.
+    let (good, quiet, asker) = record_providers(&record, silent.clone()).await;
+
+    // Satisfied by the honest answer: returns without waiting for the silent provider
+    // (waiting would end in its 20 s stall, listed as a failure; the far deadline is
+    // never reached).
+    let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let any = |r: &[rdht_net::FetchedRecord]| !r.is_empty();
+    let report = tokio::time::timeout(T, asker.fetch_records_until(build, Some(far), &any))
+        .await
+        .expect("returned before the silent provider answered")
+        .unwrap();
+    assert_eq!(report.records.len(), 1);
+    assert_eq!(report.records[0].peer, good.peer_id());
+    assert_eq!(report.records[0].record.encode(), record.encode());
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+
+    // Never satisfied: at the deadline the honest record is kept and the silent
+    // provider is listed as unanswered, not banned.
+    let soon = tokio::time::Instant::now() + Duration::from_millis(500);
+    let report = tokio::time::timeout(
+        T,
+        asker.fetch_records_until(build, Some(soon), &|_: &[rdht_net::FetchedRecord]| false),
+    )
+    .await
+    .expect("returned at the deadline")
+    .unwrap();
+    assert_eq!(report.records.len(), 1);
+    assert_eq!(report.records[0].peer, good.peer_id());
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].peer, quiet.peer_id());
+    assert_eq!(report.failures[0].reason, DropReason::Unanswered);
+    assert!(asker.banned_peers().is_empty());
+
+    drop(release);
+    for n in [asker, quiet, good] {
+        n.shutdown().await;
+    }
+}
+
 /// Serves, for any build key, a validly signed record made for another key.
 struct ReplayingSource(BuildRecord);
 
@@ -488,29 +614,7 @@ async fn records_are_verified_and_replays_get_the_sender_banned() {
         &signer,
     )
     .unwrap();
-    let good_store = Arc::new(MemoryBlocks::new());
-    good_store.insert_record(record.clone());
-    let good = node(vec![swarm("public", vec![])], good_store).await;
-    let replayer = node(
-        vec![swarm("public", vec![addr(&good, "public").await])],
-        Arc::new(ReplayingSource(other)),
-    )
-    .await;
-    let asker = node(
-        vec![swarm("public", vec![addr(&good, "public").await])],
-        Arc::new(MemoryBlocks::new()),
-    )
-    .await;
-    good.provide(ProviderKey::Build(build)).await.unwrap();
-    replayer.provide(ProviderKey::Build(build)).await.unwrap();
-    eventually(T, "both record providers to be found", || async {
-        let l = asker
-            .find_providers(ProviderKey::Build(build))
-            .await
-            .unwrap()?;
-        (l.providers.len() == 2).then_some(())
-    })
-    .await;
+    let (good, replayer, asker) = record_providers(&record, Arc::new(ReplayingSource(other))).await;
 
     let report = asker.fetch_records(build).await.unwrap();
     assert_eq!(report.records.len(), 1);
