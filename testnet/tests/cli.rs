@@ -49,10 +49,24 @@ fn alive(pid: u64) -> bool {
             .starts_with('Z')
 }
 
+/// Runs `rdht-testnet down` when dropped, so a failing assertion does not leave the
+/// detached daemons running (best effort: the test's own `down` is the one checked).
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_rdht-testnet"))
+            .arg("down")
+            .env("RDHT_TESTNET_DIR", self.0)
+            .output();
+    }
+}
+
 #[test]
 fn up_returns_with_daemons_running_then_kill_restart_and_down() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tn");
+    let _down = Down(&dir);
     let up = testnet(&dir, &["up", "3"]);
     let dirs: Vec<String> = String::from_utf8(up.stdout)
         .unwrap()
