@@ -557,6 +557,10 @@ impl Store {
             max: u64::from(u32::MAX),
         })?;
         let inner = &self.inner;
+        // Every block must be durable before an entry refers to it. The flush runs
+        // outside the store lock, so other writers (fetches, exports) go on meanwhile;
+        // the session's blocks were all put before this point.
+        inner.flush()?;
         let info = {
             let mut st = inner.lock();
             let akey = keys::id_key(keys::ARTIFACT, root.as_bytes());
@@ -589,8 +593,6 @@ impl Store {
                         });
                     }
                 }
-                // Every block must be durable before the artifact entry can be.
-                inner.flush()?;
                 let mut stored = 0u64;
                 for id in &ids {
                     let rkey = keys::id_key(keys::REF, id.as_bytes());
@@ -641,7 +643,6 @@ impl Store {
             let used = st.clock;
             batch.put(ukey, used.to_le_bytes().to_vec());
             inner.apply(batch)?;
-            inner.flush()?;
             st.clock += 1;
             if new {
                 st.artifacts += 1;
@@ -651,6 +652,8 @@ impl Store {
             }
             ArtifactInfo::new(root, meta, used)
         };
+        // The artifact is durable before registration returns (outside the lock too).
+        inner.flush()?;
         self.gc_if_over_cap();
         Ok(info)
     }

@@ -67,6 +67,8 @@ struct Writer {
     len: u64,
     /// Packs written since the last sync.
     dirty: BTreeSet<u32>,
+    /// A pack file was created since the last sync (the directory needs one too).
+    created: bool,
 }
 
 /// The pack directory of one store.
@@ -74,6 +76,10 @@ pub struct Packs {
     dir: PathBuf,
     pack_size: u64,
     writer: Mutex<Writer>,
+    /// Held for a whole [`Packs::sync`]: a sync returns only after every sync that
+    /// started before it finished, so "everything appended before the call is durable"
+    /// holds even when another sync took the dirty set first. Appends do not wait for it.
+    syncing: Mutex<()>,
     readers: RwLock<HashMap<u32, Arc<File>>>,
 }
 
@@ -103,7 +109,9 @@ impl Packs {
                 file: None,
                 len: 0,
                 dirty: BTreeSet::new(),
+                created: false,
             }),
+            syncing: Mutex::new(()),
             readers: RwLock::new(HashMap::new()),
         })
     }
@@ -157,6 +165,9 @@ impl Packs {
                 .append(true)
                 .open(self.path(w.pack))?;
             w.len = file.metadata()?.len();
+            if w.len == 0 {
+                w.created = true;
+            }
             w.file = Some(file);
         }
         let mut buf = Vec::with_capacity(blocks.iter().map(|b| b.len()).sum());
@@ -211,22 +222,31 @@ impl Packs {
 
     /// Makes every pack written since the last sync durable.
     pub fn sync(&self) -> io::Result<()> {
-        let mut w = self.writer();
-        let dirty = std::mem::take(&mut w.dirty);
-        for n in &dirty {
-            let res = match (&w.file, *n == w.pack) {
-                (Some(f), true) => f.sync_data(),
-                _ => File::open(self.path(*n)).and_then(|f| f.sync_data()),
-            };
-            if let Err(e) = res {
-                w.dirty.extend(dirty.iter().copied());
-                return Err(e);
-            }
+        let _turn = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        // Take the work under the writer lock, fsync without it: appends go on.
+        let (dirty, created) = {
+            let mut w = self.writer();
+            (
+                std::mem::take(&mut w.dirty),
+                std::mem::replace(&mut w.created, false),
+            )
+        };
+        let synced = dirty
+            .iter()
+            .try_for_each(|n| File::open(self.path(*n)).and_then(|f| f.sync_data()))
+            .and_then(|()| {
+                if created {
+                    File::open(&self.dir).and_then(|d| d.sync_all())
+                } else {
+                    Ok(())
+                }
+            });
+        if synced.is_err() {
+            let mut w = self.writer();
+            w.dirty.extend(dirty.iter().copied());
+            w.created |= created;
         }
-        if !dirty.is_empty() {
-            File::open(&self.dir).and_then(|d| d.sync_all())?;
-        }
-        Ok(())
+        synced
     }
 
     /// Deletes pack `n` (never the current one).
