@@ -222,7 +222,16 @@ struct Find {
     limit: usize,
     providers: Vec<PeerId>,
     started: Instant,
+    /// When the first provider was found; [`LOOKUP_GRACE`] later the query ends.
+    first_found: Option<Instant>,
 }
+
+/// How long a provider lookup goes on once it has found a provider: a silent or frozen
+/// DHT peer then delays the answer by at most this (plus one tick), not by the
+/// Kademlia request timeout.
+const LOOKUP_GRACE: Duration = Duration::from_millis(500);
+/// Period of the swarm task's housekeeping (ban expiry, lookup grace).
+const TICK: Duration = Duration::from_millis(250);
 
 struct Task {
     name: String,
@@ -409,7 +418,7 @@ pub(crate) async fn start(
 
 impl Task {
     async fn run(&mut self, mut cmds: mpsc::Receiver<Command>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -417,7 +426,10 @@ impl Task {
                     Some(cmd) => self.on_command(cmd),
                 },
                 ev = self.swarm.select_next_some() => self.on_event(ev),
-                _ = tick.tick() => self.expire_bans(),
+                _ = tick.tick() => {
+                    self.expire_bans();
+                    self.end_lookups_past_grace();
+                }
             }
         }
     }
@@ -449,6 +461,7 @@ impl Task {
                         limit: limit.max(1),
                         providers: Vec::new(),
                         started: Instant::now(),
+                        first_found: None,
                     },
                 );
             }
@@ -585,6 +598,24 @@ impl Task {
         }
     }
 
+    /// Ends every provider lookup that found a provider more than [`LOOKUP_GRACE`] ago;
+    /// its answer follows as the query's last step.
+    fn end_lookups_past_grace(&mut self) {
+        let now = Instant::now();
+        let due: Vec<kad::QueryId> = self
+            .finds
+            .iter()
+            .filter(|(_, f)| f.first_found.is_some_and(|t| now - t >= LOOKUP_GRACE))
+            .map(|(id, _)| *id)
+            .collect();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for id in due {
+            if let Some(mut q) = kad.query_mut(&id) {
+                q.finish();
+            }
+        }
+    }
+
     fn found_providers(&mut self, id: kad::QueryId, key: &kad::RecordKey, found: HashSet<PeerId>) {
         let Some(find) = self.finds.get_mut(&id) else {
             return;
@@ -597,6 +628,9 @@ impl Task {
                 find.providers.push(p);
                 new.push(p);
             }
+        }
+        if find.first_found.is_none() && !find.providers.is_empty() {
+            find.first_found = Some(now);
         }
         let enough = find.providers.len() >= find.limit;
         let kad = &mut self.swarm.behaviour_mut().kad;

@@ -579,6 +579,127 @@ async fn a_silent_record_provider_delays_the_answer_only_until_enough_or_the_dea
     }
 }
 
+/// A node on a runtime of its own, on its own thread, that can be frozen: its thread
+/// blocks, so it keeps its connections open and answers nothing (a stopped process).
+/// Dropping the handle thaws and stops it.
+struct Freezable {
+    node: NodeHandle,
+    freeze: Option<tokio::sync::oneshot::Sender<()>>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Freezable {
+    fn start(swarms: Vec<rdht_net::SwarmConfig>) -> Freezable {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let g = gate.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let n = node(swarms, Arc::new(MemoryBlocks::new())).await;
+                tx.send(n.clone()).unwrap();
+                if frozen.await.is_ok() {
+                    // Blocks the runtime's only thread: the swarm task stops with it.
+                    let mut open = g.0.lock().unwrap();
+                    while !*open {
+                        open = g.1.wait(open).unwrap();
+                    }
+                }
+                n.shutdown().await;
+            });
+        });
+        Freezable {
+            node: rx.recv().unwrap(),
+            freeze: Some(freeze),
+            gate,
+            thread: Some(thread),
+        }
+    }
+
+    fn freeze(&mut self) {
+        if let Some(f) = self.freeze.take() {
+            let _ = f.send(());
+        }
+    }
+}
+
+impl Drop for Freezable {
+    fn drop(&mut self) {
+        *self.gate.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.gate.1.notify_all();
+        self.freeze = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_dht_peer_delays_a_provider_lookup_only_by_the_grace() {
+    init_tracing();
+    let signer = SigningKey::from_bytes(&[11; 32]);
+    let build = BuildKey::from_bytes([12; 32]);
+    let record = BuildRecord::sign(
+        build,
+        BlockId::from_bytes([13; 32]),
+        10,
+        1_700_000_000,
+        Labels::default(),
+        &signer,
+    )
+    .unwrap();
+    let good_store = Arc::new(MemoryBlocks::new());
+    good_store.insert_record(record.clone());
+    let good = node(vec![swarm("public", vec![])], good_store).await;
+    let mut frozen = Freezable::start(vec![swarm("public", vec![addr(&good, "public").await])]);
+    let asker = node(
+        vec![swarm("public", vec![addr(&good, "public").await])],
+        Arc::new(MemoryBlocks::new()),
+    )
+    .await;
+    good.provide(ProviderKey::Build(build)).await.unwrap();
+    frozen
+        .node
+        .provide(ProviderKey::Build(build))
+        .await
+        .unwrap();
+    eventually(
+        T,
+        "both providers to be found, through both peers",
+        || async {
+            let l = asker
+                .find_providers(ProviderKey::Build(build))
+                .await
+                .unwrap()?;
+            (l.providers.len() == 2 && asker.peers().await.unwrap()[0].1.len() == 2).then_some(())
+        },
+    )
+    .await;
+    frozen.freeze();
+
+    // The lookup asks the frozen peer too. Without the grace it would wait for the
+    // Kademlia request timeout (10 s), past this 3 s deadline, and come back empty.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let any = |r: &[rdht_net::FetchedRecord]| !r.is_empty();
+    let report = tokio::time::timeout(T, asker.fetch_records_until(build, Some(deadline), &any))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.records.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.records[0].peer, good.peer_id());
+    assert_eq!(report.records[0].record.encode(), record.encode());
+
+    drop(frozen);
+    for n in [asker, good] {
+        n.shutdown().await;
+    }
+}
+
 /// Serves, for any build key, a validly signed record made for another key.
 struct ReplayingSource(BuildRecord);
 
