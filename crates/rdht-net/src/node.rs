@@ -23,6 +23,17 @@ use crate::source::{BlockSink, BlockSource};
 use crate::swarm::{self, Command, Lookup, ProvideFailure, SwarmHandle};
 use crate::wire::{self, ProviderKey};
 
+/// `fut`'s output, or `None` if `deadline` passes first.
+async fn before<T>(
+    deadline: Option<tokio::time::Instant>,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        None => Some(fut.await),
+        Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
+    }
+}
+
 /// Most announcements in flight at once during [`NodeHandle::reannounce`].
 const REANNOUNCE_CONCURRENCY: usize = 64;
 
@@ -349,16 +360,11 @@ impl NodeHandle {
                 ProviderKey::Build(key),
                 self.inner.fetch.max_providers.max(1) * 2,
             );
-            let lookup = match deadline {
-                None => lookup.await?,
-                Some(d) => match tokio::time::timeout_at(d, lookup).await {
-                    Ok(l) => l?,
-                    Err(_) => {
-                        debug!(swarm = %s.name, %key, "record lookup passed the deadline");
-                        return Ok(report);
-                    }
-                },
+            let Some(lookup) = before(deadline, lookup).await else {
+                debug!(swarm = %s.name, %key, "record lookup passed the deadline");
+                return Ok(report);
             };
+            let lookup = lookup?;
             let mut asked: Vec<PeerId> = lookup.providers.clone();
             let mut answers: futures::stream::FuturesUnordered<_> = lookup
                 .providers
@@ -366,20 +372,14 @@ impl NodeHandle {
                 .map(|p| async move { (*p, self.records_retrying(s, *p, key).await) })
                 .collect();
             loop {
-                let next = match deadline {
-                    None => answers.next().await,
-                    Some(d) => match tokio::time::timeout_at(d, answers.next()).await {
-                        Ok(next) => next,
-                        Err(_) => {
-                            for peer in asked {
-                                report.failures.push(PeerFailure {
-                                    peer,
-                                    reason: DropReason::Unanswered,
-                                });
-                            }
-                            return Ok(report);
-                        }
-                    },
+                let Some(next) = before(deadline, answers.next()).await else {
+                    for peer in asked {
+                        report.failures.push(PeerFailure {
+                            peer,
+                            reason: DropReason::Unanswered,
+                        });
+                    }
+                    return Ok(report);
                 };
                 let Some((peer, answer)) = next else {
                     break;

@@ -453,6 +453,20 @@ async fn announcements_stay_in_their_swarm_and_lookups_go_private_first() {
     }
 }
 
+/// A record that `key` built into `root` (10 ms, no labels), signed by the key with
+/// seed `signer`.
+fn signed(key: BuildKey, root: BlockId, signer: u8) -> BuildRecord {
+    BuildRecord::sign(
+        key,
+        root,
+        10,
+        1_700_000_000,
+        Labels::default(),
+        &SigningKey::from_bytes(&[signer; 32]),
+    )
+    .unwrap()
+}
+
 /// An honest provider holding `record`, a second provider of its key serving `other`,
 /// and an asker that already sees both as providers: (honest, other, asker).
 async fn record_providers(
@@ -524,17 +538,8 @@ impl BlockSource for SilentRecords {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_record_provider_delays_the_answer_only_until_enough_or_the_deadline() {
     init_tracing();
-    let signer = SigningKey::from_bytes(&[7; 32]);
     let build = BuildKey::from_bytes([8; 32]);
-    let record = BuildRecord::sign(
-        build,
-        BlockId::from_bytes([9; 32]),
-        10,
-        1_700_000_000,
-        Labels::default(),
-        &signer,
-    )
-    .unwrap();
+    let record = signed(build, BlockId::from_bytes([9; 32]), 7);
     let silent = Arc::new(SilentRecords {
         gate: (Mutex::new(false), Condvar::new()),
     });
@@ -642,17 +647,8 @@ impl Drop for Freezable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_dht_peer_delays_a_provider_lookup_only_by_the_grace() {
     init_tracing();
-    let signer = SigningKey::from_bytes(&[11; 32]);
     let build = BuildKey::from_bytes([12; 32]);
-    let record = BuildRecord::sign(
-        build,
-        BlockId::from_bytes([13; 32]),
-        10,
-        1_700_000_000,
-        Labels::default(),
-        &signer,
-    )
-    .unwrap();
+    let record = signed(build, BlockId::from_bytes([13; 32]), 11);
     let good_store = Arc::new(MemoryBlocks::new());
     good_store.insert_record(record.clone());
     let good = node(vec![swarm("public", vec![])], good_store).await;
@@ -715,26 +711,13 @@ impl BlockSource for ReplayingSource {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_are_verified_and_replays_get_the_sender_banned() {
     init_tracing();
-    let signer = SigningKey::from_bytes(&[5; 32]);
     let build = BuildKey::from_bytes([3; 32]);
-    let record = BuildRecord::sign(
-        build,
-        BlockId::from_bytes([4; 32]),
-        10,
-        1_700_000_000,
-        Labels::default(),
-        &signer,
-    )
-    .unwrap();
-    let other = BuildRecord::sign(
+    let record = signed(build, BlockId::from_bytes([4; 32]), 5);
+    let other = signed(
         BuildKey::from_bytes([6; 32]),
         BlockId::from_bytes([4; 32]),
-        10,
-        1_700_000_000,
-        Labels::default(),
-        &signer,
-    )
-    .unwrap();
+        5,
+    );
     let (good, replayer, asker) = record_providers(&record, Arc::new(ReplayingSource(other))).await;
 
     let report = asker.fetch_records(build).await.unwrap();

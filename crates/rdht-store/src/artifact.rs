@@ -132,6 +132,16 @@ fn file_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(io::Error) -> Store
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How [`Store::walk`] treats leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaves {
+    /// Read and verify each one, and hand its data to the sink.
+    Read,
+    /// Check only that it is stored with the length its verified parent lists
+    /// (`DagVerifier::skip_leaf`); the sink gets nothing.
+    CheckLength,
+}
+
 impl Store {
     /// Ingests `files` (streaming each from disk with bounded memory) into blocks and a
     /// manifest with `labels`, registers the artifact and returns it. `pin` marks it as
@@ -260,6 +270,23 @@ impl Store {
     /// Reads and verifies every block of artifact `root`: its manifest, then every
     /// file. Returns the manifest and the distinct block ids.
     pub fn verify_artifact(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
+        self.artifact_blocks(root, Leaves::Read)
+    }
+
+    /// Checks that artifact `root` is complete without reading file data: the manifest
+    /// and every interior block are read and verified; every leaf must be stored with
+    /// the length its verified parent lists. Sound because a block is verified before
+    /// it is stored ([`Block`] values only exist verified); corruption after that is
+    /// caught when the block is read. Returns the manifest and the distinct block ids.
+    fn check_complete(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
+        self.artifact_blocks(root, Leaves::CheckLength)
+    }
+
+    fn artifact_blocks(
+        &self,
+        root: &BlockId,
+        leaves: Leaves,
+    ) -> Result<(Manifest, Vec<BlockId>), StoreError> {
         let mut ids = Vec::new();
         let manifest = self.read_manifest(root, Some(&mut ids))?;
         for f in manifest.files() {
@@ -269,52 +296,9 @@ impl Store {
                 Some(f.size),
                 Limits::default(),
                 Some(&mut ids),
+                leaves,
                 &mut |_| Ok(()),
             )?;
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        Ok((manifest, ids))
-    }
-
-    /// Checks that artifact `root` is complete without reading file data: the manifest
-    /// and every interior block are read and verified; every leaf must be stored with
-    /// the length its verified parent lists. Sound because a block is verified before
-    /// it is stored ([`Block`] values only exist verified); corruption after that is
-    /// caught when the block is read. Returns the manifest and the distinct block ids.
-    fn check_complete(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
-        let inner = &self.inner;
-        let mut ids = Vec::new();
-        let manifest = self.read_manifest(root, Some(&mut ids))?;
-        for f in manifest.files() {
-            let mut v = DagVerifier::new(f.root, Some(f.size), Limits::default());
-            let dag = |e| StoreError::Dag {
-                root: *root,
-                source: Box::new(e),
-            };
-            while let Some(id) = v.next_expected() {
-                if v.next_leaf().is_some() {
-                    let Some(len) = inner.stored_len(&id)? else {
-                        return Err(dag(DagError::Missing { block: id }));
-                    };
-                    v.skip_leaf(u64::from(len)).map_err(dag)?;
-                    ids.push(id);
-                    continue;
-                }
-                let Some(raw) = inner.read_raw(&id)? else {
-                    return Err(dag(DagError::Missing { block: id }));
-                };
-                if let Err(e) = v.push(raw.bytes) {
-                    if matches!(
-                        e,
-                        DagError::HashMismatch { .. } | DagError::Malformed { .. }
-                    ) {
-                        inner.remove_corrupt(&id, &raw.index, &e)?;
-                    }
-                    return Err(dag(e));
-                }
-                ids.push(id);
-            }
         }
         ids.sort_unstable();
         ids.dedup();
@@ -388,6 +372,7 @@ impl Store {
             Some(f.size),
             Limits::default(),
             None,
+            Leaves::Read,
             &mut |d| w.write_all(d).map_err(file_err("writing", tmp)),
         )?;
         let file = w
@@ -412,7 +397,7 @@ impl Store {
             ..Limits::default()
         };
         let mut bytes = Vec::new();
-        self.walk(root, *root, None, limits, ids, &mut |d| {
+        self.walk(root, *root, None, limits, ids, Leaves::Read, &mut |d| {
             bytes.extend_from_slice(d);
             Ok(())
         })?;
@@ -425,6 +410,7 @@ impl Store {
     /// Verifies the DAG under `dag_root` (part of artifact `root`) block by block in
     /// pre-order, handing leaf data to `sink`. A block that fails its hash is removed as
     /// corrupt. Returns the bytes under the root.
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         &self,
         root: &BlockId,
@@ -432,11 +418,26 @@ impl Store {
         expected: Option<u64>,
         limits: Limits,
         mut ids: Option<&mut Vec<BlockId>>,
+        leaves: Leaves,
         sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let mut v = DagVerifier::new(dag_root, expected, limits);
         while let Some(id) = v.next_expected() {
+            if leaves == Leaves::CheckLength && v.next_leaf().is_some() {
+                let checked = match inner.stored_len(&id)? {
+                    None => Err(DagError::Missing { block: id }),
+                    Some(len) => v.skip_leaf(u64::from(len)),
+                };
+                checked.map_err(|e| StoreError::Dag {
+                    root: *root,
+                    source: Box::new(e),
+                })?;
+                if let Some(ids) = ids.as_deref_mut() {
+                    ids.push(id);
+                }
+                continue;
+            }
             let Some(raw) = inner.read_raw(&id)? else {
                 return Err(StoreError::Dag {
                     root: *root,
