@@ -15,6 +15,7 @@
 use bytes::Bytes;
 
 use crate::id::BlockId;
+use crate::packed::Encoded;
 
 /// Most file bytes one leaf holds: 16 KiB.
 pub const MAX_LEAF_DATA: usize = 16 * 1024;
@@ -109,6 +110,14 @@ pub enum BlockError {
         /// Payload length.
         len: usize,
     },
+    /// LZ4 data that does not decode to the stated length (specs/blocks.md §8).
+    #[error("LZ4 data does not decode to a block of {raw_len} bytes: {reason}")]
+    Lz4 {
+        /// The length the block was said to have.
+        raw_len: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// The bytes hash to another id than the one they were fetched as.
     #[error("block {expected} has wrong content: it hashes to {actual}")]
     HashMismatch {
@@ -121,11 +130,23 @@ pub enum BlockError {
 
 /// A block whose layout has been validated and whose id is known to be the hash of its
 /// bytes. Cheap to clone.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Invariant: `lz4`, when present, is LZ4 data that decodes to exactly `bytes` (it was
+/// decoded to get them, or compressed from them). Equality ignores it.
+#[derive(Clone)]
 pub struct Block {
     id: BlockId,
     bytes: Bytes,
+    lz4: Option<Bytes>,
 }
+
+impl PartialEq for Block {
+    fn eq(&self, other: &Block) -> bool {
+        self.id == other.id && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Block {}
 
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,6 +213,7 @@ impl Block {
         Ok(Block {
             id: block_id(BlockKind::Leaf, data),
             bytes: bytes.into(),
+            lz4: None,
         })
     }
 
@@ -210,6 +232,7 @@ impl Block {
         Ok(Block {
             id: block_id(BlockKind::Interior, &bytes[1..]),
             bytes: bytes.into(),
+            lz4: None,
         })
     }
 
@@ -221,6 +244,7 @@ impl Block {
         Ok(Block {
             id: block_id(kind, &bytes[1..]),
             bytes,
+            lz4: None,
         })
     }
 
@@ -235,6 +259,47 @@ impl Block {
             });
         }
         Ok(block)
+    }
+
+    /// Decodes `encoded` and validates it as the block `id` ([`Block::verified`]). LZ4
+    /// data is kept with the block, so it can be stored or sent again as it is.
+    pub fn from_encoded(id: BlockId, encoded: Encoded) -> Result<Block, BlockError> {
+        let block = Block::verified(id, encoded.decode()?)?;
+        Ok(block.with_encoding(encoded))
+    }
+
+    /// Keeps `encoded`'s LZ4 data, which the caller decoded to this block's bytes.
+    pub(crate) fn with_encoding(mut self, encoded: Encoded) -> Block {
+        if let Encoded::Lz4 { data, .. } = encoded {
+            self.lz4 = Some(data);
+        }
+        self
+    }
+
+    /// The block's LZ4 form, when it was decoded from one or [`Block::compressed`] made
+    /// one.
+    pub fn lz4(&self) -> Option<&Bytes> {
+        self.lz4.as_ref()
+    }
+
+    /// The form to store or send: LZ4 when the block has it, else raw.
+    pub fn encoded(&self) -> Encoded {
+        match &self.lz4 {
+            Some(data) => Encoded::Lz4 {
+                data: data.clone(),
+                raw_len: self.bytes.len() as u32,
+            },
+            None => Encoded::Raw(self.bytes.clone()),
+        }
+    }
+
+    /// This block with an LZ4 form, compressing when it has none and compression saves
+    /// enough ([`crate::packed::compress`]).
+    pub fn compressed(mut self) -> Block {
+        if self.lz4.is_none() {
+            self.lz4 = crate::packed::compress(&self.bytes);
+        }
+        self
     }
 
     /// The block's id.
@@ -310,6 +375,7 @@ impl BlockRef<'_> {
         Block {
             id: self.id,
             bytes: self.to_vec().into(),
+            lz4: None,
         }
     }
 }

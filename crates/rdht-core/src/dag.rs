@@ -25,6 +25,7 @@ use bytes::Bytes;
 use crate::block::{Block, BlockError, BlockKind, BlockRef, Link, MAX_LEAF_DATA, MAX_LINKS};
 use crate::block::{INTERIOR_TAG, block_id};
 use crate::id::BlockId;
+use crate::packed::Encoded;
 
 /// Default [`Limits::max_size`]: 1 TiB.
 pub const DEFAULT_MAX_SIZE: u64 = 1 << 40;
@@ -452,6 +453,19 @@ impl DagVerifier {
         self.stack.pop();
         self.blocks += 1;
         Ok(())
+    }
+
+    /// [`DagVerifier::push`] for a block received or read in `encoded` form: decodes it
+    /// (bounded), verifies it, and keeps LZ4 data with the returned block.
+    pub fn push_encoded(&mut self, encoded: Encoded) -> Result<Block, DagError> {
+        let bytes = match encoded.decode() {
+            Ok(b) => b,
+            Err(source) => {
+                let block = self.next_expected().ok_or(DagError::Complete)?;
+                return Err(DagError::Malformed { block, source });
+            }
+        };
+        Ok(self.push(bytes)?.with_encoding(encoded))
     }
 
     /// Verifies `bytes` as the next expected block. On success the block is returned

@@ -1,7 +1,8 @@
 //! rdht-core: the formats every other rdht crate stands on. No I/O, no async.
 //!
 //! - [`BlockId`], [`BuildKey`], [`BuilderKey`]: 32-byte identifiers ([`id`]).
-//! - [`Block`]: a domain-separated leaf or interior block of at most 16 KiB ([`block`]).
+//! - [`Block`]: a domain-separated leaf or interior block of at most 16 KiB ([`block`]),
+//!   stored and sent raw or LZ4-compressed ([`packed`]).
 //! - [`dag`]: files as canonical Merkle DAGs — a streaming [`DagBuilder`], a
 //!   pre-order [`DagVerifier`] and [`assemble`].
 //! - [`Manifest`]: the files of one build unit; its DAG root is the artifact root
@@ -30,6 +31,7 @@ pub mod codec;
 pub mod dag;
 pub mod id;
 pub mod manifest;
+pub mod packed;
 pub mod plan;
 pub mod record;
 
@@ -42,4 +44,5 @@ pub use dag::{
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use id::{BlockId, BuildKey, BuilderKey, ParseIdError};
 pub use manifest::{FileEntry, Labels, Manifest, ManifestError};
+pub use packed::Encoded;
 pub use record::{BuildRecord, RecordBody, RecordError};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rdht_core::block::{INTERIOR_CONTEXT, LEAF_CONTEXT};
 use rdht_core::record::signing_message;
-use rdht_core::{BlockId, BuildRecord, DagBuilder, Manifest, SigningKey};
+use rdht_core::{Block, BlockId, BuildRecord, DagBuilder, Encoded, Manifest, SigningKey};
 
 fn load(name: &str) -> toml::Table {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -72,6 +72,38 @@ fn block_and_dag_vectors() {
                 &bytes[..],
                 "{name}: root block"
             );
+        }
+    }
+}
+
+#[test]
+fn lz4_vectors() {
+    let v = load("blocks.toml");
+    let cases = v["lz4"].as_array().unwrap();
+    assert_eq!(cases.len(), 1);
+    for c in cases {
+        let c = c.as_table().unwrap();
+        let name = str_of(c, "name");
+        let raw_len = c["raw_len"].as_integer().unwrap() as u32;
+        let data = bytes::Bytes::from(unhex(str_of(c, "data")));
+        let id: BlockId = str_of(c, "id").parse().unwrap();
+        let mut raw = vec![0u8];
+        for _ in 0..40 {
+            raw.extend_from_slice(b"rdht ");
+        }
+        let enc = Encoded::Lz4 {
+            data: data.clone(),
+            raw_len,
+        };
+        assert_eq!(&enc.decode().unwrap()[..], &raw[..], "{name}");
+        let block = Block::from_encoded(id, enc).unwrap();
+        assert_eq!(block.lz4(), Some(&data), "{name}");
+        for wrong in [raw_len - 1, raw_len + 1] {
+            let enc = Encoded::Lz4 {
+                data: data.clone(),
+                raw_len: wrong,
+            };
+            assert!(enc.decode().is_err(), "{name}: raw_len {wrong}");
         }
     }
 }

@@ -444,7 +444,7 @@ impl Store {
                     source: Box::new(DagError::Missing { block: id }),
                 });
             };
-            match v.push(raw.bytes) {
+            match v.push_encoded(raw.encoded) {
                 Ok(block) => {
                     inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                     if let Some(ids) = ids.as_deref_mut() {

@@ -302,8 +302,9 @@ impl Inner {
         let mut batch = Batch::new();
         for (id, loc) in entries {
             let bytes = packs.read(loc).map_err(self.pack_err("read"))?;
-            match bytes.map(|b| Block::verified(*id, b)) {
-                Some(Ok(block)) => good.push(block),
+            match bytes.map(|b| Block::from_encoded(*id, loc.encoded(b))) {
+                // Blocks stored raw by earlier versions are compressed on the move.
+                Some(Ok(block)) => good.push(block.compressed()),
                 other => {
                     let why = match other {
                         Some(Err(e)) => e.to_string(),

@@ -35,8 +35,12 @@ pub const RECORD: u8 = b'k';
 pub const META_FORMAT: &[u8] = b"mformat";
 /// Key of the open counter (u64 LE).
 pub const META_BOOT: &[u8] = b"mboot";
-/// The store format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The store format this build writes and reads (2: Locs may be LZ4, specs/store.md
+/// §2.2).
+pub const FORMAT_VERSION: u32 = 2;
+/// An older format this build opens and marks as [`FORMAT_VERSION`] (its index is
+/// valid format 2).
+pub const FORMAT_UPGRADABLE: u32 = 1;
 /// Block ids in one block-list chunk (32 KiB of ids).
 pub const IDS_PER_CHUNK: usize = 1024;
 

@@ -2,8 +2,8 @@
 //! (specs/store.md §2.2).
 //!
 //! Owns: appending blocks to the current pack (`packs/NNNNNNNN.pack`), positioned reads,
-//! fsync of written packs, rotation, deleting packs, and the 17-byte [`Loc`] the index
-//! stores instead of the bytes. Does not own: which blocks are live (the index in the
+//! fsync of written packs, rotation, deleting packs, and the 17- or 21-byte [`Loc`] the
+//! index stores instead of the bytes. Does not own: which blocks are live (the index in the
 //! backend) or when a pack is compacted (`gc.rs`).
 //!
 //! Why: sled 0.34 keeps up to 16 values per leaf node and rewrites whole nodes, so 16 KiB
@@ -18,46 +18,81 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use bytes::Bytes;
+use rdht_core::Encoded;
 
-/// Tag of a [`Loc`] value.
+/// Tag of a [`Loc`] of a block stored as it is.
 pub const LOC_TAG: u8 = 0x01;
-/// Encoded length of a [`Loc`].
+/// Tag of a [`Loc`] of a block stored LZ4-compressed.
+pub const LOC_TAG_LZ4: u8 = 0x02;
+/// Encoded length of a [`Loc`] of a raw block.
 pub const LOC_LEN: usize = 17;
+/// Encoded length of a [`Loc`] of an LZ4 block.
+pub const LOC_LEN_LZ4: usize = 21;
 /// Default size at which a pack is closed and a new one started.
 pub const PACK_SIZE: u64 = 256 << 20;
 
-/// Where a block's bytes are: pack number, offset, length.
+/// Where a block's bytes are: pack number, offset, length, and for an LZ4-compressed
+/// block its decoded length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     /// Pack number.
     pub pack: u32,
     /// Byte offset in the pack.
     pub offset: u64,
-    /// Block length.
+    /// Bytes in the pack.
     pub len: u32,
+    /// `Some(decoded length)` when the pack holds the block LZ4-compressed.
+    pub raw_len: Option<u32>,
 }
 
 impl Loc {
-    /// 17 bytes: tag 0x01, pack u32, offset u64, len u32 (little-endian).
+    /// 17 bytes: tag 0x01, pack u32, offset u64, len u32 (little-endian); for an LZ4
+    /// block 21 bytes: tag 0x02, the same fields, then the decoded length u32.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(LOC_LEN);
-        v.push(LOC_TAG);
+        let mut v = Vec::with_capacity(LOC_LEN_LZ4);
+        v.push(if self.raw_len.is_some() {
+            LOC_TAG_LZ4
+        } else {
+            LOC_TAG
+        });
         v.extend_from_slice(&self.pack.to_le_bytes());
         v.extend_from_slice(&self.offset.to_le_bytes());
         v.extend_from_slice(&self.len.to_le_bytes());
+        if let Some(raw) = self.raw_len {
+            v.extend_from_slice(&raw.to_le_bytes());
+        }
         v
     }
 
     /// Inverse of [`Loc::encode`].
     pub fn decode(v: &[u8]) -> Option<Loc> {
-        if v.len() != LOC_LEN || v[0] != LOC_TAG {
-            return None;
-        }
+        let raw_len = match (v.first()?, v.len()) {
+            (&LOC_TAG, LOC_LEN) => None,
+            (&LOC_TAG_LZ4, LOC_LEN_LZ4) => Some(u32::from_le_bytes(v[17..21].try_into().ok()?)),
+            _ => return None,
+        };
         Some(Loc {
             pack: u32::from_le_bytes(v[1..5].try_into().ok()?),
             offset: u64::from_le_bytes(v[5..13].try_into().ok()?),
             len: u32::from_le_bytes(v[13..17].try_into().ok()?),
+            raw_len,
         })
+    }
+
+    /// The length of the block itself (decoded length for LZ4).
+    pub fn block_len(&self) -> u32 {
+        self.raw_len.unwrap_or(self.len)
+    }
+
+    /// `bytes` read from this location, as the encoding they are in.
+    pub fn encoded(&self, bytes: Bytes) -> Encoded {
+        match self.raw_len {
+            None => Encoded::Raw(bytes),
+            Some(raw_len) => Encoded::Lz4 {
+                data: bytes,
+                raw_len,
+            },
+        }
     }
 }
 
@@ -152,7 +187,7 @@ impl Packs {
     }
 
     /// Appends `blocks` (contiguously, one write) and returns their locations.
-    pub fn append(&self, blocks: &[&[u8]]) -> io::Result<Vec<Loc>> {
+    pub fn append(&self, blocks: &[Encoded]) -> io::Result<Vec<Loc>> {
         let mut w = self.writer();
         if w.len >= self.pack_size {
             w.pack += 1;
@@ -170,15 +205,20 @@ impl Packs {
             }
             w.file = Some(file);
         }
-        let mut buf = Vec::with_capacity(blocks.iter().map(|b| b.len()).sum());
+        let mut buf = Vec::with_capacity(blocks.iter().map(Encoded::stored_len).sum());
         let mut locs = Vec::with_capacity(blocks.len());
         for b in blocks {
+            let (bytes, raw_len) = match b {
+                Encoded::Raw(bytes) => (bytes, None),
+                Encoded::Lz4 { data, raw_len } => (data, Some(*raw_len)),
+            };
             locs.push(Loc {
                 pack: w.pack,
                 offset: w.len + buf.len() as u64,
-                len: b.len() as u32,
+                len: bytes.len() as u32,
+                raw_len,
             });
-            buf.extend_from_slice(b);
+            buf.extend_from_slice(bytes);
         }
         let pack = w.pack;
         match w.file.as_mut() {
@@ -288,6 +328,7 @@ mod tests {
             pack: 2,
             offset: 0x0102,
             len: 16385,
+            raw_len: None,
         };
         assert_eq!(
             loc.encode(),
@@ -295,15 +336,38 @@ mod tests {
         );
         assert_eq!(Loc::decode(&loc.encode()), Some(loc));
         assert_eq!(Loc::decode(&[0; 17]), None);
+        let lz4 = Loc {
+            len: 300,
+            raw_len: Some(16385),
+            ..loc
+        };
+        assert_eq!(
+            lz4.encode(),
+            [
+                2, 2, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0x2c, 0x01, 0, 0, 0x01, 0x40, 0, 0
+            ]
+        );
+        assert_eq!(Loc::decode(&lz4.encode()), Some(lz4));
+        assert_eq!(lz4.block_len(), 16385);
+        assert_eq!(Loc::decode(&lz4.encode()[..17]), None);
         let dir = tempfile::tempdir().expect("tempdir");
         let packs = Packs::open(dir.path(), 4).expect("open");
-        let locs = packs.append(&[b"abc", b"de"]).expect("append");
+        let locs = packs
+            .append(&[
+                Encoded::Raw(Bytes::from_static(b"abc")),
+                Encoded::Lz4 {
+                    data: Bytes::from_static(b"de"),
+                    raw_len: 9,
+                },
+            ])
+            .expect("append");
         assert_eq!(
             locs[1],
             Loc {
                 pack: 0,
                 offset: 3,
-                len: 2
+                len: 2,
+                raw_len: Some(9),
             }
         );
         assert_eq!(
@@ -321,8 +385,9 @@ mod tests {
         assert_eq!(packs.current(), 1);
         assert_eq!(packs.list().expect("list"), vec![0]);
         // Rotation: a pack at or over the size limit is closed.
-        let a = packs.append(&[b"12345"]).expect("append");
-        let b = packs.append(&[b"6"]).expect("append");
+        let raw = |b: &'static [u8]| Encoded::Raw(Bytes::from_static(b));
+        let a = packs.append(&[raw(b"12345")]).expect("append");
+        let b = packs.append(&[raw(b"6")]).expect("append");
         assert_eq!((a[0].pack, b[0].pack, b[0].offset), (1, 2, 0));
         packs.remove(0).expect("remove");
         assert_eq!(packs.read(&locs[0]).expect("read"), None);

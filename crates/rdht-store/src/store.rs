@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use rdht_core::{Block, BlockId, BlockSource};
+use rdht_core::{Block, BlockId, BlockSource, Encoded};
 
 use crate::backend::{Backend, Batch, MemoryBackend, SledBackend, SledOptions};
 use crate::error::{StoreError, hex_key};
@@ -273,7 +273,8 @@ impl Store {
 
 /// A block's stored bytes (unverified) and the index value they were found by.
 pub(crate) struct Raw {
-    pub(crate) bytes: Bytes,
+    /// The stored form, not yet decoded or verified.
+    pub(crate) encoded: Encoded,
     pub(crate) index: Bytes,
 }
 
@@ -334,7 +335,7 @@ impl BlockStore for Store {
         let Some(raw) = inner.read_raw(id)? else {
             return Ok(None);
         };
-        match Block::verified(*id, raw.bytes) {
+        match Block::from_encoded(*id, raw.encoded) {
             Ok(block) => {
                 inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(block))
@@ -438,13 +439,14 @@ impl Inner {
     }
 
     /// Index values for `blocks`: their locations after appending them to the current
-    /// pack, or the bytes themselves when there are no packs.
+    /// pack (LZ4-compressed when the block carries an LZ4 form), or the raw bytes
+    /// themselves when there are no packs.
     pub(crate) fn block_values(&self, blocks: &[&Block]) -> Result<Vec<Bytes>, StoreError> {
         match &self.packs {
             None => Ok(blocks.iter().map(|b| b.bytes().clone()).collect()),
             Some(p) => {
-                let bytes: Vec<&[u8]> = blocks.iter().map(|b| &b.bytes()[..]).collect();
-                let locs = p.append(&bytes).map_err(self.pack_err("write"))?;
+                let encoded: Vec<Encoded> = blocks.iter().map(|b| b.encoded()).collect();
+                let locs = p.append(&encoded).map_err(self.pack_err("write"))?;
                 Ok(locs.into_iter().map(|l| Bytes::from(l.encode())).collect())
             }
         }
@@ -457,7 +459,7 @@ impl Inner {
             .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
             .map_err(self.err("read"))?;
         Ok(v.map(|v| match &self.packs {
-            Some(_) => Loc::decode(&v).map_or(0, |l| l.len),
+            Some(_) => Loc::decode(&v).map_or(0, |l| l.block_len()),
             None => v.len() as u32,
         }))
     }
@@ -495,9 +497,9 @@ impl Inner {
         st.protected.contains_key(id)
     }
 
-    /// Raw bytes of block `id` (unverified), counting the read and a miss. With packs,
-    /// an index entry that does not decode or points past a pack's end yields empty
-    /// bytes, which fail verification and are handled as corruption.
+    /// Stored form of block `id` (undecoded, unverified), counting the read and a miss.
+    /// With packs, an index entry that does not decode or points past a pack's end
+    /// yields empty bytes, which fail verification and are handled as corruption.
     pub(crate) fn read_raw(&self, id: &BlockId) -> Result<Option<Raw>, StoreError> {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         let index = self
@@ -508,17 +510,18 @@ impl Inner {
             self.counters.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
-        let bytes = match &self.packs {
-            None => index.clone(),
+        let encoded = match &self.packs {
+            None => Encoded::Raw(index.clone()),
             Some(p) => match Loc::decode(&index) {
-                None => Bytes::new(),
-                Some(loc) => p
-                    .read(&loc)
-                    .map_err(self.pack_err("read"))?
-                    .unwrap_or_default(),
+                None => Encoded::Raw(Bytes::new()),
+                Some(loc) => loc.encoded(
+                    p.read(&loc)
+                        .map_err(self.pack_err("read"))?
+                        .unwrap_or_default(),
+                ),
             },
         };
-        Ok(Some(Raw { bytes, index }))
+        Ok(Some(Raw { encoded, index }))
     }
 
     /// A stored block failed its check: log it, count it and remove its bytes so it is
@@ -558,6 +561,15 @@ impl Inner {
     /// Stores blocks in one atomic batch with loose marks for `session`. Returns how
     /// many were new to the index.
     pub(crate) fn put_blocks(&self, session: u64, blocks: &[Block]) -> Result<u64, StoreError> {
+        // Compressed before the lock, so concurrent puts do not queue behind it; a
+        // block that turns out to be stored already costs the work for nothing.
+        let compressed: Vec<Block>;
+        let blocks = if self.packs.is_some() {
+            compressed = blocks.iter().map(|b| b.clone().compressed()).collect();
+            &compressed[..]
+        } else {
+            blocks
+        };
         let mut st = self.lock();
         let mut batch = Batch::new();
         let mut writes: Vec<&Block> = Vec::new();
@@ -626,7 +638,17 @@ impl Inner {
                 let found = <[u8; 4]>::try_from(&v[..])
                     .map(u32::from_le_bytes)
                     .map_err(|_| self.corrupt_index(keys::META_FORMAT, "not 4 bytes"))?;
-                if found != keys::FORMAT_VERSION {
+                if found == keys::FORMAT_UPGRADABLE {
+                    // Format 1 is format 2 without LZ4 Locs: mark it 2 before any
+                    // is written, so older versions refuse it instead of reading
+                    // those Locs as corrupt and removing them.
+                    let mut batch = Batch::new();
+                    batch.put(
+                        keys::META_FORMAT.to_vec(),
+                        keys::FORMAT_VERSION.to_le_bytes().to_vec(),
+                    );
+                    self.apply(batch)?;
+                } else if found != keys::FORMAT_VERSION {
                     return Err(StoreError::Format {
                         path: self.path.clone(),
                         found,
