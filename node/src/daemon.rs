@@ -898,7 +898,7 @@ impl Shared {
             .await
             .map_err(|e| api_err(ErrorKind::Internal, format!("store task failed: {e}")))?
             .map_err(store_err)?;
-        info!(%root, %swarm, blocks = report.blocks_fetched, bytes = report.bytes_fetched, "fetched artifact");
+        info!(%root, %swarm, blocks = report.blocks_fetched, bytes = report.bytes_fetched, wire_bytes = report.wire_bytes, "fetched artifact");
         // We hold it now: serve it in the swarm it came from, and only there.
         if let Err(e) = net.provide_in(&swarm, ProviderKey::Artifact(root)).await {
             warn!(%root, "announcing a fetched artifact: {e}");

@@ -8,8 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use rdht_core::{Block, BlockId, BuildKey, BuildRecord};
+use rdht_core::{Block, BlockId, BuildKey, BuildRecord, Encoded};
 use rdht_store::{BlockStore, Session, Store};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -23,9 +22,10 @@ pub struct ServeStore {
 }
 
 impl rdht_net::BlockSource for ServeStore {
-    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Bytes>> {
+    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Encoded>> {
+        // Verified (decoded and hashed) before it is served, then sent as stored.
         BlockStore::get(&self.store, id)
-            .map(|b| b.map(Block::into_bytes))
+            .map(|b| b.map(|b| b.encoded()))
             .map_err(std::io::Error::other)
     }
 
@@ -95,6 +95,8 @@ impl<'a> FetchSink<'a> {
 impl rdht_net::BlockSink for FetchSink<'_> {
     fn put_block(&self, block: Block) -> std::io::Result<()> {
         let len = block.bytes().len() as u64;
+        // As received: a block that came LZ4-encoded keeps that form.
+        let wire = block.lz4().map_or(len, |d| d.len() as u64);
         let full = {
             let mut p = self.lock();
             p.0.push(block);
@@ -104,7 +106,7 @@ impl rdht_net::BlockSink for FetchSink<'_> {
         if full {
             self.finish().map_err(|e| std::io::Error::other(e.1))?;
         }
-        self.total_in.fetch_add(len, Ordering::Relaxed);
+        self.total_in.fetch_add(wire, Ordering::Relaxed);
         let done = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
         if let Some(tx) = &self.progress {
             let _ = tx.send(done);

@@ -263,9 +263,9 @@ pub struct NodeStatus {
     pub resolve_hits: u64,
     /// Resolves answered with a miss.
     pub resolve_misses: u64,
-    /// Bytes received from peers.
+    /// Block bytes received from peers, as sent (LZ4 blocks count compressed).
     pub bytes_in: u64,
-    /// Bytes sent to peers.
+    /// Block bytes sent to peers, as sent (LZ4 blocks count compressed).
     pub bytes_out: u64,
     /// Resolves where builders disagreed on the root.
     pub conflicts: u64,

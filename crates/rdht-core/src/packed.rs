@@ -6,11 +6,12 @@
 //! hash of its raw bytes, [`crate::block`]), nor where encoded bytes are kept.
 //!
 //! Invariant: decoding never allocates more than [`MAX_BLOCK_LEN`] bytes and never
-//! panics, whatever the input; a decoded block is still unverified.
+//! panics, whatever the input; it yields leaves only (interior blocks are never
+//! encoded); a decoded block is still unverified.
 
 use bytes::Bytes;
 
-use crate::block::{BlockError, MAX_BLOCK_LEN};
+use crate::block::{BlockError, LEAF_TAG, MAX_BLOCK_LEN};
 
 /// A block's bytes as stored or sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +57,11 @@ impl Encoded {
 /// LZ4 data is kept only when it saves at least 1/`MIN_SAVING` of the block.
 pub const MIN_SAVING: usize = 8;
 
-/// The LZ4 form of `raw` (a block's bytes), or `None` when it would save less than
-/// 1/[`MIN_SAVING`] of them.
+/// The LZ4 form of `raw` (a block's bytes), or `None` when it is not a leaf or
+/// compression would save less than 1/[`MIN_SAVING`] of it. Interior blocks are never
+/// encoded: they are mostly hashes, and a sender walks their links without decoding.
 pub fn compress(raw: &[u8]) -> Option<Bytes> {
-    if raw.len() < 2 * MIN_SAVING {
+    if raw.len() < 2 * MIN_SAVING || raw[0] != LEAF_TAG {
         return None;
     }
     let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(raw.len())];
@@ -87,6 +89,9 @@ fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, BlockError> {
     let n = lz4_flex::block::decompress_into(data, &mut out).map_err(|e| bad(e.to_string()))?;
     if n != raw_len {
         return Err(bad(format!("it decodes to {n} bytes")));
+    }
+    if out[0] != LEAF_TAG {
+        return Err(bad("it decodes to an interior block".into()));
     }
     Ok(out)
 }
@@ -124,7 +129,8 @@ mod tests {
 
     #[test]
     fn lz4_data_must_decode_to_exactly_the_stated_length() {
-        let raw = vec![1u8; 4000];
+        let mut raw = vec![1u8; 4000];
+        raw[0] = LEAF_TAG;
         let data = compress(&raw).unwrap();
         for wrong in [3999u32, 4001] {
             let err = Encoded::Lz4 {
@@ -151,6 +157,18 @@ mod tests {
             raw_len: 10,
         };
         assert!(matches!(empty.decode(), Err(BlockError::Lz4 { .. })));
+        // Interior blocks are never encoded, and LZ4 data decoding to one is refused.
+        let mut interior = vec![crate::block::INTERIOR_TAG];
+        interior.extend_from_slice(&[0u8; 4000]);
+        assert_eq!(compress(&interior), None);
+        let data = lz4_flex::block::compress(&interior).into();
+        let err = Encoded::Lz4 {
+            data,
+            raw_len: 4001,
+        }
+        .decode()
+        .unwrap_err();
+        assert!(err.to_string().contains("interior"), "{err}");
     }
 
     proptest! {

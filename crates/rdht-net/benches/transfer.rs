@@ -74,7 +74,7 @@ fn build(size: u64, store: &MemoryBlocks) -> (rdht_core::BlockId, u64) {
     let wire_bytes: u64 = store
         .ids()
         .iter()
-        .map(|id| store.get(id).unwrap().len() as u64)
+        .map(|id| store.get(id).unwrap().stored_len() as u64)
         .sum();
     (root.id, wire_bytes)
 }
@@ -85,7 +85,10 @@ async fn raw_tcp(store: &MemoryBlocks) -> (u64, Duration) {
     let blocks: Vec<bytes::Bytes> = store
         .ids()
         .iter()
-        .map(|id| store.get(id).unwrap())
+        .map(|id| match store.get(id).unwrap() {
+            rdht_core::Encoded::Raw(b) => b,
+            rdht_core::Encoded::Lz4 { data, .. } => data,
+        })
         .collect();
     let start = Instant::now();
     let sender = tokio::spawn(async move {

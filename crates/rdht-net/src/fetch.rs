@@ -17,7 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use rdht_core::manifest::MAX_MANIFEST_LEN;
-use rdht_core::{BlockId, DagVerifier, Limits, Manifest};
+use rdht_core::{BlockId, DagVerifier, Encoded, Limits, Manifest};
 use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
@@ -37,6 +37,8 @@ pub struct FetchReport {
     pub blocks_fetched: u64,
     /// Bytes of those blocks.
     pub bytes_fetched: u64,
+    /// Bytes received for them: LZ4 frames count their compressed length.
+    pub wire_bytes: u64,
     /// Blocks found in the local source and not fetched.
     pub blocks_local: u64,
     /// Verified blocks received from each provider.
@@ -45,6 +47,14 @@ pub struct FetchReport {
     pub dropped: Vec<(PeerId, DropReason)>,
     /// Providers banned for sending corrupt data (also listed in `dropped`).
     pub banned: Vec<PeerId>,
+}
+
+/// What one provider delivered: blocks, their bytes, and the bytes on the wire.
+#[derive(Debug, Default, Clone, Copy)]
+struct Got {
+    blocks: u64,
+    bytes: u64,
+    wire: u64,
 }
 
 /// What a fetch needs from the node.
@@ -72,8 +82,8 @@ impl Unit {
         }
     }
 
-    fn accept(&mut self, bytes: Bytes) -> Result<rdht_core::Block, rdht_core::DagError> {
-        let block = self.verifier.push(bytes)?;
+    fn accept(&mut self, encoded: Encoded) -> Result<rdht_core::Block, rdht_core::DagError> {
+        let block = self.verifier.push_encoded(encoded)?;
         if let Some(c) = &mut self.collected {
             c.insert(block.id(), block.bytes().clone());
         }
@@ -88,13 +98,13 @@ impl Unit {
     ) -> Result<u64, FetchError> {
         let mut n = 0;
         while let Some(id) = self.verifier.next_expected() {
-            let bytes = source.get_block(&id).map_err(|source| FetchError::Source {
+            let encoded = source.get_block(&id).map_err(|source| FetchError::Source {
                 root,
                 block: id,
                 source,
             })?;
-            let Some(bytes) = bytes else { break };
-            if let Err(e) = self.accept(bytes) {
+            let Some(encoded) = encoded else { break };
+            if let Err(e) = self.accept(encoded) {
                 warn!(block = %id, "local block fails verification; fetching it: {e}");
                 break;
             }
@@ -117,7 +127,7 @@ struct Work {
     done: Vec<Unit>,
     /// Verified blocks and bytes received from each provider, counted per batch so that
     /// a worker dropped while still opening a stream loses none of its earlier counts.
-    received: HashMap<PeerId, (u64, u64)>,
+    received: HashMap<PeerId, Got>,
 }
 
 struct Shared {
@@ -276,11 +286,12 @@ async fn run(
     }
     drop(workers);
     let work = shared.work.into_inner().unwrap_or_else(|e| e.into_inner());
-    for (peer, (blocks, bytes)) in work.received {
-        report.blocks_fetched += blocks;
-        report.bytes_fetched += bytes;
-        if blocks > 0 {
-            *report.by_peer.entry(peer).or_default() += blocks;
+    for (peer, got) in work.received {
+        report.blocks_fetched += got.blocks;
+        report.bytes_fetched += got.bytes;
+        report.wire_bytes += got.wire;
+        if got.blocks > 0 {
+            *report.by_peer.entry(peer).or_default() += got.blocks;
         }
     }
     if !work.queue.is_empty() {
@@ -365,15 +376,16 @@ async fn worker(
         }
         let mut batch = batch;
         let span = tracing::debug_span!("batch", %peer, units = batch.len());
-        let mut got = (0, 0);
+        let mut got = Got::default();
         let res = fetch_batch(s, ctx, &mut batch, sink, &mut got)
             .instrument(span)
             .await;
         {
             let mut w = shared.lock();
             let counts = w.received.entry(peer).or_default();
-            counts.0 += got.0;
-            counts.1 += got.1;
+            counts.blocks += got.blocks;
+            counts.bytes += got.bytes;
+            counts.wire += got.wire;
             w.in_flight -= batch.len();
             for u in batch.into_iter().rev() {
                 if u.verifier.is_complete() {
@@ -388,7 +400,7 @@ async fn worker(
             Ok(()) => reconnected = false,
             // Nothing arrived before the connection went away: the same race, on the
             // provider's side. The batch is back in the queue; ask again once.
-            Err(e) if !reconnected && got.0 == 0 && lost_connection(&e) => {
+            Err(e) if !reconnected && got.blocks == 0 && lost_connection(&e) => {
                 debug!(%peer, "connection closed before the first block; once more");
                 reconnected = true;
                 tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -438,7 +450,7 @@ async fn fetch_batch(
     ctx: &FetchCtx<'_>,
     batch: &mut [Unit],
     sink: &dyn BlockSink,
-    got: &mut (u64, u64),
+    got: &mut Got,
 ) -> Result<(), BatchError> {
     let wants: Vec<BlockId> = batch.iter().flat_map(|u| u.verifier.pending()).collect();
     debug!(wants = wants.len(), "requesting blocks");
@@ -460,12 +472,13 @@ async fn fetch_batch(
         while !unit.verifier.is_complete() {
             let frame = read(&mut r, stall).await?;
             match frame {
-                Frame::Block(bytes) => {
-                    let len = bytes.len() as u64;
+                Frame::Block(encoded) => {
+                    let wire = encoded.stored_len() as u64;
                     let block = unit
-                        .accept(bytes)
+                        .accept(encoded)
                         .map_err(|e| BatchError::Drop(DropReason::Corrupt(e.to_string())))?;
                     let id = block.id();
+                    let len = block.bytes().len() as u64;
                     sink.put_block(block).map_err(|source| {
                         BatchError::Fatal(FetchError::Sink {
                             root: unit.verifier.root(),
@@ -473,8 +486,9 @@ async fn fetch_batch(
                             source,
                         })
                     })?;
-                    got.0 += 1;
-                    got.1 += len;
+                    got.blocks += 1;
+                    got.bytes += len;
+                    got.wire += wire;
                 }
                 Frame::Missing(id) => return Err(BatchError::Drop(DropReason::Missing(id))),
                 Frame::End => {

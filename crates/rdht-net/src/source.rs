@@ -8,22 +8,22 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-use rdht_core::{Block, BlockId, BuildKey, BuildRecord};
+use rdht_core::{Block, BlockId, BuildKey, BuildRecord, Encoded};
 
 /// What a node serves: blocks by id and signed records by build key.
 ///
 /// Calls are synchronous and should be quick (an index lookup and a read); they run on
 /// the async runtime's worker threads.
 pub trait BlockSource: Send + Sync + 'static {
-    /// The bytes of block `id`, or `None` when it is not held. They need not be
-    /// re-verified: receivers verify every block.
-    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Bytes>>;
+    /// Block `id` as held (raw, or LZ4 for a leaf), or `None` when it is not held. It
+    /// need not be re-verified: receivers verify every block. LZ4 data must decode to a
+    /// leaf (specs/blocks.md §8): the server walks only raw interior blocks.
+    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Encoded>>;
 
     /// Signed records held for build key `key` (empty when none).
     fn build_records(&self, key: &BuildKey) -> std::io::Result<Vec<BuildRecord>>;
 
-    /// Called after a block of `bytes` bytes was sent to a peer (for traffic counters).
+    /// Called after a block of `bytes` bytes (as sent) went to a peer (traffic counters).
     fn served(&self, bytes: u64) {
         let _ = bytes;
     }
@@ -45,7 +45,7 @@ impl<T: BlockSink + ?Sized> BlockSink for Arc<T> {
 /// An in-memory block and record store, usable as both source and sink.
 #[derive(Debug, Default)]
 pub struct MemoryBlocks {
-    blocks: RwLock<HashMap<BlockId, Bytes>>,
+    blocks: RwLock<HashMap<BlockId, Encoded>>,
     records: RwLock<HashMap<BuildKey, Vec<BuildRecord>>>,
 }
 
@@ -55,21 +55,21 @@ impl MemoryBlocks {
         MemoryBlocks::default()
     }
 
-    /// Adds blocks.
+    /// Adds blocks, each in its LZ4 form when it has one ([`Block::compressed`]).
     pub fn insert_blocks(&self, blocks: impl IntoIterator<Item = Block>) {
         let mut map = self.blocks.write().unwrap_or_else(|e| e.into_inner());
         for b in blocks {
-            map.insert(b.id(), b.into_bytes());
+            map.insert(b.id(), b.encoded());
         }
     }
 
     /// Adds raw bytes under an id without checking them (tests use this to make a
     /// corrupting peer).
-    pub fn insert_raw(&self, id: BlockId, bytes: Bytes) {
+    pub fn insert_raw(&self, id: BlockId, encoded: Encoded) {
         self.blocks
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, bytes);
+            .insert(id, encoded);
     }
 
     /// Adds a record.
@@ -82,8 +82,8 @@ impl MemoryBlocks {
             .push(record);
     }
 
-    /// The bytes held for `id`.
-    pub fn get(&self, id: &BlockId) -> Option<Bytes> {
+    /// What is held for `id`.
+    pub fn get(&self, id: &BlockId) -> Option<Encoded> {
         self.blocks
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,7 +113,7 @@ impl MemoryBlocks {
 }
 
 impl BlockSource for MemoryBlocks {
-    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Bytes>> {
+    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Encoded>> {
         Ok(self.get(id))
     }
 

@@ -26,8 +26,8 @@ use libp2p::{
     Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, identify, noise, ping, tcp,
     yamux,
 };
-use rdht_core::Block;
 use rdht_core::block::INTERIOR_TAG;
+use rdht_core::{Block, Encoded};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -691,20 +691,24 @@ async fn accept_loop(
 
 /// Streams every requested subtree in pre-order; see `specs/swarm.md` §3.
 async fn serve_blocks(mut stream: Stream, source: &dyn BlockSource) -> Result<(), wire::WireError> {
-    let wants = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_block_request(&mut stream))
+    let request = tokio::time::timeout(REQUEST_TIMEOUT, wire::read_block_request(&mut stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
-    debug!(wants = wants.len(), "block request");
+    debug!(
+        wants = request.wants.len(),
+        lz4 = request.lz4,
+        "block request"
+    );
     // yamux sends at most 16 KiB per frame and noise encrypts and writes every frame
     // separately; buffering makes that one full frame per block instead of three
     // (5-byte header, 16,384 bytes, 1 byte).
     let mut w = BufWriter::with_capacity(WRITE_BUFFER, stream);
     let mut stack = Vec::new();
-    for want in wants {
+    for want in request.wants {
         stack.push(want);
         while let Some(id) = stack.pop() {
-            let bytes = match source.get_block(&id) {
-                Ok(Some(bytes)) => bytes,
+            let encoded = match source.get_block(&id) {
+                Ok(Some(e)) => e,
                 Ok(None) => {
                     return finish(&mut w, Frame::Missing(id)).await;
                 }
@@ -713,21 +717,36 @@ async fn serve_blocks(mut stream: Stream, source: &dyn BlockSource) -> Result<()
                     return finish(&mut w, Frame::Missing(id)).await;
                 }
             };
-            if bytes.first() == Some(&INTERIOR_TAG) {
-                match Block::from_bytes(bytes.clone()) {
-                    Ok(b) => {
-                        let first = stack.len();
-                        stack.extend(b.links().map(|l| l.id));
-                        stack[first..].reverse();
+            // LZ4 data is always a leaf (specs/blocks.md §8); a peer that asked for raw
+            // frames gets it decoded.
+            let encoded = match encoded {
+                Encoded::Raw(bytes) => {
+                    if bytes.first() == Some(&INTERIOR_TAG) {
+                        match Block::from_bytes(bytes.clone()) {
+                            Ok(b) => {
+                                let first = stack.len();
+                                stack.extend(b.links().map(|l| l.id));
+                                stack[first..].reverse();
+                            }
+                            Err(e) => {
+                                warn!(block = %id, "stored block is invalid: {e}");
+                                return finish(&mut w, Frame::Missing(id)).await;
+                            }
+                        }
                     }
+                    Encoded::Raw(bytes)
+                }
+                lz4 if request.lz4 => lz4,
+                lz4 => match lz4.decode() {
+                    Ok(bytes) => Encoded::Raw(bytes),
                     Err(e) => {
                         warn!(block = %id, "stored block is invalid: {e}");
                         return finish(&mut w, Frame::Missing(id)).await;
                     }
-                }
-            }
-            let len = bytes.len() as u64;
-            wire::write_frame(&mut w, &Frame::Block(bytes)).await?;
+                },
+            };
+            let len = encoded.stored_len() as u64;
+            wire::write_frame(&mut w, &Frame::Block(encoded)).await?;
             source.served(len);
         }
     }

@@ -6,11 +6,11 @@
 //! contents (rdht-core's `DagVerifier`) or of records (`BuildRecord::decode`), nor who
 //! to talk to. Read first: [`Frame`], [`read_frame`]. Spec: `specs/swarm.md` §3–§4.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use rdht_core::record::MAX_RECORD_LEN;
-use rdht_core::{BlockId, BuildKey, MAX_BLOCK_LEN};
+use rdht_core::{BlockId, BuildKey, Encoded, MAX_BLOCK_LEN};
 
 /// The block streaming protocol.
 pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/blocks/1");
@@ -22,6 +22,9 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/kad/1.0.0");
 pub const IDENTIFY_VERSION: &str = "/rdht/1.0.0";
 /// The version byte opening every request.
 pub const WIRE_VERSION: u8 = 1;
+/// The version byte of a block request whose sender also takes LZ4 frames
+/// ([`TAG_LZ4`]); version 1 asks for raw frames only.
+pub const BLOCKS_VERSION_LZ4: u8 = 2;
 /// Most subtree roots one block request may name.
 pub const MAX_WANTS: usize = 8192;
 /// Most records one record response may carry.
@@ -33,6 +36,8 @@ pub const TAG_BLOCK: u8 = 0x00;
 pub const TAG_MISSING: u8 = 0x01;
 /// Frame tag: every requested subtree was sent; the stream ends.
 pub const TAG_END: u8 = 0x02;
+/// Frame tag: an LZ4-encoded leaf follows (specs/blocks.md §8).
+pub const TAG_LZ4: u8 = 0x03;
 
 /// Provider-key namespace tag for build keys.
 pub const KEY_TAG_BUILD: u8 = 0x01;
@@ -130,10 +135,20 @@ fn limit(what: &'static str, value: u64, max: usize) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Block request: `version u8 | count u32le | count × 32-byte subtree root`.
+/// A block request as read by the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRequest {
+    /// Subtree roots, in the order to stream them.
+    pub wants: Vec<BlockId>,
+    /// The requester takes LZ4 frames (version 2).
+    pub lz4: bool,
+}
+
+/// Block request: `version u8 | count u32le | count × 32-byte subtree root`. This
+/// implementation always sends version 2 (LZ4 frames welcome).
 pub fn encode_block_request(wants: &[BlockId]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + 32 * wants.len());
-    out.push(WIRE_VERSION);
+    out.push(BLOCKS_VERSION_LZ4);
     out.extend_from_slice(&(wants.len() as u32).to_le_bytes());
     for w in wants {
         out.extend_from_slice(w.as_bytes());
@@ -141,29 +156,32 @@ pub fn encode_block_request(wants: &[BlockId]) -> Vec<u8> {
     out
 }
 
-/// Reads a block request (at most [`MAX_WANTS`] roots).
+/// Reads a block request (version 1 or 2, at most [`MAX_WANTS`] roots).
 pub async fn read_block_request<R: AsyncRead + Unpin>(
     r: &mut R,
-) -> Result<Vec<BlockId>, WireError> {
+) -> Result<BlockRequest, WireError> {
     let mut v = [0u8; 1];
     r.read_exact(&mut v).await?;
-    if v[0] != WIRE_VERSION {
-        return Err(WireError::Version(v[0]));
-    }
+    let lz4 = match v[0] {
+        WIRE_VERSION => false,
+        BLOCKS_VERSION_LZ4 => true,
+        other => return Err(WireError::Version(other)),
+    };
     let count = read_u32(r).await?;
     limit("want count", count.into(), MAX_WANTS)?;
     let mut wants = Vec::with_capacity(count as usize);
     for _ in 0..count {
         wants.push(BlockId::from_bytes(read_id(r).await?));
     }
-    Ok(wants)
+    Ok(BlockRequest { wants, lz4 })
 }
 
 /// One frame of a block response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// `0x00 | len u32le | len bytes`: the next block in pre-order (1..=16,385 bytes).
-    Block(Bytes),
+    /// The next block in pre-order: raw, `0x00 | len u32le | len bytes` (1..=16,385
+    /// bytes), or LZ4, `0x03 | len u32le | raw_len u32le | len bytes` (both 1..=16,385).
+    Block(Encoded),
     /// `0x01 | 32-byte id`: the sender lacks this block; nothing follows.
     Missing(BlockId),
     /// `0x02`: everything requested was sent; nothing follows.
@@ -173,11 +191,18 @@ pub enum Frame {
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std::io::Result<()> {
     match frame {
-        Frame::Block(bytes) => {
+        Frame::Block(Encoded::Raw(bytes)) => {
             let mut head = [TAG_BLOCK, 0, 0, 0, 0];
             head[1..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
             w.write_all(&head).await?;
             w.write_all(bytes).await
+        }
+        Frame::Block(Encoded::Lz4 { data, raw_len }) => {
+            let mut head = [TAG_LZ4, 0, 0, 0, 0, 0, 0, 0, 0];
+            head[1..5].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            head[5..].copy_from_slice(&raw_len.to_le_bytes());
+            w.write_all(&head).await?;
+            w.write_all(data).await
         }
         Frame::Missing(id) => {
             w.write_all(&[TAG_MISSING]).await?;
@@ -187,7 +212,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> std
     }
 }
 
-/// Reads one frame; a block longer than `MAX_BLOCK_LEN` is refused before it is read.
+/// Reads one frame; a block (raw or LZ4, either length) over `MAX_BLOCK_LEN` is refused
+/// before it is read. LZ4 data is not decoded here.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
     let mut tag = [0u8; 1];
     r.read_exact(&mut tag).await?;
@@ -197,7 +223,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
             limit("block length", len.into(), MAX_BLOCK_LEN)?;
             let mut buf = BytesMut::zeroed(len as usize);
             r.read_exact(&mut buf).await?;
-            Ok(Frame::Block(buf.freeze()))
+            Ok(Frame::Block(Encoded::Raw(buf.freeze())))
+        }
+        TAG_LZ4 => {
+            let len = read_u32(r).await?;
+            limit("LZ4 data length", len.into(), MAX_BLOCK_LEN)?;
+            let raw_len = read_u32(r).await?;
+            limit("LZ4 block length", raw_len.into(), MAX_BLOCK_LEN)?;
+            let mut buf = BytesMut::zeroed(len as usize);
+            r.read_exact(&mut buf).await?;
+            Ok(Frame::Block(Encoded::Lz4 {
+                data: buf.freeze(),
+                raw_len,
+            }))
         }
         TAG_MISSING => Ok(Frame::Missing(BlockId::from_bytes(read_id(r).await?))),
         TAG_END => Ok(Frame::End),
@@ -267,27 +305,42 @@ pub async fn read_records_response<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use futures::executor::block_on;
+
+    fn raw(b: &'static [u8]) -> Encoded {
+        Encoded::Raw(Bytes::from_static(b))
+    }
+
+    fn lz4(b: &'static [u8], raw_len: u32) -> Encoded {
+        Encoded::Lz4 {
+            data: Bytes::from_static(b),
+            raw_len,
+        }
+    }
 
     #[test]
     fn frames_round_trip_and_pin_the_layout() {
         let id = BlockId::from_bytes([0xab; 32]);
         let mut buf = Vec::new();
         block_on(async {
-            write_frame(&mut buf, &Frame::Block(Bytes::from_static(&[0, 1, 2]))).await?;
+            write_frame(&mut buf, &Frame::Block(raw(&[0, 1, 2]))).await?;
             write_frame(&mut buf, &Frame::Missing(id)).await?;
+            write_frame(&mut buf, &Frame::Block(lz4(&[9, 8], 300))).await?;
             write_frame(&mut buf, &Frame::End).await
         })
         .unwrap();
-        // 00 | 03000000 | 000102, then 01 | ab×32, then 02.
+        // 00 | 03000000 | 000102, then 01 | ab×32, then 03 | 02000000 | 2c010000 | 0908,
+        // then 02.
         assert_eq!(&buf[..8], &[0x00, 3, 0, 0, 0, 0, 1, 2]);
         assert_eq!(buf[8], 0x01);
         assert_eq!(&buf[9..41], &[0xab; 32]);
-        assert_eq!(&buf[41..], &[0x02]);
+        assert_eq!(&buf[41..52], &[0x03, 2, 0, 0, 0, 0x2c, 1, 0, 0, 9, 8]);
+        assert_eq!(&buf[52..], &[0x02]);
         let mut r = &buf[..];
         let frames: Vec<Frame> = block_on(async {
             let mut v = Vec::new();
-            for _ in 0..3 {
+            for _ in 0..4 {
                 v.push(read_frame(&mut r).await.unwrap());
             }
             v
@@ -295,8 +348,9 @@ mod tests {
         assert_eq!(
             frames,
             [
-                Frame::Block(Bytes::from_static(&[0, 1, 2])),
+                Frame::Block(raw(&[0, 1, 2])),
                 Frame::Missing(id),
+                Frame::Block(lz4(&[9, 8], 300)),
                 Frame::End
             ]
         );
@@ -317,6 +371,19 @@ mod tests {
                 .unwrap_err()
                 .is_violation()
         );
+        // LZ4 frames: both lengths are bounded before anything is read.
+        let lz4_too_long = [0x03, 0x02, 0x40, 0, 0, 1, 0, 0, 0];
+        let err = block_on(read_frame(&mut &lz4_too_long[..])).unwrap_err();
+        assert!(
+            matches!(err, WireError::Limit { value: 16386, .. }),
+            "{err}"
+        );
+        let raw_too_long = [0x03, 1, 0, 0, 0, 0x02, 0x40, 0, 0];
+        let err = block_on(read_frame(&mut &raw_too_long[..])).unwrap_err();
+        assert!(
+            matches!(err, WireError::Limit { value: 16386, .. }),
+            "{err}"
+        );
         let err = block_on(read_frame(&mut &[0x07][..])).unwrap_err();
         assert!(matches!(err, WireError::Tag(7)));
         let short = [0x00, 3, 0, 0, 0, 1];
@@ -329,8 +396,23 @@ mod tests {
     fn requests_round_trip_and_are_bounded() {
         let wants = vec![BlockId::from_bytes([1; 32]), BlockId::from_bytes([2; 32])];
         let enc = encode_block_request(&wants);
-        assert_eq!(&enc[..5], &[1, 2, 0, 0, 0]);
-        assert_eq!(block_on(read_block_request(&mut &enc[..])).unwrap(), wants);
+        assert_eq!(&enc[..5], &[2, 2, 0, 0, 0]);
+        assert_eq!(
+            block_on(read_block_request(&mut &enc[..])).unwrap(),
+            BlockRequest {
+                wants: wants.clone(),
+                lz4: true
+            }
+        );
+        let mut v1 = enc.clone();
+        v1[0] = 1;
+        assert_eq!(
+            block_on(read_block_request(&mut &v1[..])).unwrap(),
+            BlockRequest {
+                wants: wants.clone(),
+                lz4: false
+            }
+        );
         let mut huge = vec![1u8];
         huge.extend_from_slice(&((MAX_WANTS as u32) + 1).to_le_bytes());
         assert!(
@@ -338,11 +420,11 @@ mod tests {
                 .unwrap_err()
                 .is_violation()
         );
-        let mut v2 = enc.clone();
-        v2[0] = 2;
+        let mut v3 = enc.clone();
+        v3[0] = 3;
         assert!(matches!(
-            block_on(read_block_request(&mut &v2[..])),
-            Err(WireError::Version(2))
+            block_on(read_block_request(&mut &v3[..])),
+            Err(WireError::Version(3))
         ));
 
         let key = BuildKey::from_bytes([9; 32]);

@@ -1,8 +1,8 @@
 //! Multi-node tests of rdht-net: in-process nodes on 127.0.0.1:0.
 //!
 //! Covers DHT discovery and fetch across a 10-node swarm, failover when a provider dies
-//! mid-fetch, banning a corrupting provider, private swarms (pnet), announce isolation
-//! between swarms, and the records protocol. Does not cover: throughput (see benches).
+//! mid-fetch, banning a corrupting provider, LZ4 frames, private swarms (pnet),
+//! announce isolation between swarms, and the records protocol. Does not cover: throughput (see benches).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, SigningKey};
+use rdht_core::{BlockId, BuildKey, BuildRecord, Encoded, Labels, SigningKey};
 use rdht_net::{
     AnnouncePolicy, BlockSource, DropReason, FetchError, MemoryBlocks, NetError, NodeConfig,
     NodeHandle, ProviderKey, SwarmKey,
@@ -108,7 +108,7 @@ impl FreezingSource {
 }
 
 impl BlockSource for FreezingSource {
-    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Bytes>> {
+    fn get_block(&self, id: &BlockId) -> std::io::Result<Option<Encoded>> {
         if self.served.fetch_add(1, Ordering::SeqCst) + 1 == self.limit {
             self.reached.notify_one();
             let mut open = self.gate.0.lock().unwrap();
@@ -136,6 +136,32 @@ async fn bad_and_honest(
     )
     .await;
     (bad, honest)
+}
+
+/// Both providers announce `root`; once the fetcher finds both, it fetches from the
+/// evil one first, so that it is certainly asked.
+async fn evil_first(
+    fetcher: &NodeHandle,
+    evil: &NodeHandle,
+    honest: &NodeHandle,
+    root: BlockId,
+    sink: &MemoryBlocks,
+) -> rdht_net::FetchReport {
+    for n in [evil, honest] {
+        n.provide(ProviderKey::Artifact(root)).await.unwrap();
+    }
+    eventually(T, "both providers to be found", || async {
+        let l = fetcher
+            .find_providers(ProviderKey::Artifact(root))
+            .await
+            .unwrap()?;
+        (l.providers.len() == 2).then_some(())
+    })
+    .await;
+    fetcher
+        .fetch_artifact_from("public", root, &[evil.peer_id(), honest.peer_id()], sink)
+        .await
+        .unwrap()
 }
 
 /// A fetcher's config bootstrapping from `peers`, asking one provider at a time.
@@ -258,37 +284,14 @@ async fn corrupting_provider_is_banned_and_the_fetch_completes_from_an_honest_on
             let last = bytes.len() - 1;
             bytes[last] ^= 0x01;
         }
-        evil_store.insert_raw(b.id(), Bytes::from(bytes));
+        evil_store.insert_raw(b.id(), Encoded::Raw(Bytes::from(bytes)));
     }
     let (evil, honest) = bad_and_honest(evil_store, art.store()).await;
     let sink = Arc::new(MemoryBlocks::new());
     let cfg = one_provider_at_a_time(vec![addr(&honest, "public").await]);
     let fetcher = node_with(cfg, sink.clone()).await;
 
-    evil.provide(ProviderKey::Artifact(art.root)).await.unwrap();
-    honest
-        .provide(ProviderKey::Artifact(art.root))
-        .await
-        .unwrap();
-    eventually(T, "both providers to be found", || async {
-        let l = fetcher
-            .find_providers(ProviderKey::Artifact(art.root))
-            .await
-            .unwrap()?;
-        (l.providers.len() == 2).then_some(())
-    })
-    .await;
-
-    // The evil provider goes first so that it is certainly asked.
-    let report = fetcher
-        .fetch_artifact_from(
-            "public",
-            art.root,
-            &[evil.peer_id(), honest.peer_id()],
-            &*sink,
-        )
-        .await
-        .unwrap();
+    let report = evil_first(&fetcher, &evil, &honest, art.root, &sink).await;
     assert_eq!(report.banned, [evil.peer_id()]);
     assert!(matches!(report.dropped[..], [(p, DropReason::Corrupt(_))] if p == evil.peer_id()));
     assert_eq!(report.by_peer.get(&evil.peer_id()), None);
@@ -315,6 +318,63 @@ async fn corrupting_provider_is_banned_and_the_fetch_completes_from_an_honest_on
         (report.blocks_fetched, report.blocks_local as usize),
         (0, art.blocks.len())
     );
+    for n in [fetcher, honest, evil] {
+        n.shutdown().await;
+    }
+}
+
+/// Compressible leaves travel as LZ4 frames and arrive verified, keeping their LZ4 form
+/// for the sink; a provider whose LZ4 data does not decode is banned like any other
+/// corrupting provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lz4_frames_arrive_verified_and_undecodable_ones_get_the_sender_banned() {
+    init_tracing();
+    let art = Artifact::text(5, &[300_000, 50_000]);
+    let evil_store = Arc::new(MemoryBlocks::new());
+    for b in &art.blocks {
+        let encoded = match b.kind() {
+            // Valid interior blocks; leaves as LZ4 data that does not decode.
+            rdht_core::BlockKind::Leaf => Encoded::Lz4 {
+                data: Bytes::from(vec![0xf0; 40]),
+                raw_len: b.bytes().len() as u32,
+            },
+            rdht_core::BlockKind::Interior => Encoded::Raw(b.bytes().clone()),
+        };
+        evil_store.insert_raw(b.id(), encoded);
+    }
+    let (evil, honest) = bad_and_honest(evil_store, art.store_compressed()).await;
+    let sink = Arc::new(MemoryBlocks::new());
+    let cfg = one_provider_at_a_time(vec![addr(&honest, "public").await]);
+    let fetcher = node_with(cfg, sink.clone()).await;
+    let report = evil_first(&fetcher, &evil, &honest, art.root, &sink).await;
+    assert_eq!(report.banned, [evil.peer_id()]);
+    assert!(
+        matches!(&report.dropped[..], [(p, DropReason::Corrupt(why))] if *p == evil.peer_id() && why.contains("LZ4")),
+        "{:?}",
+        report.dropped
+    );
+    art.assert_exactly_in(&sink);
+    let raw_bytes: u64 = {
+        let mut seen = std::collections::HashSet::new();
+        art.blocks
+            .iter()
+            .filter(|b| seen.insert(b.id()))
+            .map(|b| b.bytes().len() as u64)
+            .sum()
+    };
+    assert_eq!(report.bytes_fetched, raw_bytes);
+    assert!(
+        report.wire_bytes < raw_bytes / 2,
+        "{} on the wire for {raw_bytes}",
+        report.wire_bytes
+    );
+    // Every text leaf arrived, and is kept, in its LZ4 form: 19 + 4 leaves.
+    let lz4_held = sink
+        .ids()
+        .iter()
+        .filter(|id| matches!(sink.get(id), Some(Encoded::Lz4 { .. })))
+        .count();
+    assert_eq!(lz4_held, 23);
     for n in [fetcher, honest, evil] {
         n.shutdown().await;
     }
@@ -523,7 +583,7 @@ impl Drop for Release {
 }
 
 impl BlockSource for SilentRecords {
-    fn get_block(&self, _: &BlockId) -> std::io::Result<Option<Bytes>> {
+    fn get_block(&self, _: &BlockId) -> std::io::Result<Option<Encoded>> {
         Ok(None)
     }
     fn build_records(&self, _: &BuildKey) -> std::io::Result<Vec<BuildRecord>> {
@@ -700,7 +760,7 @@ async fn a_frozen_dht_peer_delays_a_provider_lookup_only_by_the_grace() {
 struct ReplayingSource(BuildRecord);
 
 impl BlockSource for ReplayingSource {
-    fn get_block(&self, _: &BlockId) -> std::io::Result<Option<Bytes>> {
+    fn get_block(&self, _: &BlockId) -> std::io::Result<Option<Encoded>> {
         Ok(None)
     }
     fn build_records(&self, _: &BuildKey) -> std::io::Result<Vec<BuildRecord>> {

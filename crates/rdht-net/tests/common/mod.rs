@@ -35,13 +35,40 @@ pub struct Artifact {
     pub files: Vec<(String, Vec<u8>)>,
 }
 
+/// Compressible bytes: numbered source-like lines with pseudo-random numbers.
+pub fn text(seed: u64, len: usize) -> Vec<u8> {
+    let noise = data(seed, len / 8 + 1);
+    let mut out = Vec::with_capacity(len + 64);
+    let mut n = 0usize;
+    while out.len() < len {
+        let line = format!(
+            "pub fn item_{n}() -> u64 {{ {} }}\n",
+            noise[n % noise.len()]
+        );
+        out.extend_from_slice(line.as_bytes());
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 impl Artifact {
+    /// Files of pseudo-random (incompressible) bytes.
     pub fn new(seed: u64, sizes: &[usize]) -> Artifact {
+        Artifact::with(seed, sizes, data)
+    }
+
+    /// Files of compressible text.
+    pub fn text(seed: u64, sizes: &[usize]) -> Artifact {
+        Artifact::with(seed, sizes, text)
+    }
+
+    fn with(seed: u64, sizes: &[usize], content: fn(u64, usize) -> Vec<u8>) -> Artifact {
         let mut blocks = Vec::new();
         let mut entries = Vec::new();
         let mut files = Vec::new();
         for (i, &size) in sizes.iter().enumerate() {
-            let bytes = data(seed * 1000 + i as u64, size);
+            let bytes = content(seed * 1000 + i as u64, size);
             let (link, bs) = DagBuilder::build(&bytes);
             blocks.extend(bs);
             let path = format!("lib/file-{i}.rlib");
@@ -84,13 +111,21 @@ impl Artifact {
         s
     }
 
+    /// A store holding every block LZ4-encoded where that saves enough, as the
+    /// daemon's store keeps them.
+    pub fn store_compressed(&self) -> Arc<MemoryBlocks> {
+        let s = Arc::new(MemoryBlocks::new());
+        s.insert_blocks(self.blocks.iter().cloned().map(Block::compressed));
+        s
+    }
+
     /// Asserts `store` holds exactly this artifact's blocks, byte for byte, and that
     /// the files reassemble.
     pub fn assert_exactly_in(&self, store: &MemoryBlocks) {
         assert_eq!(store.len(), self.distinct(), "distinct blocks held");
         for b in &self.blocks {
             assert_eq!(
-                store.get(&b.id()).as_ref(),
+                store.get(&b.id()).map(|e| e.decode().unwrap()).as_ref(),
                 Some(b.bytes()),
                 "block {}",
                 b.id()
@@ -99,7 +134,7 @@ impl Artifact {
         let mut map: std::collections::HashMap<BlockId, bytes::Bytes> = store
             .ids()
             .into_iter()
-            .map(|id| (id, store.get(&id).unwrap()))
+            .map(|id| (id, store.get(&id).unwrap().decode().unwrap()))
             .collect();
         let manifest = Manifest::from_dag(self.root, &mut map).unwrap();
         assert_eq!(manifest.files().len(), self.files.len());
