@@ -717,34 +717,33 @@ async fn serve_blocks(mut stream: Stream, source: &dyn BlockSource) -> Result<()
                     return finish(&mut w, Frame::Missing(id)).await;
                 }
             };
-            // LZ4 data is always a leaf (specs/blocks.md §8); a peer that asked for raw
-            // frames gets it decoded.
+            // LZ4 data is always a leaf (specs/blocks.md §8): only raw blocks can have
+            // links. A peer that asked for raw frames gets LZ4 data decoded.
             let encoded = match encoded {
-                Encoded::Raw(bytes) => {
-                    if bytes.first() == Some(&INTERIOR_TAG) {
-                        match Block::from_bytes(bytes.clone()) {
-                            Ok(b) => {
-                                let first = stack.len();
-                                stack.extend(b.links().map(|l| l.id));
-                                stack[first..].reverse();
-                            }
-                            Err(e) => {
-                                warn!(block = %id, "stored block is invalid: {e}");
-                                return finish(&mut w, Frame::Missing(id)).await;
-                            }
-                        }
-                    }
-                    Encoded::Raw(bytes)
-                }
-                lz4 if request.lz4 => lz4,
-                lz4 => match lz4.decode() {
+                Encoded::Lz4 { .. } if !request.lz4 => match encoded.decode() {
                     Ok(bytes) => Encoded::Raw(bytes),
                     Err(e) => {
                         warn!(block = %id, "stored block is invalid: {e}");
                         return finish(&mut w, Frame::Missing(id)).await;
                     }
                 },
+                other => other,
             };
+            if let Encoded::Raw(bytes) = &encoded
+                && bytes.first() == Some(&INTERIOR_TAG)
+            {
+                match Block::from_bytes(bytes.clone()) {
+                    Ok(b) => {
+                        let first = stack.len();
+                        stack.extend(b.links().map(|l| l.id));
+                        stack[first..].reverse();
+                    }
+                    Err(e) => {
+                        warn!(block = %id, "stored block is invalid: {e}");
+                        return finish(&mut w, Frame::Missing(id)).await;
+                    }
+                }
+            }
             let len = encoded.stored_len() as u64;
             wire::write_frame(&mut w, &Frame::Block(encoded)).await?;
             source.served(len);

@@ -625,8 +625,19 @@ impl Inner {
     /// the counters from the index.
     fn recover(&mut self) -> Result<(), StoreError> {
         let b = &self.backend;
-        match b.get(keys::META_FORMAT).map_err(self.err("open"))? {
-            None => {
+        let found = match b.get(keys::META_FORMAT).map_err(self.err("open"))? {
+            None => None,
+            Some(v) => Some(
+                <[u8; 4]>::try_from(&v[..])
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| self.corrupt_index(keys::META_FORMAT, "not 4 bytes"))?,
+            ),
+        };
+        match found {
+            // A new store, or format 1: format 2 without LZ4 Locs. It is marked 2 before
+            // any is written, so older versions refuse it instead of reading those Locs
+            // as corrupt and removing them.
+            None | Some(keys::FORMAT_UPGRADABLE) => {
                 let mut batch = Batch::new();
                 batch.put(
                     keys::META_FORMAT.to_vec(),
@@ -634,27 +645,13 @@ impl Inner {
                 );
                 self.apply(batch)?;
             }
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(&v[..])
-                    .map(u32::from_le_bytes)
-                    .map_err(|_| self.corrupt_index(keys::META_FORMAT, "not 4 bytes"))?;
-                if found == keys::FORMAT_UPGRADABLE {
-                    // Format 1 is format 2 without LZ4 Locs: mark it 2 before any
-                    // is written, so older versions refuse it instead of reading
-                    // those Locs as corrupt and removing them.
-                    let mut batch = Batch::new();
-                    batch.put(
-                        keys::META_FORMAT.to_vec(),
-                        keys::FORMAT_VERSION.to_le_bytes().to_vec(),
-                    );
-                    self.apply(batch)?;
-                } else if found != keys::FORMAT_VERSION {
-                    return Err(StoreError::Format {
-                        path: self.path.clone(),
-                        found,
-                        expected: keys::FORMAT_VERSION,
-                    });
-                }
+            Some(keys::FORMAT_VERSION) => {}
+            Some(found) => {
+                return Err(StoreError::Format {
+                    path: self.path.clone(),
+                    found,
+                    expected: keys::FORMAT_VERSION,
+                });
             }
         }
         let boot = match b.get(keys::META_BOOT).map_err(self.err("open"))? {
