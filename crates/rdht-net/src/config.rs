@@ -294,6 +294,12 @@ pub struct FetchConfig {
     pub max_providers: usize,
     /// A provider silent this long is dropped.
     pub stall_timeout: Duration,
+    /// A provider whose request has been silent this long is dropped while another
+    /// provider's worker is idle (nothing left in the queue), and its unfinished DAGs
+    /// are resumed by that worker: a provider that freezes mid-stream holds its share
+    /// for this long, not for `stall_timeout`. With a single provider only
+    /// `stall_timeout` applies.
+    pub hedge_after: Duration,
     /// How long opening a stream (dial included) may take.
     pub connect_timeout: Duration,
     /// How long a corrupting peer stays banned.
@@ -307,6 +313,7 @@ impl Default for FetchConfig {
         FetchConfig {
             max_providers: 4,
             stall_timeout: Duration::from_secs(15),
+            hedge_after: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(15),
             ban_duration: Duration::from_secs(3600),
             batch_bytes: 64 << 20,

@@ -124,7 +124,8 @@ pub enum NetError {
 pub enum DropReason {
     /// It sent a block that failed verification, or broke the wire format. It is banned.
     Corrupt(String),
-    /// It sent nothing for longer than the stall timeout.
+    /// It sent nothing for longer than the stall timeout, or for the hedge delay while
+    /// another provider had nothing left to do. It is not banned.
     Stalled,
     /// The stream or connection failed (peer killed, disconnected, refused the stream).
     Disconnected(String),

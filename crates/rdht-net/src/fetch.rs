@@ -2,7 +2,8 @@
 //! spread over providers, each block verified on arrival.
 //!
 //! Owns: work units (one `DagVerifier` per DAG), per-provider workers, dropping and
-//! banning providers, resuming a unit on another provider. Does not own: finding
+//! banning providers, resuming a unit on another provider, hedging (an idle worker
+//! takes back the units of a provider silent for `hedge_after`). Does not own: finding
 //! providers (`node.rs`), wire layouts (`wire.rs`), what verification means (rdht-core).
 //! Read first: [`fetch_artifact`]. Spec: `specs/swarm.md` §3.4–§3.6 and §8.
 //!
@@ -11,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -128,11 +130,20 @@ struct Work {
     /// Verified blocks and bytes received from each provider, counted per batch so that
     /// a worker dropped while still opening a stream loses none of its earlier counts.
     received: HashMap<PeerId, Got>,
+    /// Workers holding a batch, and when each last received a frame (or sent its
+    /// request).
+    progress: HashMap<PeerId, Instant>,
+    /// Workers told to give their batch back: silent for `hedge_after` while another
+    /// worker was idle.
+    hedged: HashSet<PeerId>,
 }
 
 struct Shared {
     work: Mutex<Work>,
+    /// Work went back to the queue or was completed.
     notify: Notify,
+    /// A worker was added to `hedged`.
+    hedge: Notify,
 }
 
 impl Shared {
@@ -240,8 +251,11 @@ async fn run(
             in_flight: 0,
             done: Vec::new(),
             received: HashMap::new(),
+            progress: HashMap::new(),
+            hedged: HashSet::new(),
         }),
         notify: Notify::new(),
+        hedge: Notify::new(),
     };
     let mut workers = FuturesUnordered::new();
     let mut candidates = pool
@@ -323,15 +337,33 @@ async fn worker(
         let notified = shared.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let queued = {
+        let (queued, silent_since) = {
             let w = shared.lock();
             if w.queue.is_empty() && w.in_flight == 0 {
                 return end;
             }
-            !w.queue.is_empty()
+            // Hedged workers are excluded: they give their work back when next polled.
+            let silent_since = w
+                .progress
+                .iter()
+                .filter(|(p, _)| !w.hedged.contains(*p))
+                .map(|(_, t)| *t)
+                .min();
+            (!w.queue.is_empty(), silent_since)
         };
         if !queued {
-            notified.await;
+            // Idle: wait for work to come back, or take it back from a provider that has
+            // been silent for `hedge_after` (frozen mid-stream, say).
+            match silent_since {
+                Some(t) => {
+                    let at = tokio::time::Instant::from_std(t + ctx.cfg.hedge_after);
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => hedge_silent(shared, ctx.cfg.hedge_after),
+                    }
+                }
+                None => notified.await,
+            }
             continue;
         }
         let s = match open(peer, ctx).await {
@@ -377,11 +409,15 @@ async fn worker(
         let mut batch = batch;
         let span = tracing::debug_span!("batch", %peer, units = batch.len());
         let mut got = Got::default();
-        let res = fetch_batch(s, ctx, &mut batch, sink, &mut got)
+        shared.lock().progress.insert(peer, Instant::now());
+        let watch = Watch { peer, shared };
+        let res = fetch_batch(s, ctx, &mut batch, sink, &mut got, &watch)
             .instrument(span)
             .await;
         {
             let mut w = shared.lock();
+            w.progress.remove(&peer);
+            w.hedged.remove(&peer);
             let counts = w.received.entry(peer).or_default();
             counts.blocks += got.blocks;
             counts.bytes += got.bytes;
@@ -410,6 +446,45 @@ async fn worker(
                 return end;
             }
         }
+    }
+}
+
+/// Tells every worker that has been silent for `after` to give its batch back.
+fn hedge_silent(shared: &Shared, after: std::time::Duration) {
+    let now = Instant::now();
+    let mut w = shared.lock();
+    let silent: Vec<PeerId> = w
+        .progress
+        .iter()
+        .filter(|(p, t)| now.duration_since(**t) >= after && !w.hedged.contains(*p))
+        .map(|(p, _)| *p)
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    for p in silent {
+        info!(peer = %p, ?after, "provider silent while another is idle; resuming its DAGs elsewhere");
+        w.hedged.insert(p);
+    }
+    drop(w);
+    shared.hedge.notify_waiters();
+}
+
+/// A batch's link to the shared state: records progress, learns of being hedged.
+struct Watch<'a> {
+    peer: PeerId,
+    shared: &'a Shared,
+}
+
+impl Watch<'_> {
+    fn frame_arrived(&self) {
+        if let Some(t) = self.shared.lock().progress.get_mut(&self.peer) {
+            *t = Instant::now();
+        }
+    }
+
+    fn hedged(&self) -> bool {
+        self.shared.lock().hedged.contains(&self.peer)
     }
 }
 
@@ -451,26 +526,28 @@ async fn fetch_batch(
     batch: &mut [Unit],
     sink: &dyn BlockSink,
     got: &mut Got,
+    watch: &Watch<'_>,
 ) -> Result<(), BatchError> {
     let wants: Vec<BlockId> = batch.iter().flat_map(|u| u.verifier.pending()).collect();
     debug!(wants = wants.len(), "requesting blocks");
     let request = wire::encode_block_request(&wants);
     // Closing only ends our side of the stream; the response is read from the same one
     // (no split, so no lock between the two halves on every read).
-    tokio::time::timeout(ctx.cfg.stall_timeout, async {
+    let send = tokio::time::timeout(ctx.cfg.stall_timeout, async {
         stream.write_all(&request).await?;
         stream.flush().await?;
         stream.close().await
-    })
-    .await
-    .map_err(|_| BatchError::Drop(DropReason::Stalled))?
-    .map_err(io_drop)?;
+    });
+    unless_hedged(send, watch)
+        .await?
+        .map_err(|_| BatchError::Drop(DropReason::Stalled))?
+        .map_err(io_drop)?;
 
     let mut r = stream;
     let stall = ctx.cfg.stall_timeout;
     for unit in batch.iter_mut() {
         while !unit.verifier.is_complete() {
-            let frame = read(&mut r, stall).await?;
+            let frame = read(&mut r, stall, watch).await?;
             match frame {
                 Frame::Block(encoded) => {
                     let wire = encoded.stored_len() as u64;
@@ -499,7 +576,7 @@ async fn fetch_batch(
             }
         }
     }
-    match read(&mut r, stall).await? {
+    match read(&mut r, stall, watch).await? {
         Frame::End => Ok(()),
         _ => Err(BatchError::Drop(DropReason::Corrupt(
             "frames after the last requested block".into(),
@@ -507,14 +584,42 @@ async fn fetch_batch(
     }
 }
 
+/// Runs `fut` unless or until the batch is hedged (then it is dropped: stalled).
+async fn unless_hedged<T>(
+    fut: impl std::future::Future<Output = T>,
+    watch: &Watch<'_>,
+) -> Result<T, BatchError> {
+    tokio::pin!(fut);
+    loop {
+        let hedged = watch.shared.hedge.notified();
+        tokio::pin!(hedged);
+        hedged.as_mut().enable();
+        if watch.hedged() {
+            return Err(BatchError::Drop(DropReason::Stalled));
+        }
+        tokio::select! {
+            biased;
+            res = &mut fut => return Ok(res),
+            _ = hedged => {}
+        }
+    }
+}
+
+/// The next frame, within the stall timeout; a hedged batch ends as stalled (the
+/// partial frame is dropped with the stream; the verifiers never saw it).
 async fn read<R: futures::AsyncRead + Unpin>(
     r: &mut R,
     stall: std::time::Duration,
+    watch: &Watch<'_>,
 ) -> Result<Frame, BatchError> {
-    match tokio::time::timeout(stall, wire::read_frame(r)).await {
+    let res = unless_hedged(tokio::time::timeout(stall, wire::read_frame(r)), watch).await?;
+    match res {
         Err(_) => Err(BatchError::Drop(DropReason::Stalled)),
         Ok(Err(e)) if e.is_violation() => Err(BatchError::Drop(DropReason::Corrupt(e.to_string()))),
         Ok(Err(e)) => Err(BatchError::Drop(DropReason::Disconnected(e.to_string()))),
-        Ok(Ok(f)) => Ok(f),
+        Ok(Ok(f)) => {
+            watch.frame_arrived();
+            Ok(f)
+        }
     }
 }

@@ -256,6 +256,22 @@ async fn stalling_provider_is_dropped_and_the_fetch_completes_from_another() {
         .await
         .unwrap();
     frozen.release();
+    assert_only_dropped_as_stalled(&report, &fetcher, &staller);
+    // The manifest at least; the file root it wrote before freezing may not have left.
+    assert!((1..=2).contains(&report.by_peer[&staller.peer_id()]));
+    assert_eq!(report.blocks_fetched as usize, art.blocks.len());
+    art.assert_exactly_in(&sink);
+    for n in [fetcher, honest, staller] {
+        n.shutdown().await;
+    }
+}
+
+/// `staller` is the only provider dropped, as stalled, and nobody was banned.
+fn assert_only_dropped_as_stalled(
+    report: &rdht_net::FetchReport,
+    fetcher: &NodeHandle,
+    staller: &NodeHandle,
+) {
     assert_eq!(
         report.dropped,
         [(staller.peer_id(), DropReason::Stalled)],
@@ -263,10 +279,63 @@ async fn stalling_provider_is_dropped_and_the_fetch_completes_from_another() {
     );
     assert!(report.banned.is_empty());
     assert!(fetcher.banned_peers().is_empty());
-    // The manifest at least; the file root it wrote before freezing may not have left.
-    assert!((1..=2).contains(&report.by_peer[&staller.peer_id()]));
+}
+
+/// Opens a [`FreezingSource`]'s gate when dropped, so a failing assertion releases the
+/// frozen serving thread instead of hanging the runtime's shutdown.
+struct Unfreeze(Arc<FreezingSource>);
+
+impl Drop for Unfreeze {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_frozen_mid_stream_hands_its_dags_to_an_idle_one_before_the_stall_timeout() {
+    init_tracing();
+    // 8 files of 256 KiB: 17 blocks each, one file per request.
+    let art = Artifact::new(8, &[256 * 1024; 8]);
+    let frozen = FreezingSource::new(art.store(), 30);
+    let _unfreeze = Unfreeze(frozen.clone());
+    let (staller, honest) = bad_and_honest(frozen.clone(), art.store()).await;
+    let sink = Arc::new(MemoryBlocks::new());
+    let mut cfg = NodeConfig::new(vec![swarm(
+        "public",
+        vec![
+            addr(&staller, "public").await,
+            addr(&honest, "public").await,
+        ],
+    )]);
+    cfg.fetch = fetch_config();
+    cfg.fetch.max_providers = 2;
+    cfg.fetch.batch_bytes = 1;
+    // Only hedging can end the frozen request within the test's limit.
+    cfg.fetch.stall_timeout = Duration::from_secs(3600);
+    cfg.fetch.hedge_after = Duration::from_millis(300);
+    let fetcher = node_with(cfg, sink.clone()).await;
+
+    let providers = [staller.peer_id(), honest.peer_id()];
+    let fetch = fetcher.fetch_artifact_from("public", art.root, &providers, &*sink);
+    let report = tokio::time::timeout(T, fetch)
+        .await
+        .expect("the frozen provider kept its DAGs until the stall timeout")
+        .unwrap();
+    assert!(
+        frozen.served.load(Ordering::SeqCst) >= 30,
+        "the provider never froze"
+    );
+    assert_only_dropped_as_stalled(&report, &fetcher, &staller);
+    // It served its first 29 blocks, minus those of a file it froze in.
+    let from_staller = report.by_peer.get(&staller.peer_id()).copied().unwrap_or(0);
+    assert!((1..=29).contains(&from_staller), "{:?}", report.by_peer);
+    assert_eq!(
+        from_staller + report.by_peer[&honest.peer_id()],
+        art.blocks.len() as u64
+    );
     assert_eq!(report.blocks_fetched as usize, art.blocks.len());
     art.assert_exactly_in(&sink);
+    drop(_unfreeze);
     for n in [fetcher, honest, staller] {
         n.shutdown().await;
     }

@@ -153,6 +153,7 @@ pub fn fetch_config() -> FetchConfig {
     FetchConfig {
         max_providers: 4,
         stall_timeout: Duration::from_secs(20),
+        hedge_after: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(10),
         ban_duration: Duration::from_secs(600),
         batch_bytes: 256 * 1024,
