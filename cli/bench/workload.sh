@@ -32,6 +32,7 @@ bin=$work/bin
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    if [ -n "${SCCACHE_SERVER_UDS:-}" ]; then sccache --stop-server >/dev/null 2>&1 || true; fi
     wait 2>/dev/null || true
     if [ -n "${RDHT_BENCH_KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
@@ -116,15 +117,30 @@ for p in p1 p2; do mkdir -p "$work/$p" && cp -r "$work/p0/." "$work/$p/"; done
 (cd "$work/p2" && CARGO_HOME="$work/home-b" cargo fetch -q)
 
 now() { date +%s.%N; }
-# Runs a command; its wall time (seconds) goes to $work/elapsed, its output where the
-# caller redirects it.
+# Runs a command; its wall time (seconds) goes to $work/elapsed and the CPU time (user +
+# system) of the command and everything it ran to $work/cpu (the caller runs it in a
+# subshell, so `times` counts only this command's process tree); its output goes where
+# the caller redirects it.
 timed() {
     local t0 t1
     t0=$(now)
     "$@"
     t1=$(now)
     awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.3f\n", a - b }' >"$work/elapsed"
+    # Not in a pipe: a piped `times` would run in a fork that has no children.
+    times >"$work/times"
+    awk 'NR == 2 {
+        split($1, u, /[ms]/); split($2, s, /[ms]/)
+        printf "%.2f\n", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$work/times" >"$work/cpu"
 }
+tck=$(getconf CLK_TCK)
+# CPU seconds (user + system) daemon process $1 has used so far.
+cpu_of() { awk -v t="$tck" '{ printf "%.2f\n", ($14 + $15) / t }' "/proc/$1/stat"; }
+# CPU seconds daemon $1 used since it had used $2.
+cpu_since() { awk -v a="$(cpu_of "$1")" -v b="$2" 'BEGIN { printf "%.2f\n", a - b }'; }
+pid_a=${pids[0]}
+pid_b=${pids[1]}
+pid_m=${pids[2]}
 
 cold() {
     echo "cold: cargo build ..." >&2
@@ -139,25 +155,46 @@ miss() {
 }
 cold
 t_cold1=$(cat "$work/elapsed")
+c_cold1=$(cat "$work/cpu")
+d0=$(cpu_of "$pid_m")
 miss m miss1
 t_miss1=$(cat "$work/elapsed")
+c_miss1=$(cat "$work/cpu")
+d_miss1=$(cpu_since "$pid_m" "$d0")
 cold
 t_cold2=$(cat "$work/elapsed")
+c_cold2=$(cat "$work/cpu")
+d0=$(cpu_of "$pid_a")
 miss a miss
 t_miss2=$(cat "$work/elapsed")
+c_miss2=$(cat "$work/cpu")
+d_miss2=$(cpu_since "$pid_a" "$d0")
 kill "${mn[@]}"
 faster() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? a : b) }'; }
+# pick T1 T2 V1 V2: V1 if T1 is the faster time, else V2.
+pick() { awk -v a="$1" -v b="$2" -v x="$3" -v y="$4" 'BEGIN { print (a < b ? x : y) }'; }
 t_cold=$(faster "$t_cold1" "$t_cold2")
 t_miss=$(faster "$t_miss1" "$t_miss2")
+c_cold=$(pick "$t_cold1" "$t_cold2" "$c_cold1" "$c_cold2")
+c_miss=$(pick "$t_miss1" "$t_miss2" "$c_miss1" "$c_miss2")
+d_miss=$(pick "$t_miss1" "$t_miss2" "$d_miss1" "$d_miss2")
 echo "warm: cargo dht-build at another path through B ..." >&2
+a0=$(cpu_of "$pid_a")
+b0=$(cpu_of "$pid_b")
 (cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/warm.txt" >"$work/warm.json")
 t_warm=$(cat "$work/elapsed")
+c_warm=$(cat "$work/cpu")
+a_warm=$(cpu_since "$pid_a" "$a0")
+b_warm=$(cpu_since "$pid_b" "$b0")
 same=no
 cmp -s "$work/p1/target/debug/workload" "$work/p2/target/debug/workload" && same=yes
 rm -rf "$work/p2/target"
 echo "local: again through B (local hits) ..." >&2
+b0=$(cpu_of "$pid_b")
 (cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/local.txt" >"$work/local.json")
 t_local=$(cat "$work/elapsed")
+c_local=$(cat "$work/cpu")
+b_local=$(cpu_since "$pid_b" "$b0")
 units=$(sed 's/.*"units":\([0-9]*\).*/\1/' "$work/local.json")
 (cd "$work/p2" && CARGO_HOME="$work/home-b" timed cargo build -q)
 t_noop=$(cat "$work/elapsed")
@@ -170,10 +207,14 @@ rm -rf "$work/copy-floor"
 
 t_sccache=""
 if command -v sccache >/dev/null; then
+    # A server and cache of the bench's own, so that neither a running sccache server nor
+    # an earlier run's cache takes part, and nothing is left behind.
+    export SCCACHE_DIR="$work/sccache" SCCACHE_SERVER_UDS="$work/sccache.sock"
     (cd "$work/p0" && rm -rf target && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" cargo build -q 2>/dev/null)
     rm -rf "$work/p0/target"
     (cd "$work/p0" && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
     t_sccache=$(cat "$work/elapsed")
+    sccache --stop-server >/dev/null 2>&1 || true
 fi
 
 echo "miss:  $(grep '^rdht: [0-9]' "$work/miss.txt")"
@@ -198,4 +239,15 @@ awk -v c="$t_cold" -v c1="$t_cold1" -v c2="$t_cold2" -v m="$t_miss" -v m1="$t_mi
     printf "  of which inside the wrapper, per local hit: %.1f ms (process start to exit, writing the outputs included)\n", hw / u
     printf "copying the %d MB target/debug alone takes %.2f s (%.1f ms per unit)\n", mb, cp, cp * 1000 / u
     printf "final binaries identical: %s\n", same
+}'
+# Where the CPU went: a build cannot take less wall time than its CPU seconds over the
+# machine's cores.
+cores=$(nproc)
+awk -v n="$cores" -v cc="$c_cold" -v cm="$c_miss" -v dm="$d_miss" -v cw="$c_warm" -v aw="$a_warm" -v bw="$b_warm" -v cl="$c_local" -v bl="$b_local" 'BEGIN {
+    printf "%-34s %8s %16s %8s %10s\n", "CPU seconds (user + system)", "cargo", "daemons", "total", "total/" n
+    printf "%-34s %8.2f %16s %8.2f %10.2f\n", "cold cargo build", cc, "-", cc, cc / n
+    printf "%-34s %8.2f %16s %8.2f %10.2f\n", "cargo dht-build, all misses", cm, sprintf("%.2f", dm), cm + dm, (cm + dm) / n
+    printf "%-34s %8.2f %16s %8.2f %10.2f\n", "cargo dht-build, warm from swarm", cw, sprintf("B %.2f, A %.2f", bw, aw), cw + aw + bw, (cw + aw + bw) / n
+    printf "%-34s %8.2f %16s %8.2f %10.2f\n", "cargo dht-build, local hits", cl, sprintf("B %.2f", bl), cl + bl, (cl + bl) / n
+    print "(cargo: cargo, rustc, the wrappers and build scripts; daemons: the daemon serving the build and, for warm, A serving B)"
 }'
