@@ -16,8 +16,9 @@
 # and prints times and ratios against cold. Cold and miss are each measured twice,
 # alternating, and the faster of each pair is used, so neither side gets more chances
 # than the other. Targets: miss <= 1.05x cold, warm <= 0.10x cold, per-unit hit
-# overhead <= 5 ms. If sccache is installed, its warm time (same paths, after rm -rf
-# target) is measured too. Downloads happen before any timing.
+# overhead <= 5 ms. If sccache is installed, its warm time is measured too: at the same
+# paths after rm -rf target, and at the warm build's other path and CARGO_HOME (with
+# SCCACHE_BASEDIRS naming both). Downloads happen before any timing.
 # RDHT_BENCH_KEEP=1 keeps the work directory (daemon logs, projects) for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -206,14 +207,25 @@ copy_mb=$(du -sm "$work/copy-floor" | cut -f1)
 rm -rf "$work/copy-floor"
 
 t_sccache=""
+t_sccache_other=""
+sccache_other_hits=""
 if command -v sccache >/dev/null; then
     # A server and cache of the bench's own, so that neither a running sccache server nor
     # an earlier run's cache takes part, and nothing is left behind.
+    # SCCACHE_BASEDIRS (sccache >= 0.15) names both checkouts and both CARGO_HOMEs, the
+    # best it can be told for hits at another path.
     export SCCACHE_DIR="$work/sccache" SCCACHE_SERVER_UDS="$work/sccache.sock"
+    export SCCACHE_BASEDIRS="$work/p0:$work/p2:$work/home-a:$work/home-b"
     (cd "$work/p0" && rm -rf target && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" cargo build -q 2>/dev/null)
     rm -rf "$work/p0/target"
     (cd "$work/p0" && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-a" timed cargo build -q 2>/dev/null)
     t_sccache=$(cat "$work/elapsed")
+    # The same at another path with another CARGO_HOME, as the warm rdht build above.
+    sccache --zero-stats >/dev/null 2>&1 || true
+    rm -rf "$work/p2/target"
+    (cd "$work/p2" && RUSTC_WRAPPER=sccache CARGO_HOME="$work/home-b" timed cargo build -q 2>/dev/null)
+    t_sccache_other=$(cat "$work/elapsed")
+    sccache_other_hits=$(sccache --show-stats 2>/dev/null | awk '/^Cache hits / { print $3; exit }')
     sccache --stop-server >/dev/null 2>&1 || true
 fi
 
@@ -227,13 +239,16 @@ for run in miss warm local; do
     echo "$run: key computation $(field $run key_ms) ms, hits' wall time $(field $run hit_wall_ms) ms, misses' time beyond rustc $(field $run miss_overhead_ms) ms (sums over units), waiting at the end for sharing $(field $run share_wait_ms) ms"
 done
 hit_wall=$(field local hit_wall_ms)
-awk -v c="$t_cold" -v c1="$t_cold1" -v c2="$t_cold2" -v m="$t_miss" -v m1="$t_miss1" -v m2="$t_miss2" -v hw="$hit_wall" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v same="$same" -v cp="$t_copy" -v mb="$copy_mb" 'BEGIN {
+awk -v c="$t_cold" -v c1="$t_cold1" -v c2="$t_cold2" -v m="$t_miss" -v m1="$t_miss1" -v m2="$t_miss2" -v hw="$hit_wall" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v so="$t_sccache_other" -v sh="$sccache_other_hits" -v same="$same" -v cp="$t_copy" -v mb="$copy_mb" 'BEGIN {
     printf "%-34s %8s %8s\n", "build", "seconds", "x cold"
     printf "%-34s %8.2f %8.3f  (faster of %.2f and %.2f)\n", "cold cargo build", c, 1, c1, c2
     printf "%-34s %8.2f %8.3f  (target <= 1.05; faster of %.2f and %.2f)\n", "cargo dht-build, all misses", m, m / c, m1, m2
     printf "%-34s %8.2f %8.3f  (target <= 0.10)\n", "cargo dht-build, warm from swarm", w, w / c
     printf "%-34s %8.2f %8.3f\n", "cargo dht-build, local hits", l, l / c
-    if (s != "") printf "%-34s %8.2f %8.3f\n", "sccache warm (same paths)", s, s / c
+    if (s != "") {
+        printf "%-34s %8.2f %8.3f\n", "sccache warm (same paths)", s, s / c
+        printf "%-34s %8.2f %8.3f  (%s cache hits)\n", "sccache warm (another path)", so, so / c, sh
+    }
     else print "sccache: not installed, not measured"
     printf "units %d; per-unit hit overhead %.1f ms (local hits minus no-op build, per unit; target <= 5)\n", u, (l - n) * 1000 / u
     printf "  of which inside the wrapper, per local hit: %.1f ms (process start to exit, writing the outputs included)\n", hw / u
