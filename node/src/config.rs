@@ -33,8 +33,10 @@ listen = ["/ip4/0.0.0.0/tcp/4517"]
 # swarm_key = "/etc/rdht/swarm.key"
 # bootstrap = "/etc/rdht/bootstrap.txt"
 
-# The store's size cap in bytes. Above it, garbage collection evicts the least
-# recently used artifacts this node did not build itself.
+# The store's size cap in bytes, counted as the artifacts' uncompressed size. Above
+# it, garbage collection evicts the least recently used artifacts this node did not
+# build itself. Blocks are kept LZ4-compressed where that saves space, so the store
+# usually takes well under this on disk (about half, for debug builds). 0: no cap.
 # Flag: --store-max-bytes. Env: RDHT_STORE_MAX_BYTES.
 store_max_bytes = 21474836480
 

@@ -37,7 +37,8 @@ struct Args {
     /// Pre-shared key of the private swarm (IPFS swarm.key format; `rdht swarm keygen`).
     #[arg(long, env = "RDHT_SWARM_KEY", value_name = "FILE")]
     swarm_key: Option<PathBuf>,
-    /// Store size cap in bytes (0: no cap).
+    /// Store size cap in bytes, counted uncompressed (0: no cap; the store is usually
+    /// about half that on disk).
     #[arg(long, env = "RDHT_STORE_MAX_BYTES", value_name = "N")]
     store_max_bytes: Option<u64>,
 }

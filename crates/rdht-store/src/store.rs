@@ -27,7 +27,8 @@ use crate::packs::{Loc, Packs};
 /// How a store behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Size cap on logical bytes (sum of stored block lengths). When a registration
+    /// Size cap on logical bytes (sum of the blocks' uncompressed lengths; LZ4-kept
+    /// blocks take less on disk). When a registration
     /// takes the store over it, GC evicts unpinned artifacts, least recently used
     /// first, down to 90% of the cap. `None`: no cap.
     pub max_bytes: Option<u64>,
