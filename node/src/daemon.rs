@@ -109,17 +109,24 @@ async fn fetch_artifact(
     }
 }
 
-/// [`NodeHandle::fetch_records_until`] (stop once `enough`, or at `deadline` with what
-/// arrived), retried while nothing came back and every failure is a lost connection.
+/// A peer to ask for records first, and the swarm to ask it in.
+type Hint = (String, PeerId);
+
+/// [`NodeHandle::fetch_records_hinted`] (`hints` first, then the DHT; stop once
+/// `enough`, or at `deadline` with what arrived), retried while nothing came back and
+/// every failure is a lost connection.
 async fn fetch_records(
     net: &NodeHandle,
     key: BuildKey,
     deadline: tokio::time::Instant,
+    hints: &[Hint],
     enough: &(dyn Fn(&[rdht_net::FetchedRecord]) -> bool + Send + Sync),
 ) -> Result<rdht_net::RecordsReport, NetError> {
     let mut attempt = 1;
     loop {
-        let report = net.fetch_records_until(key, Some(deadline), enough).await?;
+        let report = net
+            .fetch_records_hinted(key, Some(deadline), hints, enough)
+            .await?;
         let transient = report.records.is_empty()
             && !report.failures.is_empty()
             && only_disconnects(report.failures.iter().map(|f| &f.reason));
@@ -998,11 +1005,13 @@ impl Shared {
     }
 
     /// Resolves plan `key`, reads the plan, and resolves its keys in order, a few at a
-    /// time. Returns (keys, artifacts fetched, bytes fetched).
+    /// time, asking the peers whose records named the plan first (the builder of a plan
+    /// usually holds its units), so a key costs no DHT lookup when they have it. Returns
+    /// (keys, artifacts fetched, bytes fetched).
     async fn run_prefetch(&self, key: BuildKey) -> Result<(usize, usize, u64), String> {
-        let root = match self.resolve(key).await.map_err(|e| e.message)? {
-            Resolution::Hit { root, .. } => root,
-            Resolution::Miss { reason } => return Err(reason),
+        let (root, hints) = match self.resolve_hinted(key, &[]).await.map_err(|e| e.message)? {
+            (Resolution::Hit { root, .. }, hints) => (root, hints),
+            (Resolution::Miss { reason }, _) => return Err(reason),
         };
         let dir = self.scratch_dir("plan");
         let d = dir.clone();
@@ -1025,13 +1034,16 @@ impl Shared {
         let bytes = AtomicU64::new(0);
         futures::stream::iter(keys.iter().copied())
             .for_each_concurrent(PREFETCH_CONCURRENCY, |k| {
-                let (fetched, bytes) = (&fetched, &bytes);
+                let (fetched, bytes, hints) = (&fetched, &bytes, &hints);
                 async move {
-                    if let Ok(Resolution::Hit {
-                        bytes_fetched,
-                        source,
-                        ..
-                    }) = self.resolve(k).await
+                    if let Ok((
+                        Resolution::Hit {
+                            bytes_fetched,
+                            source,
+                            ..
+                        },
+                        _,
+                    )) = self.resolve_hinted(k, hints).await
                         && bytes_fetched > 0
                     {
                         fetched.fetch_add(1, Ordering::Relaxed);
@@ -1087,6 +1099,17 @@ impl Shared {
     /// Resolves `key`: the local store, then the swarms. One resolve per key runs at a
     /// time; a concurrent one waits, then usually finds the artifact locally.
     async fn resolve(&self, key: BuildKey) -> Result<Resolution, ApiError> {
+        Ok(self.resolve_hinted(key, &[]).await?.0)
+    }
+
+    /// [`Self::resolve`] that asks `hints` for records before looking providers up in
+    /// the DHT. Also returns the peers (with their swarm) whose records named the root
+    /// chosen from the swarm, which a plan's resolve passes on as hints for its keys.
+    async fn resolve_hinted(
+        &self,
+        key: BuildKey,
+        hints: &[Hint],
+    ) -> Result<(Resolution, Vec<Hint>), ApiError> {
         let gate = self
             .lock_inflight()
             .entry(key)
@@ -1095,8 +1118,8 @@ impl Shared {
         let result = {
             let _turn = gate.lock().await;
             match self.resolve_local(key).await {
-                Ok(Ok(hit)) => Ok(hit),
-                Ok(Err(local)) => self.resolve_remote(key, local).await,
+                Ok(Ok(hit)) => Ok((hit, Vec::new())),
+                Ok(Err(local)) => self.resolve_remote(key, local, hints).await,
                 Err(e) => Err(e),
             }
         };
@@ -1118,11 +1141,11 @@ impl Shared {
         &self,
         key: BuildKey,
         local: Vec<BuildRecord>,
-    ) -> Result<Resolution, ApiError> {
+        hints: &[Hint],
+    ) -> Result<(Resolution, Vec<Hint>), ApiError> {
+        let miss = |reason: String| Ok((Resolution::Miss { reason }, Vec::new()));
         let Some(net) = &self.net else {
-            return Ok(Resolution::Miss {
-                reason: "no trusted record in the local store and no swarm is configured".into(),
-            });
+            return miss("no trusted record in the local store and no swarm is configured".into());
         };
         let started = std::time::Instant::now();
         let limit = self.config.lookup_timeout;
@@ -1138,17 +1161,16 @@ impl Shared {
         // retry pause running past it.
         let guard = limit + NET_RETRY_SLACK;
         let report =
-            match tokio::time::timeout(guard, fetch_records(net, key, deadline, &enough)).await {
+            match tokio::time::timeout(guard, fetch_records(net, key, deadline, hints, &enough))
+                .await
+            {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    return Ok(Resolution::Miss {
-                        reason: format!("record lookup failed: {e}"),
-                    });
-                }
+                Ok(Err(e)) => return miss(format!("record lookup failed: {e}")),
                 Err(_) => {
-                    return Ok(Resolution::Miss {
-                        reason: format!("record lookup took longer than {} ms", limit.as_millis()),
-                    });
+                    return miss(format!(
+                        "record lookup took longer than {} ms",
+                        limit.as_millis()
+                    ));
                 }
             };
         let records_ms = started.elapsed().as_millis();
@@ -1163,7 +1185,7 @@ impl Shared {
                 ),
                 None => "no provider has a record for this key".into(),
             };
-            return Ok(Resolution::Miss { reason });
+            return miss(reason);
         }
         let keep = fetched.clone();
         blocking(&self.store, move |s| {
@@ -1180,13 +1202,17 @@ impl Shared {
             }
         }
         let Some((root, records)) = self.choose(key, &all) else {
-            return Ok(Resolution::Miss {
-                reason: format!(
-                    "{} record(s) found, none from a trusted builder",
-                    fetched.len()
-                ),
-            });
+            return miss(format!(
+                "{} record(s) found, none from a trusted builder",
+                fetched.len()
+            ));
         };
+        let holders: Vec<Hint> = report
+            .records
+            .iter()
+            .filter(|f| f.record.root() == root)
+            .map(|f| (f.swarm.clone(), f.peer))
+            .collect();
         let (swarm, bytes_fetched) = match blocking(&self.store, move |s| s.artifact(&root)).await?
         {
             Some(_) => ("local".to_string(), 0),
@@ -1213,11 +1239,7 @@ impl Shared {
                 .await
                 {
                     Ok(r) => r,
-                    Err(e) => {
-                        return Ok(Resolution::Miss {
-                            reason: format!("fetching artifact {root} failed: {e}"),
-                        });
-                    }
+                    Err(e) => return miss(format!("fetching artifact {root} failed: {e}")),
                 };
                 tokio::task::spawn_blocking(move || session.register(root, false))
                     .await
@@ -1227,13 +1249,14 @@ impl Shared {
             }
         };
         debug!(%key, %root, records_ms, total_ms = started.elapsed().as_millis(), bytes_fetched, "resolved from the swarm");
-        Ok(Resolution::Hit {
+        let hit = Resolution::Hit {
             root,
             records: records.iter().map(BuildRecord::encode).collect(),
             source: swarm,
             bytes_fetched,
             verify: self.sample(),
-        })
+        };
+        Ok((hit, holders))
     }
 
     async fn publish(
@@ -1286,7 +1309,15 @@ impl Shared {
         if let Some(net) = &self.net {
             // Every record is wanted here (nothing is enough), within the lookup limit.
             let deadline = tokio::time::Instant::now() + self.config.lookup_timeout;
-            match fetch_records(net, key, deadline, &|_: &[rdht_net::FetchedRecord]| false).await {
+            match fetch_records(
+                net,
+                key,
+                deadline,
+                &[],
+                &|_: &[rdht_net::FetchedRecord]| false,
+            )
+            .await
+            {
                 Ok(report) => {
                     for f in report.records {
                         if !all.contains(&f.record) {

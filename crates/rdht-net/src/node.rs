@@ -353,7 +353,44 @@ impl NodeHandle {
         deadline: Option<tokio::time::Instant>,
         enough: &(dyn Fn(&[FetchedRecord]) -> bool + Send + Sync),
     ) -> Result<RecordsReport, NetError> {
+        self.fetch_records_hinted(key, deadline, &[], enough).await
+    }
+
+    /// [`Self::fetch_records_until`] that first asks `hints`, peers (each with the swarm
+    /// to ask it in) likely to hold records of `key`, such as the builder whose build
+    /// plan listed it, and looks providers up in the DHT only if their records are not
+    /// `enough`. A DHT lookup costs several round trips (hundreds of milliseconds in a
+    /// large swarm); a hinted peer costs one. Hinted peers' records are verified like
+    /// any others; banned peers, ourselves and swarms this node is not in are skipped.
+    pub async fn fetch_records_hinted(
+        &self,
+        key: BuildKey,
+        deadline: Option<tokio::time::Instant>,
+        hints: &[(String, PeerId)],
+        enough: &(dyn Fn(&[FetchedRecord]) -> bool + Send + Sync),
+    ) -> Result<RecordsReport, NetError> {
         let mut report = RecordsReport::default();
+        let mut hinted: HashMap<&str, Vec<PeerId>> = HashMap::new();
+        for s in &self.inner.swarms {
+            let mut peers: Vec<PeerId> = hints
+                .iter()
+                .filter(|(n, p)| *n == s.name && *p != self.inner.peer_id && !self.is_banned(p))
+                .map(|(_, p)| *p)
+                .collect();
+            peers.sort();
+            peers.dedup();
+            if peers.is_empty() {
+                continue;
+            }
+            if self
+                .ask_for_records(s, key, &peers, deadline, enough, &mut report)
+                .await
+                .is_break()
+            {
+                return Ok(report);
+            }
+            hinted.insert(&s.name, peers);
+        }
         for s in &self.inner.swarms {
             let lookup = self.lookup(
                 s,
@@ -364,56 +401,79 @@ impl NodeHandle {
                 debug!(swarm = %s.name, %key, "record lookup passed the deadline");
                 return Ok(report);
             };
-            let lookup = lookup?;
-            let mut asked: Vec<PeerId> = lookup.providers.clone();
-            let mut answers: futures::stream::FuturesUnordered<_> = lookup
-                .providers
-                .iter()
-                .map(|p| async move { (*p, self.records_retrying(s, *p, key).await) })
-                .collect();
-            loop {
-                let Some(next) = before(deadline, answers.next()).await else {
-                    for peer in asked {
-                        report.failures.push(PeerFailure {
-                            peer,
-                            reason: DropReason::Unanswered,
-                        });
-                    }
-                    return Ok(report);
-                };
-                let Some((peer, answer)) = next else {
-                    break;
-                };
-                asked.retain(|p| *p != peer);
-                match answer {
-                    Ok(records) => {
-                        for record in records {
-                            let enc = record.encode();
-                            if !report.records.iter().any(|r| r.record.encode() == enc) {
-                                report.records.push(FetchedRecord {
-                                    swarm: s.name.clone(),
-                                    peer,
-                                    record,
-                                });
-                            }
-                        }
-                        if !report.records.is_empty() && enough(&report.records) {
-                            return Ok(report);
-                        }
-                    }
-                    Err(reason) => {
-                        if matches!(reason, DropReason::Corrupt(_)) {
-                            self.ban(peer);
-                        }
-                        report.failures.push(PeerFailure { peer, reason });
-                    }
-                }
+            let mut providers = lookup?.providers;
+            if let Some(asked) = hinted.get(s.name.as_str()) {
+                providers.retain(|p| !asked.contains(p));
+            }
+            if self
+                .ask_for_records(s, key, &providers, deadline, enough, &mut report)
+                .await
+                .is_break()
+            {
+                return Ok(report);
             }
             if !report.records.is_empty() {
                 break;
             }
         }
         Ok(report)
+    }
+
+    /// Asks `peers` of swarm `s` at once for records of `key`, adding what arrives to
+    /// `report`. Breaks when the records satisfy `enough` or at `deadline` (listing the
+    /// peers still asked as unanswered); continues once every peer has answered.
+    async fn ask_for_records(
+        &self,
+        s: &SwarmHandle,
+        key: BuildKey,
+        peers: &[PeerId],
+        deadline: Option<tokio::time::Instant>,
+        enough: &(dyn Fn(&[FetchedRecord]) -> bool + Send + Sync),
+        report: &mut RecordsReport,
+    ) -> std::ops::ControlFlow<()> {
+        let mut asked: Vec<PeerId> = peers.to_vec();
+        let mut answers: futures::stream::FuturesUnordered<_> = peers
+            .iter()
+            .map(|p| async move { (*p, self.records_retrying(s, *p, key).await) })
+            .collect();
+        loop {
+            let Some(next) = before(deadline, answers.next()).await else {
+                for peer in asked {
+                    report.failures.push(PeerFailure {
+                        peer,
+                        reason: DropReason::Unanswered,
+                    });
+                }
+                return std::ops::ControlFlow::Break(());
+            };
+            let Some((peer, answer)) = next else {
+                return std::ops::ControlFlow::Continue(());
+            };
+            asked.retain(|p| *p != peer);
+            match answer {
+                Ok(records) => {
+                    for record in records {
+                        let enc = record.encode();
+                        if !report.records.iter().any(|r| r.record.encode() == enc) {
+                            report.records.push(FetchedRecord {
+                                swarm: s.name.clone(),
+                                peer,
+                                record,
+                            });
+                        }
+                    }
+                    if !report.records.is_empty() && enough(&report.records) {
+                        return std::ops::ControlFlow::Break(());
+                    }
+                }
+                Err(reason) => {
+                    if matches!(reason, DropReason::Corrupt(_)) {
+                        self.ban(peer);
+                    }
+                    report.failures.push(PeerFailure { peer, reason });
+                }
+            }
+        }
     }
 
     /// [`Self::records_from`], asked once more when the connection closed under the

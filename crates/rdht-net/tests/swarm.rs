@@ -629,6 +629,83 @@ async fn record_providers(
     (good, second, asker)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hinted_peers_are_asked_for_records_first_and_the_dht_only_if_not_enough() {
+    init_tracing();
+    let build = BuildKey::from_bytes([31; 32]);
+    let hinted_record = signed(build, BlockId::from_bytes([32; 32]), 11);
+    let dht_record = signed(build, BlockId::from_bytes([33; 32]), 12);
+    let hinted_store = Arc::new(MemoryBlocks::new());
+    hinted_store.insert_record(hinted_record.clone());
+    // The hinted peer never announces the key: the DHT knows no provider of it there.
+    let hinted = node(vec![swarm("public", vec![])], hinted_store).await;
+    let announcer_store = Arc::new(MemoryBlocks::new());
+    announcer_store.insert_record(dht_record.clone());
+    let announcer = node(
+        vec![swarm("public", vec![addr(&hinted, "public").await])],
+        announcer_store,
+    )
+    .await;
+    announcer.provide(ProviderKey::Build(build)).await.unwrap();
+    let asker = node(
+        vec![swarm("public", vec![addr(&hinted, "public").await])],
+        Arc::new(MemoryBlocks::new()),
+    )
+    .await;
+    eventually(T, "the announced provider to be found", || async {
+        let l = asker
+            .find_providers(ProviderKey::Build(build))
+            .await
+            .unwrap()?;
+        (l.providers == [announcer.peer_id()]).then_some(())
+    })
+    .await;
+    let records = |r: &rdht_net::RecordsReport| -> Vec<(libp2p::PeerId, BuildRecord)> {
+        r.records
+            .iter()
+            .map(|f| (f.peer, f.record.clone()))
+            .collect()
+    };
+
+    // Without hints only the DHT's provider is asked.
+    let plain = asker
+        .fetch_records_until(build, None, &|_: &[rdht_net::FetchedRecord]| true)
+        .await
+        .unwrap();
+    assert_eq!(records(&plain), [(announcer.peer_id(), dht_record.clone())]);
+
+    // A hint is asked first; its record is enough, so the DHT is not consulted. Hints in
+    // another swarm, or naming the asker itself, are skipped.
+    let hints = [
+        ("public".to_string(), hinted.peer_id()),
+        ("elsewhere".to_string(), announcer.peer_id()),
+        ("public".to_string(), asker.peer_id()),
+    ];
+    let first = asker
+        .fetch_records_hinted(build, None, &hints, &|_: &[rdht_net::FetchedRecord]| true)
+        .await
+        .unwrap();
+    assert_eq!(records(&first), [(hinted.peer_id(), hinted_record.clone())]);
+    assert!(first.failures.is_empty(), "{:?}", first.failures);
+
+    // Not enough from the hint: the DHT's provider is asked too.
+    let two = |r: &[rdht_net::FetchedRecord]| r.len() >= 2;
+    let both = asker
+        .fetch_records_hinted(build, None, &hints, &two)
+        .await
+        .unwrap();
+    assert_eq!(
+        records(&both),
+        [
+            (hinted.peer_id(), hinted_record),
+            (announcer.peer_id(), dht_record)
+        ]
+    );
+    for n in [asker, announcer, hinted] {
+        n.shutdown().await;
+    }
+}
+
 /// Holds a record request open without answering until released (a frozen peer).
 struct SilentRecords {
     gate: (Mutex<bool>, Condvar),
