@@ -164,6 +164,16 @@ async fn evil_first(
         .unwrap()
 }
 
+/// Waits until `node` has a connection to each of `peers` in its first swarm.
+async fn connected_to(node: &NodeHandle, peers: &[libp2p::PeerId]) {
+    eventually(T, "connections to the providers", || async {
+        let swarms = node.peers().await.unwrap();
+        let connected = &swarms[0].1;
+        peers.iter().all(|p| connected.contains(p)).then_some(())
+    })
+    .await;
+}
+
 /// A fetcher's config bootstrapping from `peers`, asking one provider at a time.
 fn one_provider_at_a_time(peers: Vec<rdht_net::BootstrapPeer>) -> NodeConfig {
     let mut cfg = NodeConfig::new(vec![swarm("public", peers)]);
@@ -185,6 +195,10 @@ async fn provider_killed_mid_fetch_the_fetch_completes_from_another() {
         addr(&honest, "public").await,
     ]);
     let fetcher = node_with(cfg, sink.clone()).await;
+    // Connected to both first: a stream opened while the first connection to the doomed
+    // provider is still being set up can wait out the connect timeout under load, and
+    // then the fetch never reaches it.
+    connected_to(&fetcher, &[doomed.peer_id(), honest.peer_id()]).await;
 
     let providers = [doomed.peer_id(), honest.peer_id()];
     let mut fetch = {
@@ -297,8 +311,17 @@ async fn a_provider_frozen_mid_stream_hands_its_dags_to_an_idle_one_before_the_s
     // 8 files of 256 KiB: 17 blocks each, one file per request.
     let art = Artifact::new(8, &[256 * 1024; 8]);
     let frozen = FreezingSource::new(art.store(), 30);
+    // On a runtime of its own: its 30th block stops the whole node, as a stopped
+    // process would, and not a thread the other nodes run on.
+    let staller_node = Freezable::serving(vec![swarm("public", vec![])], frozen.clone());
+    // Dropped first: the staller's thread is released before its handle joins it.
     let _unfreeze = Unfreeze(frozen.clone());
-    let (staller, honest) = bad_and_honest(frozen.clone(), art.store()).await;
+    let staller = staller_node.node.clone();
+    let honest = node(
+        vec![swarm("public", vec![addr(&staller, "public").await])],
+        art.store(),
+    )
+    .await;
     let sink = Arc::new(MemoryBlocks::new());
     let mut cfg = NodeConfig::new(vec![swarm(
         "public",
@@ -314,6 +337,7 @@ async fn a_provider_frozen_mid_stream_hands_its_dags_to_an_idle_one_before_the_s
     cfg.fetch.stall_timeout = Duration::from_secs(3600);
     cfg.fetch.hedge_after = Duration::from_millis(300);
     let fetcher = node_with(cfg, sink.clone()).await;
+    connected_to(&fetcher, &[staller.peer_id(), honest.peer_id()]).await;
 
     let providers = [staller.peer_id(), honest.peer_id()];
     let fetch = fetcher.fetch_artifact_from("public", art.root, &providers, &*sink);
@@ -336,9 +360,10 @@ async fn a_provider_frozen_mid_stream_hands_its_dags_to_an_idle_one_before_the_s
     assert_eq!(report.blocks_fetched as usize, art.blocks.len());
     art.assert_exactly_in(&sink);
     drop(_unfreeze);
-    for n in [fetcher, honest, staller] {
+    for n in [fetcher, honest] {
         n.shutdown().await;
     }
+    drop(staller_node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -802,6 +827,12 @@ struct Freezable {
 
 impl Freezable {
     fn start(swarms: Vec<rdht_net::SwarmConfig>) -> Freezable {
+        Freezable::serving(swarms, Arc::new(MemoryBlocks::new()))
+    }
+
+    /// A freezable node serving `source`; a source that blocks freezes the whole node
+    /// (its runtime's only thread), not the test's runtime.
+    fn serving(swarms: Vec<rdht_net::SwarmConfig>, source: Arc<dyn BlockSource>) -> Freezable {
         let (tx, rx) = std::sync::mpsc::channel();
         let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
@@ -812,7 +843,7 @@ impl Freezable {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let n = node(swarms, Arc::new(MemoryBlocks::new())).await;
+                let n = node(swarms, source).await;
                 tx.send(n.clone()).unwrap();
                 if frozen.await.is_ok() {
                     // Blocks the runtime's only thread: the swarm task stops with it.
@@ -1008,12 +1039,7 @@ async fn files_are_fetched_from_several_providers_in_parallel() {
         (l.providers.len() == 2).then_some(())
     })
     .await;
-    eventually(T, "connections to both providers", || async {
-        let peers = fetcher.peers().await.unwrap();
-        let p = &peers[0].1;
-        (p.contains(&a.peer_id()) && p.contains(&b.peer_id())).then_some(())
-    })
-    .await;
+    connected_to(&fetcher, &[a.peer_id(), b.peer_id()]).await;
 
     let report = fetcher.fetch_artifact(art.root, &*sink).await.unwrap();
     assert_eq!(report.files, 12);
