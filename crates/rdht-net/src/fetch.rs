@@ -131,18 +131,16 @@ struct Work {
     /// a worker dropped while still opening a stream loses none of its earlier counts.
     received: HashMap<PeerId, Got>,
     /// Workers holding a batch, and when each last received a frame (or sent its
-    /// request).
+    /// request). A worker removed while its batch runs has been hedged: silent for
+    /// `hedge_after` while another was idle, it gives its batch back.
     progress: HashMap<PeerId, Instant>,
-    /// Workers told to give their batch back: silent for `hedge_after` while another
-    /// worker was idle.
-    hedged: HashSet<PeerId>,
 }
 
 struct Shared {
     work: Mutex<Work>,
     /// Work went back to the queue or was completed.
     notify: Notify,
-    /// A worker was added to `hedged`.
+    /// A worker was hedged (removed from `progress`).
     hedge: Notify,
 }
 
@@ -252,7 +250,6 @@ async fn run(
             done: Vec::new(),
             received: HashMap::new(),
             progress: HashMap::new(),
-            hedged: HashSet::new(),
         }),
         notify: Notify::new(),
         hedge: Notify::new(),
@@ -342,14 +339,7 @@ async fn worker(
             if w.queue.is_empty() && w.in_flight == 0 {
                 return end;
             }
-            // Hedged workers are excluded: they give their work back when next polled.
-            let silent_since = w
-                .progress
-                .iter()
-                .filter(|(p, _)| !w.hedged.contains(*p))
-                .map(|(_, t)| *t)
-                .min();
-            (!w.queue.is_empty(), silent_since)
+            (!w.queue.is_empty(), w.progress.values().min().copied())
         };
         if !queued {
             // Idle: wait for work to come back, or take it back from a provider that has
@@ -417,7 +407,6 @@ async fn worker(
         {
             let mut w = shared.lock();
             w.progress.remove(&peer);
-            w.hedged.remove(&peer);
             let counts = w.received.entry(peer).or_default();
             counts.blocks += got.blocks;
             counts.bytes += got.bytes;
@@ -453,21 +442,18 @@ async fn worker(
 fn hedge_silent(shared: &Shared, after: std::time::Duration) {
     let now = Instant::now();
     let mut w = shared.lock();
-    let silent: Vec<PeerId> = w
-        .progress
-        .iter()
-        .filter(|(p, t)| now.duration_since(**t) >= after && !w.hedged.contains(*p))
-        .map(|(p, _)| *p)
-        .collect();
-    if silent.is_empty() {
-        return;
+    let before = w.progress.len();
+    w.progress.retain(|p, t| {
+        let silent = now.duration_since(*t) >= after;
+        if silent {
+            info!(peer = %p, ?after, "provider silent while another is idle; resuming its DAGs elsewhere");
+        }
+        !silent
+    });
+    if w.progress.len() < before {
+        drop(w);
+        shared.hedge.notify_waiters();
     }
-    for p in silent {
-        info!(peer = %p, ?after, "provider silent while another is idle; resuming its DAGs elsewhere");
-        w.hedged.insert(p);
-    }
-    drop(w);
-    shared.hedge.notify_waiters();
 }
 
 /// A batch's link to the shared state: records progress, learns of being hedged.
@@ -484,7 +470,7 @@ impl Watch<'_> {
     }
 
     fn hedged(&self) -> bool {
-        self.shared.lock().hedged.contains(&self.peer)
+        !self.shared.lock().progress.contains_key(&self.peer)
     }
 }
 
