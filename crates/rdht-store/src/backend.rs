@@ -7,12 +7,19 @@
 //!
 //! The trait is deliberately small so that tests can wrap a backend and inject faults
 //! (a full disk, a failed flush) the way redb's storage-backend trait does.
+//!
+//! Closing: sled 0.34 has no close call, and its detached I/O threads (log writes,
+//! segment truncation) keep clones of its file handle, and so its `flock`, for a
+//! while after the last `Db` is dropped. A [`SledBackend`] therefore waits, when it is
+//! dropped or [closed](Backend::close), until that lock is free, so that a reopen in
+//! the same process never meets a lock held by a database already gone.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -101,6 +108,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Where the data lives, for error messages (`None` for memory).
     fn path(&self) -> Option<&Path>;
+
+    /// Flushes and releases the backend. When it returns `Ok`, the same data can be
+    /// opened again at once, in this process or another. Dropping a backend releases
+    /// it too, but cannot report a failure.
+    fn close(self: Box<Self>) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 /// A shared backend: lets a test keep a handle to write behind the store's back.
@@ -233,10 +247,67 @@ impl Default for SledOptions {
     }
 }
 
+/// How long a closed sled database may keep its lock before close reports an error.
+/// Its I/O threads finish a write or an fsync; seconds are already a sick disk.
+pub const SLED_RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The on-disk backend: one sled 0.34 tree (the default tree of the database).
 pub struct SledBackend {
     db: sled::Db,
     path: PathBuf,
+    /// Invariant: declared after `db`, so that it is dropped after it (fields drop in
+    /// declaration order) and waits for the lock that `db`'s threads still hold.
+    release: LockRelease,
+}
+
+/// Waits, once, for sled's lock on `<dir>/db` to be released.
+struct LockRelease {
+    lock_file: PathBuf,
+    done: bool,
+}
+
+impl LockRelease {
+    /// Polls, with a deadline, until the lock on `lock_file` can be taken (and then
+    /// releases it at once). A file that is gone holds no lock.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.done = true;
+        let file = match std::fs::File::open(&self.lock_file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return file.unlock(),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "sled still holds its lock on {} {timeout:?} after the database was closed",
+                            self.lock_file.display()
+                        ),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for LockRelease {
+    fn drop(&mut self) {
+        if !self.done
+            && let Err(e) = self.wait(SLED_RELEASE_TIMEOUT)
+        {
+            tracing::warn!(error = %e, "closing the sled database");
+        }
+    }
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -263,6 +334,10 @@ impl SledBackend {
         Ok(SledBackend {
             db,
             path: path.to_path_buf(),
+            release: LockRelease {
+                lock_file: path.join("db"),
+                done: false,
+            },
         })
     }
 }
@@ -334,5 +409,14 @@ impl Backend for SledBackend {
 
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
+    }
+
+    fn close(self: Box<Self>) -> io::Result<()> {
+        self.flush()?;
+        let SledBackend {
+            db, mut release, ..
+        } = *self;
+        drop(db);
+        release.wait(SLED_RELEASE_TIMEOUT)
     }
 }

@@ -116,6 +116,14 @@ pub enum StoreError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// [`Store::close`](crate::Store::close) while other handles to the store live.
+    #[error("cannot close the store at {path}: {handles} other handle(s) still use it")]
+    InUse {
+        /// The database directory.
+        path: PathBuf,
+        /// How many other clones (and open sessions) hold it.
+        handles: usize,
+    },
     /// A block DAG in the store is wider than this platform can count.
     #[error("artifact {root} has more than {max} blocks")]
     TooManyBlocks {

@@ -259,6 +259,24 @@ impl Store {
         self.inner.flush()
     }
 
+    /// Flushes and closes the store. When it returns `Ok`, the same directory can be
+    /// opened again at once, in this process or another (sled's file lock is free).
+    /// Refuses, with [`StoreError::InUse`], while other clones or sessions live; the
+    /// store then stays open through them.
+    pub fn close(self) -> Result<(), StoreError> {
+        let inner = Arc::try_unwrap(self.inner).map_err(|inner| StoreError::InUse {
+            path: inner.path.clone(),
+            handles: Arc::strong_count(&inner) - 1,
+        })?;
+        inner.flush()?;
+        let Inner { backend, path, .. } = inner;
+        backend.close().map_err(|source| StoreError::Backend {
+            op: "close",
+            path,
+            source,
+        })
+    }
+
     /// Starts a session: blocks put through it are protected from GC until the session
     /// registers their artifact or is dropped. The network layer fetches an artifact's
     /// blocks through a session, then calls [`Session::register`].

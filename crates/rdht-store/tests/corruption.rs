@@ -65,7 +65,8 @@ fn build(db: &Path, scratch: &Path) -> Original {
     )
     .unwrap();
     store.put_record(&record).unwrap();
-    store.flush().unwrap();
+    // Closed, so that sled's threads no longer write the files copied and edited next.
+    store.close().unwrap();
     Original {
         root,
         blocks,
@@ -114,8 +115,7 @@ fn check_copy(db: &Path, orig: &Original) -> Outcome {
     check_copy_keep(db, orig).0
 }
 
-/// [`check_copy`], also returning the open store (sled takes a moment to release its
-/// lock after a drop, so reopening at once can fail).
+/// [`check_copy`], also returning the open store.
 fn check_copy_keep(db: &Path, orig: &Original) -> (Outcome, Option<Store>) {
     let store = match Store::open(db, Config::default()) {
         Ok(s) => s,

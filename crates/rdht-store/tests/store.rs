@@ -767,21 +767,6 @@ fn disk_full_is_reported_with_path_and_leaves_no_artifact() {
     assert_eq!(store.artifacts().unwrap(), vec![]);
 }
 
-/// Reopens a sled store just dropped in this process. sled releases its file lock
-/// when its background threads finish, so poll (with a deadline) while it is held.
-fn reopen(db: &Path, config: Config) -> Store {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Store::open(db, config.clone()) {
-            Ok(s) => return s,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::yield_now();
-            }
-            Err(e) => panic!("reopen: {e}"),
-        }
-    }
-}
-
 #[test]
 fn permission_denied_and_export_errors_name_path_and_cause() {
     // The backend refuses the very first write (the format marker at open).
@@ -894,9 +879,10 @@ fn sled_reopen_keeps_artifacts_records_pins_and_counts() {
         let mut st = store.stats().unwrap();
         st.blocks -= 1;
         st.logical_bytes -= 6;
+        store.close().unwrap();
         (root, st)
     };
-    let store = reopen(&db, Config::default());
+    let store = Store::open(&db, Config::default()).unwrap();
     let after = store.stats().unwrap();
     assert_eq!(
         (
@@ -941,7 +927,9 @@ fn sled_gc_compacts_mostly_dead_packs() {
         let k = store.ingest(labels("k"), fx_files, false).unwrap().root;
         let fx_files = write_files(dir.path(), "d", &drop_files);
         let d = store.ingest(labels("d"), fx_files, false).unwrap().root;
-        (k, d, store.stats().unwrap())
+        let stats = store.stats().unwrap();
+        store.close().unwrap();
+        (k, d, stats)
     };
     let packs_dir = db.join("packs");
     let count = || std::fs::read_dir(&packs_dir).unwrap().count();
@@ -949,7 +937,7 @@ fn sled_gc_compacts_mostly_dead_packs() {
     // 3 MB of "drop" the next ones.
     let before_packs = count();
     assert!(before_packs >= 4, "{before_packs}");
-    let store = reopen(&db, config);
+    let store = Store::open(&db, config).unwrap();
     assert!(store.remove_artifact(&d).unwrap());
     let report = store.gc_to(u64::MAX).unwrap();
     assert_eq!(
@@ -973,9 +961,9 @@ fn sled_gc_compacts_mostly_dead_packs() {
         std::fs::read(out.path().join("keep")).unwrap(),
         data(1, 300_000)
     );
-    drop(store);
+    store.close().unwrap();
     // The moved blocks are durable where the index says.
-    let store = reopen(&db, Config::default());
+    let store = Store::open(&db, Config::default()).unwrap();
     store.verify_artifact(&k).unwrap();
     assert_eq!(store.stats().unwrap().corruptions, 0);
 }
@@ -1354,11 +1342,16 @@ fn sled_gc_compaction_keeps_blocks_compressed() {
     let content = text(4, 150_000);
     std::fs::write(dir.path().join("keep"), &content).unwrap();
     let (k, d) = {
-        let (store, _raw) = open();
+        let (store, raw) = open();
         let files = vec![IngestFile::from_disk("keep", dir.path().join("keep")).unwrap()];
         let k = store.ingest(labels("k"), files, false).unwrap().root;
         let files = write_files(dir.path(), "d", &[("drop", 2, 1_000_000, false)]);
         let d = store.ingest(labels("d"), files, false).unwrap().root;
+        // The last handle to the sled backend goes with the store's close, which
+        // returns once sled's lock is free (regression: the reopen below failed with
+        // "could not acquire lock" about 1 run in 4 while sled's I/O threads held it).
+        drop(raw);
+        store.close().unwrap();
         (k, d)
     };
     // Reopened: a new pack is current, so the old ones can be compacted.
@@ -1394,11 +1387,12 @@ fn format_1_stores_are_upgraded_and_unknown_formats_refused() {
         let mut batch = Batch::new();
         batch.put(b"mformat".to_vec(), v.to_le_bytes().to_vec());
         raw.apply(batch).unwrap();
-        raw.flush().unwrap();
+        Box::new(raw).close().unwrap();
     };
     let format = || {
         let raw = SledBackend::open(&db, &SledOptions::default()).unwrap();
         let v = raw.get(b"mformat").unwrap().unwrap();
+        Box::new(raw).close().unwrap();
         u32::from_le_bytes(v[..].try_into().unwrap())
     };
     let content = text(1, 50_000);
@@ -1406,7 +1400,9 @@ fn format_1_stores_are_upgraded_and_unknown_formats_refused() {
     let root = {
         let store = Store::open(dir.path(), Config::default()).unwrap();
         let files = vec![IngestFile::from_disk("f", dir.path().join("f")).unwrap()];
-        store.ingest(labels("f"), files, false).unwrap().root
+        let root = store.ingest(labels("f"), files, false).unwrap().root;
+        store.close().unwrap();
+        root
     };
     assert_eq!(format(), 2);
     set_format(1);
@@ -1415,6 +1411,7 @@ fn format_1_stores_are_upgraded_and_unknown_formats_refused() {
         let out = tempfile::tempdir().unwrap();
         store.export(&root, out.path()).unwrap();
         assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+        store.close().unwrap();
     }
     assert_eq!(format(), 2);
     set_format(3);
@@ -1430,4 +1427,44 @@ fn format_1_stores_are_upgraded_and_unknown_formats_refused() {
         ),
         "{err}"
     );
+}
+
+/// Regression (issue 20): a closed sled store reopens at once, every time. sled's I/O
+/// threads hold its file lock for a while after the database is dropped; `close` (and
+/// a plain drop) return only once it is free.
+#[test]
+fn sled_store_reopens_at_once_after_close_or_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let config = Config {
+        pack_size: 256 << 10,
+        ..Config::default()
+    };
+    let mut roots = Vec::new();
+    for round in 0..12u64 {
+        let store = Store::open(&db, config.clone()).unwrap();
+        assert_eq!(store.artifacts().unwrap().len(), roots.len());
+        let files = write_files(
+            dir.path(),
+            &format!("r{round}"),
+            &[("f", round, 400_000, false)],
+        );
+        roots.push(store.ingest(labels("r"), files, false).unwrap().root);
+        // A clone keeps the store open: close refuses and says so.
+        let clone = store.clone();
+        let err = store.close().unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InUse { handles: 1, path } if path == &db.join("index")),
+            "{err:?}"
+        );
+        if round % 2 == 0 {
+            clone.close().unwrap();
+        } else {
+            drop(clone);
+        }
+    }
+    let store = Store::open(&db, config).unwrap();
+    for root in &roots {
+        store.verify_artifact(root).unwrap();
+    }
 }
