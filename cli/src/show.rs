@@ -38,7 +38,9 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
     let text = format!(
         "peer id:   {}\npeers:     {}\nstore:     {} blocks, {} ({} on disk), {} pinned, {cap}\n\
          reads:     {} hits, {} misses, {} evictions\nresolves:  {} hits, {} misses\n\
-         transfer:  {} in, {} out\ntrust:     {} conflicts seen, {} builders blocklisted\n\
+         transfer:  {} in, {} out\n\
+         policy:    {} trusted builder(s), {} required per artifact, {} of other builders' hits rebuilt and compared\n\
+         trust:     {} conflicts seen, {} builders blocklisted\n\
          sharing:   {} jobs queued or running; since start {} published, {} failed\n",
         s.peer_id,
         s.peers,
@@ -53,16 +55,37 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
         s.resolve_misses,
         HumanBytes(s.bytes_in),
         HumanBytes(s.bytes_out),
+        s.trusted_builders,
+        s.required_signatures,
+        percent(s.verify_sample_ppm),
         s.conflicts,
         s.blocklisted,
         jobs.pending,
         jobs.published,
         jobs.failed,
     );
+    let mut text = text;
+    for sw in &s.swarms {
+        text.push_str(&format!(
+            "swarm:     {}: {} peers, {} lookups\n",
+            sw.name, sw.peers, sw.lookups
+        ));
+    }
+    let swarms: Vec<Value> = s
+        .swarms
+        .iter()
+        .map(|sw| json!({ "name": sw.name, "peers": sw.peers, "lookups": sw.lookups }))
+        .collect();
     let v = json!({
         "peer_id": s.peer_id,
         "listen_addrs": s.listen_addrs,
         "peers": s.peers,
+        "swarms": swarms,
+        "policy": {
+            "trusted_builders": s.trusted_builders,
+            "required_signatures": s.required_signatures,
+            "verify_sample_rate": f64::from(s.verify_sample_ppm) / 1e6,
+        },
         "store": {
             "blocks": st.blocks,
             "logical_bytes": st.logical_bytes,
@@ -87,6 +110,13 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
         },
     });
     (text, v)
+}
+
+/// Parts per million as a percentage, without trailing zeros (`2%`, `0.5%`).
+fn percent(ppm: u32) -> String {
+    let text = format!("{:.4}", f64::from(ppm) / 1e4);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
 }
 
 /// `rdht peers`.
@@ -175,6 +205,14 @@ mod tests {
         let s = NodeStatus {
             peer_id: "p".into(),
             peers: 2,
+            trusted_builders: 3,
+            required_signatures: 2,
+            verify_sample_ppm: 20_000,
+            swarms: vec![rdht_api::proto::SwarmStatus {
+                name: "private".into(),
+                peers: 2,
+                lookups: 7,
+            }],
             store: StoreStatus {
                 blocks: 3,
                 logical_bytes: 2048,
@@ -194,10 +232,26 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.ends_with(
-                "sharing:   2 jobs queued or running; since start 5 published, 1 failed\n"
+            text.contains(
+                "policy:    3 trusted builder(s), 2 required per artifact, 2% of other builders' hits rebuilt and compared\n"
             ),
             "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "sharing:   2 jobs queued or running; since start 5 published, 1 failed\n\
+                 swarm:     private: 2 peers, 7 lookups\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            v["policy"],
+            json!({"trusted_builders": 3, "required_signatures": 2, "verify_sample_rate": 0.02})
+        );
+        assert_eq!(v["swarms"][0]["lookups"], 7);
+        assert_eq!(
+            (percent(5_000), percent(1_000_000), percent(0)),
+            ("0.5%".into(), "100%".into(), "0%".into())
         );
         assert_eq!(v["store"]["logical_bytes"], 2048);
         assert_eq!(v["peers"], 2);

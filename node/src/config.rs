@@ -40,22 +40,28 @@ listen = ["/ip4/0.0.0.0/tcp/4517"]
 # Flag: --store-max-bytes. Env: RDHT_STORE_MAX_BYTES.
 store_max_bytes = 21474836480
 
-# The public swarm: open to anyone, no key. Only crates.io crates are announced
-# there, and no single unknown builder's record is trusted from it.
+# The public swarm: open to anyone, no key. Only crates.io crates are announced and
+# looked up there. It carries the records of builders you chose to trust (a community
+# CI key, your team's CI) from any peer that holds them; it is not a source of trust
+# itself: records by builders you do not trust are never used, however many agree.
 # public = false
 # public_listen = ["/ip4/0.0.0.0/tcp/4518"]
 # public_bootstrap = "/etc/rdht/public-bootstrap.txt"
 
-# Trust (specs/trust.md). A record is used when its builder is trusted: this node,
-# a key listed here (hex public keys, as `rdht id` prints them) or one added with
-# `rdht trust add`. Otherwise at least `trust_threshold` distinct builders (2 or more:
-# no single unknown builder ever suffices) must agree on the same artifact.
+# Trust (specs/trust.md). Trusted builders are this node, the keys listed here (hex
+# public keys, as `rdht id` prints them) and those added with `rdht trust add`. An
+# artifact is used only when at least `required_signatures` distinct trusted builders
+# claim it (1 or more). Records by anyone else never count, however many agree,
+# because keys cost nothing. Set it to 2 or more so that one compromised trusted
+# builder is not enough.
 # trusted_keys = []
-# trust_threshold = 2
+# required_signatures = 1
 
-# Share of cache hits that are also rebuilt locally and compared (0.02 = 2%). A
-# mismatch is logged, counted and blocklists the builders that claimed the artifact.
-# verify_sample_rate = 0.0
+# Share of cache hits built by other machines that are also rebuilt locally and
+# compared before use (0.02 = 2%; 0.0 turns it off). A mismatch is logged, counted
+# and blocklists the builders that claimed the artifact; a unit that does not build
+# reproducibly is never blamed.
+# verify_sample_rate = 0.02
 
 # How long a build waits for the swarm to say who has records for a unit, in
 # milliseconds. A miss costs one such lookup. Asking stops as soon as the records
@@ -65,6 +71,9 @@ store_max_bytes = 21474836480
 # peers are dropped).
 # lookup_timeout_ms = 3000
 "#;
+
+/// Default share of other builders' hits rebuilt and compared (specs/trust.md §5).
+pub const DEFAULT_VERIFY_SAMPLE_RATE: f64 = 0.02;
 
 /// Default limit on one record lookup.
 pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 3000;
@@ -116,8 +125,10 @@ pub struct FileConfig {
     pub public_bootstrap: Option<PathBuf>,
     /// Trusted builder keys (hex).
     pub trusted_keys: Option<Vec<String>>,
-    /// Distinct agreeing builders that make an untrusted root acceptable.
-    pub trust_threshold: Option<usize>,
+    /// Distinct trusted builders that must claim a root.
+    pub required_signatures: Option<usize>,
+    /// Removed (it counted unknown builders); present only to refuse it by name.
+    pub trust_threshold: Option<toml::Value>,
     /// Share of hits rebuilt locally to check them.
     pub verify_sample_rate: Option<f64>,
     /// Limit on a record lookup, in milliseconds.
@@ -160,8 +171,8 @@ pub struct Config {
     pub public_bootstrap: Option<PathBuf>,
     /// Trusted builder keys from the file (hex; checked when the daemon starts).
     pub trusted_keys: Vec<String>,
-    /// Distinct agreeing builders that make an untrusted root acceptable (≥ 2).
-    pub trust_threshold: usize,
+    /// Distinct trusted builders that must claim a root (≥ 1, checked at start).
+    pub required_signatures: usize,
     /// Share of hits rebuilt locally to check them, 0.0 to 1.0.
     pub verify_sample_rate: f64,
     /// Limit on the record lookup of one resolve (at least 1 ms).
@@ -205,6 +216,16 @@ pub fn load(
         path: path.clone(),
         message: e.to_string().trim_end().to_string(),
     })?;
+    if file.trust_threshold.is_some() {
+        return Err(ConfigError::Parse {
+            path,
+            message: "`trust_threshold` is no longer supported: it let builders nobody trusts \
+                      make an artifact usable by agreeing. Remove it; use \
+                      `required_signatures = N` (how many of your trusted builders must \
+                      claim an artifact, default 1)"
+                .into(),
+        });
+    }
     let config = Config {
         data_dir: data_dir.to_path_buf(),
         config_file: path,
@@ -226,8 +247,12 @@ pub fn load(
             .unwrap_or_else(|| vec![DEFAULT_PUBLIC_LISTEN.to_string()]),
         public_bootstrap: file.public_bootstrap,
         trusted_keys: file.trusted_keys.unwrap_or_default(),
-        trust_threshold: file.trust_threshold.unwrap_or(2),
-        verify_sample_rate: file.verify_sample_rate.unwrap_or(0.0),
+        required_signatures: file
+            .required_signatures
+            .unwrap_or(crate::trust::MIN_REQUIRED),
+        verify_sample_rate: file
+            .verify_sample_rate
+            .unwrap_or(DEFAULT_VERIFY_SAMPLE_RATE),
         lookup_timeout: std::time::Duration::from_millis(
             file.lookup_timeout_ms.unwrap_or(DEFAULT_LOOKUP_TIMEOUT_MS),
         ),
@@ -287,6 +312,34 @@ mod tests {
                 .ends_with("lookup_timeout_ms = 0: a lookup needs at least 1 ms"),
             "{err}"
         );
+    }
+
+    /// Regression (issue 15): the old agreement threshold is refused by name, never
+    /// silently ignored.
+    #[test]
+    fn trust_threshold_is_refused_and_names_its_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = load(dir.path(), None, Overrides::default()).unwrap();
+        assert_eq!(c.required_signatures, 1);
+        assert_eq!(c.verify_sample_rate, DEFAULT_VERIFY_SAMPLE_RATE);
+        let path = dir.path().join(CONFIG_FILE);
+        fs::write(&path, "trust_threshold = 2\n").unwrap();
+        let err = load(dir.path(), None, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "config file {}: `trust_threshold` is no longer supported: it let builders \
+                 nobody trusts make an artifact usable by agreeing. Remove it; use \
+                 `required_signatures = N` (how many of your trusted builders must claim an \
+                 artifact, default 1)",
+                path.display()
+            )
+        );
+        fs::write(&path, "required_signatures = 3\nverify_sample_rate = 0.5\n").unwrap();
+        let (c, _) = load(dir.path(), None, Overrides::default()).unwrap();
+        assert_eq!((c.required_signatures, c.verify_sample_rate), (3, 0.5));
     }
 
     #[test]

@@ -16,14 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rdht_api::proto::{
-    BlockedBuilder, ExportedFile, JobsStatus, NodeStatus, PeerInfo, RecordView, Resolution, Scope,
-    StoreStatus,
+    BlockedBuilder, ExportedFile, JobsStatus, MissCause, NodeStatus, PeerInfo, RecordView,
+    Resolution, Scope, StoreStatus, SwarmStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, plan};
 use rdht_net::{
     AnnouncePolicy, DropReason, FetchError, Keypair, Multiaddr, NetError, NodeConfig, NodeHandle,
-    PeerId, ProviderKey, SwarmConfig, SwarmKey,
+    PeerId, ProviderKey, Reach, SwarmConfig, SwarmKey,
 };
 use rdht_store::{IngestFile, Store, StoreError};
 use tokio::net::{UnixListener, UnixStream};
@@ -384,7 +384,7 @@ pub async fn run(
         &dir,
         identity.builder_key(),
         &config.trusted_keys,
-        config.trust_threshold,
+        config.required_signatures,
     )?;
     let store_path = dir.join(STORE_DIR);
     let store_config = rdht_store::Config {
@@ -507,6 +507,15 @@ pub async fn run(
     }
     info!("rdht-node stopped");
     Ok(())
+}
+
+/// The swarms a key of `scope` may be looked up in: private keys only where they are
+/// announced automatically (the private swarms), never in the public one.
+fn reach(scope: Scope) -> Reach {
+    match scope {
+        Scope::Private => Reach::Automatic,
+        Scope::Everywhere => Reach::All,
+    }
 }
 
 /// Announces `keys`; failures only cost findability, so they are logged, not returned.
@@ -643,8 +652,8 @@ impl Shared {
             Request::Peers => self.peers().await,
             Request::Put { files, labels, pin } => self.put(conn, id, files, labels, pin).await,
             Request::Export { root, dest } => self.export(conn, id, root, dest).await,
-            Request::Resolve { key } => {
-                let mut r = self.resolve(key).await?;
+            Request::Resolve { key, scope } => {
+                let mut r = self.resolve(key, scope).await?;
                 if let Resolution::Hit {
                     source,
                     bytes_fetched,
@@ -709,8 +718,8 @@ impl Shared {
                 Ok(Response::ShuttingDown)
             }
             Request::Submit(job) => self.submit(job).await,
-            Request::Prefetch { key } => {
-                self.prefetch(key);
+            Request::Prefetch { key, scope } => {
+                self.prefetch(key, scope);
                 Ok(Response::Prefetching)
             }
             Request::Drain { session } => {
@@ -730,14 +739,24 @@ impl Shared {
 
     async fn status(&self) -> Result<Response, ApiError> {
         let s = blocking(&self.store, |s| s.stats()).await?;
-        let peers = match &self.net {
-            Some(net) => net
-                .peers()
-                .await
-                .map(|p| p.iter().map(|(_, v)| v.len() as u32).sum())
-                .unwrap_or(0),
-            None => 0,
+        let swarms: Vec<SwarmStatus> = match &self.net {
+            Some(net) => {
+                let peers = net.peers().await.unwrap_or_default();
+                net.lookups()
+                    .into_iter()
+                    .map(|(name, lookups)| SwarmStatus {
+                        peers: peers
+                            .iter()
+                            .find(|(n, _)| *n == name)
+                            .map_or(0, |(_, p)| p.len() as u32),
+                        name,
+                        lookups,
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
         };
+        let peers = swarms.iter().map(|s| s.peers).sum();
         Ok(Response::Status(NodeStatus {
             peer_id: self.peer_id.to_string(),
             listen_addrs: self.listen_addrs().await,
@@ -759,6 +778,10 @@ impl Shared {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             blocklisted: self.trust().blocked().len() as u32,
+            trusted_builders: self.trust().trusted().len() as u32,
+            required_signatures: self.trust().required() as u32,
+            verify_sample_ppm: (self.config.verify_sample_rate * 1e6).round() as u32,
+            swarms,
         }))
     }
 
@@ -967,21 +990,43 @@ impl Shared {
         e.root.map(|r| (r, e.supporting))
     }
 
-    /// Whether this hit is one of the sampled ones to rebuild and compare.
-    fn sample(&self) -> bool {
+    /// Whether this hit, supported by `records`, is one of the sampled ones to rebuild
+    /// and compare. What this node built itself is never sampled.
+    fn sample(&self, records: &[BuildRecord]) -> bool {
         let rate = self.config.verify_sample_rate;
-        rate > 0.0 && rand::random::<f64>() < rate
+        let own = self.identity.builder_key();
+        rate > 0.0 && !records.iter().any(|r| r.builder() == own) && rand::random::<f64>() < rate
+    }
+
+    /// Why records known for `key` gave no usable root: untrusted when there are any.
+    fn miss_cause(&self, key: BuildKey, records: &[BuildRecord]) -> MissCause {
+        if self.trust().evaluate(key, records).untrusted {
+            MissCause::Untrusted
+        } else {
+            MissCause::NoRecord
+        }
+    }
+
+    /// The miss reason for records that exist but name no usable root.
+    fn untrusted_reason(&self, found: usize) -> String {
+        match self.trust().required() {
+            1 => format!("{found} record(s) found, none from a trusted builder"),
+            n => format!(
+                "{found} record(s) found, but no artifact is claimed by {n} of the trusted builders"
+            ),
+        }
     }
 
     /// Starts prefetching plan `key` in the background, unless it is already running.
-    fn prefetch(self: &Arc<Self>, key: BuildKey) {
+    /// The plan's keys are looked up within the plan's `scope`.
+    fn prefetch(self: &Arc<Self>, key: BuildKey, scope: Scope) {
         if self.net.is_none() || !self.lock_prefetching().insert(key) {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            match me.run_prefetch(key).await {
+            match me.run_prefetch(key, scope).await {
                 Ok((n, fetched, bytes)) => info!(
                     plan = %key,
                     keys = n,
@@ -1008,10 +1053,18 @@ impl Shared {
     /// time, asking the peers whose records named the plan first (the builder of a plan
     /// usually holds its units), so a key costs no DHT lookup when they have it. Returns
     /// (keys, artifacts fetched, bytes fetched).
-    async fn run_prefetch(&self, key: BuildKey) -> Result<(usize, usize, u64), String> {
-        let (root, hints) = match self.resolve_hinted(key, &[]).await.map_err(|e| e.message)? {
+    async fn run_prefetch(
+        &self,
+        key: BuildKey,
+        scope: Scope,
+    ) -> Result<(usize, usize, u64), String> {
+        let (root, hints) = match self
+            .resolve_hinted(key, scope, &[])
+            .await
+            .map_err(|e| e.message)?
+        {
             (Resolution::Hit { root, .. }, hints) => (root, hints),
-            (Resolution::Miss { reason }, _) => return Err(reason),
+            (Resolution::Miss { reason, .. }, _) => return Err(reason),
         };
         let dir = self.scratch_dir("plan");
         let d = dir.clone();
@@ -1043,7 +1096,7 @@ impl Shared {
                             ..
                         },
                         _,
-                    )) = self.resolve_hinted(k, hints).await
+                    )) = self.resolve_hinted(k, scope, hints).await
                         && bytes_fetched > 0
                     {
                         fetched.fetch_add(1, Ordering::Relaxed);
@@ -1090,16 +1143,17 @@ impl Shared {
                 records: records.iter().map(BuildRecord::encode).collect(),
                 source: "local".into(),
                 bytes_fetched: 0,
-                verify: self.sample(),
+                verify: self.sample(&records),
             }));
         }
         Ok(Err(local))
     }
 
-    /// Resolves `key`: the local store, then the swarms. One resolve per key runs at a
-    /// time; a concurrent one waits, then usually finds the artifact locally.
-    async fn resolve(&self, key: BuildKey) -> Result<Resolution, ApiError> {
-        Ok(self.resolve_hinted(key, &[]).await?.0)
+    /// Resolves `key`: the local store, then the swarms `scope` allows. One resolve
+    /// per key runs at a time; a concurrent one waits, then usually finds the artifact
+    /// locally.
+    async fn resolve(&self, key: BuildKey, scope: Scope) -> Result<Resolution, ApiError> {
+        Ok(self.resolve_hinted(key, scope, &[]).await?.0)
     }
 
     /// [`Self::resolve`] that asks `hints` for records before looking providers up in
@@ -1108,6 +1162,7 @@ impl Shared {
     async fn resolve_hinted(
         &self,
         key: BuildKey,
+        scope: Scope,
         hints: &[Hint],
     ) -> Result<(Resolution, Vec<Hint>), ApiError> {
         let gate = self
@@ -1119,7 +1174,7 @@ impl Shared {
             let _turn = gate.lock().await;
             match self.resolve_local(key).await {
                 Ok(Ok(hit)) => Ok((hit, Vec::new())),
-                Ok(Err(local)) => self.resolve_remote(key, local, hints).await,
+                Ok(Err(local)) => self.resolve_remote(key, scope, local, hints).await,
                 Err(e) => Err(e),
             }
         };
@@ -1140,13 +1195,20 @@ impl Shared {
     async fn resolve_remote(
         &self,
         key: BuildKey,
+        scope: Scope,
         local: Vec<BuildRecord>,
         hints: &[Hint],
     ) -> Result<(Resolution, Vec<Hint>), ApiError> {
-        let miss = |reason: String| Ok((Resolution::Miss { reason }, Vec::new()));
+        let miss =
+            |reason: String, cause: MissCause| Ok((Resolution::Miss { reason, cause }, Vec::new()));
         let Some(net) = &self.net else {
-            return miss("no trusted record in the local store and no swarm is configured".into());
+            return miss(
+                "no trusted record in the local store and no swarm is configured".into(),
+                self.miss_cause(key, &local),
+            );
         };
+        // A private key is never asked for where it must not be revealed.
+        let net = &net.within(reach(scope));
         let started = std::time::Instant::now();
         let limit = self.config.lookup_timeout;
         // Stop asking once the policy accepts a root among the local and received
@@ -1165,27 +1227,41 @@ impl Shared {
                 .await
             {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return miss(format!("record lookup failed: {e}")),
+                Ok(Err(e)) => {
+                    return miss(
+                        format!("record lookup failed: {e}"),
+                        MissCause::LookupFailed,
+                    );
+                }
                 Err(_) => {
-                    return miss(format!(
-                        "record lookup took longer than {} ms",
-                        limit.as_millis()
-                    ));
+                    return miss(
+                        format!("record lookup took longer than {} ms", limit.as_millis()),
+                        MissCause::LookupFailed,
+                    );
                 }
             };
         let records_ms = started.elapsed().as_millis();
         let fetched: Vec<BuildRecord> = report.records.iter().map(|f| f.record.clone()).collect();
         if fetched.is_empty() {
-            let reason = match report.failures.first() {
-                Some(f) => format!(
-                    "{} provider(s) failed to answer (first: {}: {})",
-                    report.failures.len(),
-                    f.peer,
-                    f.reason
+            return match report.failures.first() {
+                Some(f) => miss(
+                    format!(
+                        "{} provider(s) failed to answer (first: {}: {})",
+                        report.failures.len(),
+                        f.peer,
+                        f.reason
+                    ),
+                    MissCause::LookupFailed,
                 ),
-                None => "no provider has a record for this key".into(),
+                None if !local.is_empty() => miss(
+                    self.untrusted_reason(local.len()),
+                    self.miss_cause(key, &local),
+                ),
+                None => miss(
+                    "no provider has a record for this key".into(),
+                    MissCause::NoRecord,
+                ),
             };
-            return miss(reason);
         }
         let keep = fetched.clone();
         blocking(&self.store, move |s| {
@@ -1202,10 +1278,7 @@ impl Shared {
             }
         }
         let Some((root, records)) = self.choose(key, &all) else {
-            return miss(format!(
-                "{} record(s) found, none from a trusted builder",
-                fetched.len()
-            ));
+            return miss(self.untrusted_reason(all.len()), MissCause::Untrusted);
         };
         let holders: Vec<Hint> = report
             .records
@@ -1239,7 +1312,12 @@ impl Shared {
                 .await
                 {
                     Ok(r) => r,
-                    Err(e) => return miss(format!("fetching artifact {root} failed: {e}")),
+                    Err(e) => {
+                        return miss(
+                            format!("fetching artifact {root} failed: {e}"),
+                            MissCause::FetchFailed,
+                        );
+                    }
                 };
                 tokio::task::spawn_blocking(move || session.register(root, false))
                     .await
@@ -1254,7 +1332,7 @@ impl Shared {
             records: records.iter().map(BuildRecord::encode).collect(),
             source: swarm,
             bytes_fetched,
-            verify: self.sample(),
+            verify: self.sample(&records),
         };
         Ok((hit, holders))
     }

@@ -1,10 +1,11 @@
 //! The trust policy over signed records (specs/trust.md): which builders' claims this
 //! node accepts, and the local blocklist of builders caught lying.
 //!
-//! A root is accepted for a build key when a non-blocklisted record for it comes from a
-//! trusted builder (this node, `trusted_keys` in `config.toml`, or `rdht trust add`), or
-//! when at least `threshold` (≥ 2) distinct non-blocklisted builders agree on it — so no
-//! single unknown builder ever suffices. Trusted keys added at run time live in
+//! A root is accepted for a build key when at least `required` (≥ 1) distinct trusted,
+//! non-blocklisted builders claim it: this node, `trusted_keys` in `config.toml`, or
+//! `rdht trust add`. Records by any other builder never count, however many agree,
+//! because keys cost nothing; they are only listed, with the reason. Trusted keys added
+//! at run time live in
 //! `DATA_DIR/trusted-keys`, blocklisted ones in `DATA_DIR/blocked-keys` (hex key, then
 //! the reason, one per line; `#` comments).
 //!
@@ -22,8 +23,8 @@ use rdht_core::{BlockId, BuildKey, BuildRecord, BuilderKey};
 pub const TRUST_FILE: &str = "trusted-keys";
 /// File name of the blocklist inside the data directory.
 pub const BLOCK_FILE: &str = "blocked-keys";
-/// The smallest allowed agreement threshold: one unknown builder never suffices.
-pub const MIN_THRESHOLD: usize = 2;
+/// The default and smallest number of trusted builders that must claim a root.
+pub const MIN_REQUIRED: usize = 1;
 
 /// The policy could not be loaded or changed.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +47,11 @@ pub enum TrustError {
         /// Where its trust comes from.
         by: &'static str,
     },
-    /// A threshold below [`MIN_THRESHOLD`].
+    /// `required_signatures` below [`MIN_REQUIRED`].
     #[error(
-        "trust threshold {0} is too low: at least {MIN_THRESHOLD} builders must agree, so that no single unknown builder suffices"
+        "required_signatures = {0}: at least {MIN_REQUIRED} trusted builder must claim a root before it is used"
     )]
-    Threshold(usize),
+    Required(usize),
     /// Reading or writing a policy file failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -83,9 +84,12 @@ pub struct Evaluation {
     pub decisions: Vec<Decision>,
     /// Non-blocklisted builders disagree on the root.
     pub conflict: bool,
+    /// Records for the key exist, but no root is claimed by enough trusted builders:
+    /// the unit is not used because nobody this node trusts (enough) built it.
+    pub untrusted: bool,
 }
 
-/// Trusted and blocklisted builders, and the agreement threshold.
+/// Trusted and blocklisted builders, and how many trusted builders must agree.
 #[derive(Debug, Clone)]
 pub struct Policy {
     dir: PathBuf,
@@ -93,7 +97,7 @@ pub struct Policy {
     configured: BTreeSet<BuilderKey>,
     added: BTreeSet<BuilderKey>,
     blocked: BTreeMap<BuilderKey, String>,
-    threshold: usize,
+    required: usize,
 }
 
 fn parse_keys(path: &Path) -> Result<Vec<(BuilderKey, String)>, TrustError> {
@@ -125,15 +129,16 @@ fn parse_keys(path: &Path) -> Result<Vec<(BuilderKey, String)>, TrustError> {
 }
 
 impl Policy {
-    /// Loads the policy of a node whose own key is `own`.
+    /// Loads the policy of a node whose own key is `own`; `required` trusted builders
+    /// must claim a root (`required_signatures`).
     pub fn load(
         data_dir: &Path,
         own: BuilderKey,
         configured: &[String],
-        threshold: usize,
+        required: usize,
     ) -> Result<Policy, TrustError> {
-        if threshold < MIN_THRESHOLD {
-            return Err(TrustError::Threshold(threshold));
+        if required < MIN_REQUIRED {
+            return Err(TrustError::Required(required));
         }
         let mut cfg = BTreeSet::new();
         for (i, k) in configured.iter().enumerate() {
@@ -156,7 +161,7 @@ impl Policy {
             configured: cfg,
             added,
             blocked,
-            threshold,
+            required,
         })
     }
 
@@ -250,9 +255,9 @@ impl Policy {
         &self.blocked
     }
 
-    /// The agreement threshold.
-    pub fn threshold(&self) -> usize {
-        self.threshold
+    /// How many distinct trusted builders must claim a root.
+    pub fn required(&self) -> usize {
+        self.required
     }
 
     fn trusted_why(&self, b: &BuilderKey) -> Option<&'static str> {
@@ -276,22 +281,20 @@ impl Policy {
             }
         }
         let usable = |r: &BuildRecord| r.key() == key && !self.blocked.contains_key(&r.builder());
-        // Per root: the distinct usable builders, and whether one is trusted.
-        let mut roots: BTreeMap<BlockId, (BTreeSet<BuilderKey>, bool, u64)> = BTreeMap::new();
+        // Per root claimed by a usable record: its distinct trusted claimants, and the
+        // latest time among them.
+        let mut roots: BTreeMap<BlockId, (BTreeSet<BuilderKey>, u64)> = BTreeMap::new();
         for r in distinct.iter().filter(|r| usable(r)) {
             let e = roots.entry(r.root()).or_default();
-            e.0.insert(r.builder());
-            e.1 |= self.trusted_why(&r.builder()).is_some();
-            e.2 = e.2.max(r.body().time);
+            if self.trusted_why(&r.builder()).is_some() {
+                e.0.insert(r.builder());
+                e.1 = e.1.max(r.body().time);
+            }
         }
-        let passes =
-            |(_, (builders, trusted, _)): &(&BlockId, &(BTreeSet<BuilderKey>, bool, u64))| {
-                *trusted || builders.len() >= self.threshold
-            };
         let chosen = roots
             .iter()
-            .filter(passes)
-            .max_by_key(|(_, (builders, trusted, time))| (*trusted, builders.len(), *time))
+            .filter(|(_, (trusted, _))| trusted.len() >= self.required)
+            .max_by_key(|(_, (trusted, time))| (trusted.len(), *time))
             .map(|(root, _)| *root);
         let conflict = roots.len() > 1;
         let mut decisions = Vec::new();
@@ -304,24 +307,27 @@ impl Policy {
                 )
             } else if let Some(why) = self.blocked.get(&r.builder()) {
                 (false, format!("builder is blocklisted: {why}"))
-            } else {
-                let (builders, trusted, _) = &roots[&r.root()];
-                let agree = builders.len();
-                let basis = match self.trusted_why(&r.builder()) {
-                    Some(why) => why.to_string(),
-                    None if *trusted => {
-                        format!("a trusted builder agrees ({agree} builders on this root)")
-                    }
-                    None => format!(
-                        "{agree} of {} required builders agree on this root",
-                        self.threshold
-                    ),
+            } else if let Some(why) = self.trusted_why(&r.builder()) {
+                let n = roots[&r.root()].0.len();
+                let basis = if self.required > 1 {
+                    format!(
+                        "{why}; {n} of {} required trusted builders claim this root",
+                        self.required
+                    )
+                } else {
+                    why.to_string()
                 };
                 match chosen {
                     Some(c) if c == r.root() => (true, basis),
                     Some(c) => (false, format!("disagrees with the accepted root {c}")),
                     None => (false, format!("not enough trust: {basis}")),
                 }
+            } else {
+                (
+                    false,
+                    "builder is not trusted (unknown builders never count, however many agree)"
+                        .to_string(),
+                )
             };
             if accepted {
                 supporting.push((*r).clone());
@@ -335,6 +341,7 @@ impl Policy {
         Evaluation {
             root: chosen,
             supporting,
+            untrusted: chosen.is_none() && distinct.iter().any(|r| r.key() == key),
             decisions,
             conflict,
         }
@@ -360,8 +367,12 @@ mod tests {
     }
 
     fn policy(dir: &Path, own: u8, configured: &[BuilderKey]) -> Policy {
+        policy_k(dir, own, configured, 1)
+    }
+
+    fn policy_k(dir: &Path, own: u8, configured: &[BuilderKey], required: usize) -> Policy {
         let cfg: Vec<String> = configured.iter().map(ToString::to_string).collect();
-        Policy::load(dir, key_of(&signer(own)), &cfg, 2).unwrap()
+        Policy::load(dir, key_of(&signer(own)), &cfg, required).unwrap()
     }
 
     #[test]
@@ -389,69 +400,81 @@ mod tests {
         assert_eq!(p3.trusted(), vec![own]);
         assert!(p3.blocked().is_empty());
         fs::write(dir.path().join(TRUST_FILE), "# c\n\nnot-a-key\n").unwrap();
-        let err = Policy::load(dir.path(), own, &[], 2)
+        let err = Policy::load(dir.path(), own, &[], 1)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("trusted-keys line 3: invalid builder key"),
             "{err}"
         );
-        assert!(matches!(
-            Policy::load(dir.path(), own, &[], 1),
-            Err(TrustError::Threshold(1))
-        ));
+        let err = Policy::load(dir.path(), own, &[], 0).unwrap_err();
+        assert!(matches!(err, TrustError::Required(0)));
+        assert_eq!(
+            err.to_string(),
+            "required_signatures = 0: at least 1 trusted builder must claim a root before it is used"
+        );
     }
 
+    /// Regression (issue 15): unknown keys cost nothing, so no number of them agreeing
+    /// makes a root usable.
     #[test]
-    fn a_single_untrusted_builder_never_suffices() {
+    fn unknown_builders_never_suffice_however_many_agree() {
         let dir = tempfile::tempdir().unwrap();
         let p = policy(dir.path(), 1, &[]);
         let k = BuildKey::from_bytes([7; 32]);
-        let e = p.evaluate(k, &[record(&signer(5), k, 9)]);
+        let recs: Vec<_> = (10..30).map(|n| record(&signer(n), k, 9)).collect();
+        let e = p.evaluate(k, &recs);
         assert_eq!(e.root, None);
-        assert!(!e.decisions[0].accepted);
+        assert!(e.untrusted);
+        assert_eq!(e.decisions.len(), 20);
+        for d in &e.decisions {
+            assert!(!d.accepted);
+            assert_eq!(
+                d.reason,
+                "builder is not trusted (unknown builders never count, however many agree)"
+            );
+        }
+        // No record at all is not "untrusted".
+        assert!(!p.evaluate(k, &[]).untrusted);
+    }
+
+    #[test]
+    fn required_signatures_counts_distinct_trusted_builders_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ci1, ci2, stranger) = (signer(2), signer(3), signer(4));
+        let p = policy_k(dir.path(), 1, &[key_of(&ci1), key_of(&ci2)], 2);
+        let k = BuildKey::from_bytes([7; 32]);
+        let nine = BlockId::from_bytes([9; 32]);
+        // One trusted claimant (twice) and a stranger agreeing: not enough.
+        let one = [
+            record(&ci1, k, 9),
+            record(&ci1, k, 9),
+            record(&stranger, k, 9),
+        ];
+        let e = p.evaluate(k, &one);
+        assert_eq!(e.root, None);
+        assert!(e.untrusted);
         assert_eq!(
             e.decisions[0].reason,
-            "not enough trust: 1 of 2 required builders agree on this root"
+            "not enough trust: trusted by config.toml; 1 of 2 required trusted builders claim this root"
         );
-    }
-
-    #[test]
-    fn two_honest_builders_outvote_a_liar() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = policy(dir.path(), 1, &[]);
-        let k = BuildKey::from_bytes([7; 32]);
-        let recs = [
-            record(&signer(5), k, 9),
-            record(&signer(6), k, 9),
-            record(&signer(66), k, 13),
+        // Two trusted builders agree: used, and both support it.
+        let two = [
+            record(&ci1, k, 9),
+            record(&ci2, k, 9),
+            record(&stranger, k, 13),
         ];
-        let e = p.evaluate(k, &recs);
-        assert_eq!(e.root, Some(BlockId::from_bytes([9; 32])));
-        assert!(e.conflict);
+        let e = p.evaluate(k, &two);
+        assert_eq!(e.root, Some(nine));
         assert_eq!(e.supporting.len(), 2);
-        let reasons: Vec<_> = e
-            .decisions
-            .iter()
-            .map(|d| (d.accepted, d.reason.clone()))
-            .collect();
+        assert!(e.conflict);
         assert_eq!(
-            reasons[0],
-            (
-                true,
-                "2 of 2 required builders agree on this root".to_string()
-            )
+            e.decisions[1].reason,
+            "trusted by config.toml; 2 of 2 required trusted builders claim this root"
         );
-        assert_eq!(
-            reasons[2],
-            (
-                false,
-                format!(
-                    "disagrees with the accepted root {}",
-                    BlockId::from_bytes([9; 32])
-                )
-            )
-        );
+        // Two trusted builders that disagree: neither root passes.
+        let split = [record(&ci1, k, 9), record(&ci2, k, 13)];
+        assert_eq!(p.evaluate(k, &split).root, None);
     }
 
     #[test]
@@ -467,10 +490,9 @@ mod tests {
             record(&signer(6), k, 13),
             record(&ci, k, 9),
         ];
-        assert_eq!(
-            p.evaluate(k, &recs).root,
-            Some(BlockId::from_bytes([9; 32]))
-        );
+        let e = p.evaluate(k, &recs);
+        assert_eq!(e.root, Some(BlockId::from_bytes([9; 32])));
+        assert_eq!(e.decisions[2].reason, "trusted by config.toml");
         // A trusted builder's valid record for another key, replayed for this one.
         let e = p.evaluate(k, &[record(&ci, other_key, 9)]);
         assert_eq!(e.root, None);
@@ -478,10 +500,16 @@ mod tests {
             e.decisions[0].reason,
             format!("record is for another build key ({other_key})")
         );
-        // The CI key caught lying: blocklisted, its records no longer count.
+        // The CI key caught lying: blocklisted, its records no longer count, and the
+        // strangers' agreement is still worth nothing.
         p.block(key_of(&ci), "mismatch").unwrap();
         let e = p.evaluate(k, &recs);
-        assert_eq!(e.root, Some(BlockId::from_bytes([13; 32])));
+        assert_eq!(e.root, None);
+        assert!(e.untrusted);
         assert_eq!(e.decisions[2].reason, "builder is blocklisted: mismatch");
+        // This node's own record is trusted.
+        let e = p.evaluate(k, &[record(&signer(1), k, 13)]);
+        assert_eq!(e.root, Some(BlockId::from_bytes([13; 32])));
+        assert_eq!(e.decisions[0].reason, "built by this node");
     }
 }

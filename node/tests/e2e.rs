@@ -372,7 +372,13 @@ fn a_build_plan_is_prefetched_from_a_trusted_builder_and_resolves_locally() {
         let mut c = Client::connect(&rdht_api::socket_path(&b.dir))
             .await
             .unwrap();
-        let r = c.call(Request::Prefetch { key: plan_key }).await.unwrap();
+        let r = c
+            .call(Request::Prefetch {
+                key: plan_key,
+                scope: rdht_api::proto::Scope::Private,
+            })
+            .await
+            .unwrap();
         assert_eq!(r, Response::Prefetching);
     });
     // The daemon logs the outcome; wait for that line rather than for time.
@@ -393,7 +399,13 @@ fn a_build_plan_is_prefetched_from_a_trusted_builder_and_resolves_locally() {
                     source,
                     bytes_fetched,
                     ..
-                }) = c.call(Request::Resolve { key: *k }).await.unwrap()
+                }) = c
+                    .call(Request::Resolve {
+                        key: *k,
+                        scope: rdht_api::proto::Scope::Private,
+                    })
+                    .await
+                    .unwrap()
                 else {
                     panic!("not a hit")
                 };
@@ -437,7 +449,12 @@ fn a_plan_from_an_untrusted_builder_is_not_prefetched() {
             .await
             .unwrap();
         assert_eq!(
-            cb.call(Request::Prefetch { key: plan_key }).await.unwrap(),
+            cb.call(Request::Prefetch {
+                key: plan_key,
+                scope: rdht_api::proto::Scope::Private
+            })
+            .await
+            .unwrap(),
             Response::Prefetching
         );
     });

@@ -6,8 +6,16 @@
 //! `<dir>/.rdht/<name>` holding `root size mtime_ns`; a sidecar whose size or mtime no
 //! longer match is ignored.
 //!
-//! Owns: hashing files and directory trees, and the sidecars. Does not own: which files
-//! matter (callers).
+//! A tree can also be hashed with a cache file ([`hash_tree_cached`]) that remembers
+//! each file's stamp (size, mtime, ctime, inode) and root, for trees that should never
+//! change (unpacked registry packages): a unit then stats their files but reads only
+//! those whose stamp changed. An edit changes the size or the times (ctime cannot be
+//! set back), so it is hashed again. (An edit that keeps the size within one tick of
+//! the file system's clock, a few milliseconds, keeps every stamp; people's edits of
+//! unpacked packages are not that fast.)
+//!
+//! Owns: hashing files and directory trees, the sidecars and tree caches. Does not own:
+//! which files matter (callers).
 
 use std::fs;
 use std::io::Read;
@@ -87,17 +95,17 @@ pub fn file_root(path: &Path) -> std::io::Result<BlockId> {
     Ok(root)
 }
 
-/// Every regular file under `dir` as (relative `/` path, root), sorted by path.
-/// Hidden entries are skipped, and so are subdirectories for which `skip_dir` is true.
-pub fn hash_tree(
-    dir: &Path,
-    skip_dir: &dyn Fn(&Path) -> bool,
-) -> std::io::Result<Vec<(String, BlockId)>> {
+/// A file found by [`walk_tree`]: relative `/` path, absolute path, metadata.
+type Found = (String, PathBuf, fs::Metadata);
+
+/// Every regular file under `dir`, sorted by relative path. Hidden entries are skipped,
+/// and so are subdirectories for which `skip_dir` is true (and symlinked directories).
+fn walk_tree(dir: &Path, skip_dir: &dyn Fn(&Path) -> bool) -> std::io::Result<Vec<Found>> {
     fn walk(
         root: &Path,
         dir: &Path,
         skip_dir: &dyn Fn(&Path) -> bool,
-        out: &mut Vec<(String, BlockId)>,
+        out: &mut Vec<Found>,
     ) -> std::io::Result<()> {
         for e in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
             let e = e.map_err(|e| io_err(dir, e))?;
@@ -113,14 +121,123 @@ pub fn hash_tree(
                 }
             } else if meta.is_file() {
                 let rel = path.strip_prefix(root).unwrap_or(&path);
-                out.push((rel.to_string_lossy().into_owned(), hash_file(&path)?));
+                out.push((rel.to_string_lossy().into_owned(), path, meta));
             }
         }
         Ok(())
     }
     let mut out = Vec::new();
     walk(dir, dir, skip_dir, &mut out)?;
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Every regular file under `dir` as (relative `/` path, root), sorted by path.
+/// Hidden entries are skipped, and so are subdirectories for which `skip_dir` is true.
+/// Every file is read.
+pub fn hash_tree(
+    dir: &Path,
+    skip_dir: &dyn Fn(&Path) -> bool,
+) -> std::io::Result<Vec<(String, BlockId)>> {
+    walk_tree(dir, skip_dir)?
+        .into_iter()
+        .map(|(rel, path, _)| Ok((rel, hash_file(&path)?)))
+        .collect()
+}
+
+/// Header of a tree cache file; the tree's directory follows it on the same line.
+const TREE_CACHE_HEADER: &str = "rdht-tree-cache v1 ";
+/// Largest tree cache file read; a larger one is ignored (and rewritten).
+const MAX_TREE_CACHE: u64 = 64 << 20;
+
+/// A file's stamp for the tree cache: size, mtime and ctime (ns), inode.
+fn tree_stamp(meta: &fs::Metadata) -> String {
+    let (size, mtime) = stamp(meta);
+    let ctime = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
+    format!("{size} {mtime} {ctime} {}", meta.ino())
+}
+
+/// Reads `cache` (written for `dir`): relative path → (stamp, root). Anything unreadable
+/// or malformed gives an empty map: the cache only saves reads.
+fn read_tree_cache(
+    cache: &Path,
+    dir: &Path,
+) -> std::collections::HashMap<String, (String, BlockId)> {
+    let mut map = std::collections::HashMap::new();
+    let Ok(meta) = fs::metadata(cache) else {
+        return map;
+    };
+    if meta.len() > MAX_TREE_CACHE {
+        return map;
+    }
+    let Ok(text) = fs::read_to_string(cache) else {
+        return map;
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(&format!("{TREE_CACHE_HEADER}{}", dir.display())) {
+        return map;
+    }
+    for line in lines {
+        // root size mtime ctime ino path (the path last: it may hold spaces).
+        let mut parts = line.splitn(6, ' ');
+        let (Some(root), Some(size), Some(mtime), Some(ctime), Some(ino), Some(rel)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return std::collections::HashMap::new();
+        };
+        let Ok(root) = root.parse::<BlockId>() else {
+            return std::collections::HashMap::new();
+        };
+        map.insert(
+            rel.to_string(),
+            (format!("{size} {mtime} {ctime} {ino}"), root),
+        );
+    }
+    map
+}
+
+/// [`hash_tree`] that reads only files whose stamp differs from the one in `cache` (a
+/// file this function keeps), and rewrites `cache` when anything changed. Returns
+/// exactly what [`hash_tree`] would.
+pub fn hash_tree_cached(
+    dir: &Path,
+    skip_dir: &dyn Fn(&Path) -> bool,
+    cache: &Path,
+) -> std::io::Result<Vec<(String, BlockId)>> {
+    let known = read_tree_cache(cache, dir);
+    let found = walk_tree(dir, skip_dir)?;
+    let mut changed = found.len() != known.len();
+    let mut out = Vec::with_capacity(found.len());
+    let mut text = format!("{TREE_CACHE_HEADER}{}\n", dir.display());
+    for (rel, path, meta) in found {
+        let st = tree_stamp(&meta);
+        let root = match known.get(&rel) {
+            Some((s, root)) if *s == st => *root,
+            _ => {
+                changed = true;
+                hash_file(&path)?
+            }
+        };
+        if !rel.contains('\n') {
+            text.push_str(&format!("{root} {st} {rel}\n"));
+        }
+        out.push((rel, root));
+    }
+    if changed {
+        // A read-only target dir only costs the cache.
+        if let Some(d) = cache.parent() {
+            let _ = fs::create_dir_all(d);
+        }
+        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+        if fs::write(&tmp, text).is_ok() {
+            let _ = fs::rename(&tmp, cache);
+        }
+    }
     Ok(out)
 }
 
@@ -159,5 +276,57 @@ mod tests {
         let t = hash_tree(d.path(), &skip).unwrap();
         let names: Vec<_> = t.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(names, ["Cargo.toml", "src/a/m.rs"]);
+    }
+
+    #[test]
+    fn cached_trees_equal_fresh_ones_and_see_every_edit() {
+        let d = tempfile::tempdir().unwrap();
+        let pkg = d.path().join("pkg");
+        fs::create_dir_all(pkg.join("src")).unwrap();
+        fs::write(pkg.join("src/lib.rs"), b"pub fn f() {}\n").unwrap();
+        fs::write(pkg.join("a b.txt"), b"spaced").unwrap();
+        let cache = d.path().join("cache/pkg");
+        let none = |_: &Path| false;
+        let fresh = hash_tree(&pkg, &none).unwrap();
+        assert_eq!(hash_tree_cached(&pkg, &none, &cache).unwrap(), fresh);
+        assert!(cache.is_file());
+        // A cached entry is believed while the stamp holds (so a lying cache shows)...
+        let text = fs::read_to_string(&cache).unwrap();
+        let fake = DagBuilder::build(b"fake").0.id;
+        let real = fresh.iter().find(|(p, _)| p == "src/lib.rs").unwrap().1;
+        fs::write(&cache, text.replace(&real.to_string(), &fake.to_string())).unwrap();
+        let cached = hash_tree_cached(&pkg, &none, &cache).unwrap();
+        assert_eq!(
+            cached.iter().find(|(p, _)| p == "src/lib.rs").unwrap().1,
+            fake
+        );
+        // ...and an edit of the same length is seen, a new file is added. (The clock
+        // is moved on as a person's edit would: within one tick of the file system's
+        // clock, a same-length edit would keep every stamp.)
+        fs::write(pkg.join("src/lib.rs"), b"pub fn g() {}\n").unwrap();
+        let later = fs::metadata(pkg.join("src/lib.rs"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            + std::time::Duration::from_secs(1);
+        fs::File::options()
+            .write(true)
+            .open(pkg.join("src/lib.rs"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        fs::write(pkg.join("src/new.rs"), b"//").unwrap();
+        let edited = hash_tree_cached(&pkg, &none, &cache).unwrap();
+        assert_eq!(edited, hash_tree(&pkg, &none).unwrap());
+        assert_ne!(edited, fresh);
+        assert_eq!(edited.len(), 3);
+        // A cache written for another directory is ignored.
+        let other = d.path().join("other");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("x"), b"x").unwrap();
+        assert_eq!(
+            hash_tree_cached(&other, &none, &cache).unwrap(),
+            hash_tree(&other, &none).unwrap()
+        );
     }
 }

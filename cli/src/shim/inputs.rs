@@ -11,11 +11,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rdht_api::proto::Scope;
 use rdht_core::buildkey::{KEY_VERSION, KeyInputs, SourceInputs};
 use rdht_core::{BlockId, BuildKey, Labels};
 
 use super::args::{Arg, Invocation};
-use super::filehash::{file_root, hash_tree};
+use super::filehash::{file_root, hash_tree, hash_tree_cached};
 use super::roots::{Roots, target_dir};
 
 /// crates.io's registry directory names under `$CARGO_HOME/registry/src`.
@@ -61,6 +62,18 @@ pub struct Unit {
     pub labels: Labels,
     /// A crates.io package: may be published to every swarm.
     pub public: bool,
+}
+
+impl Unit {
+    /// Where the unit's key may be looked up and its record announced: crates.io
+    /// packages everywhere, anything else only in private swarms.
+    pub fn scope(&self) -> Scope {
+        if self.public {
+            Scope::Everywhere
+        } else {
+            Scope::Private
+        }
+    }
 }
 
 /// The process environment, as a sorted map (tests pass their own).
@@ -207,7 +220,17 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
         .or_else(|| host_of(&vv))
         .unwrap_or_default();
 
-    // Sources.
+    // Sources: every file of the package, whatever its origin.
+    let skip = {
+        let target_root = target_root.clone();
+        let top = manifest_dir.clone();
+        move |p: &Path| {
+            target_root.as_deref() == Some(p)
+                || (p.parent() == Some(top.as_path())
+                    && p.file_name().is_some_and(|n| n == "target"))
+                || p.join("Cargo.toml").is_file()
+        }
+    };
     let registry_src = home.join("registry").join("src");
     let (source, public) = match manifest_dir.strip_prefix(&registry_src) {
         Ok(rel) => {
@@ -217,27 +240,37 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
                     let index = index.as_os_str().to_string_lossy().into_owned();
                     let public = CRATES_IO.iter().any(|p| index.starts_with(p));
                     let package = package.as_os_str().to_string_lossy().into_owned();
-                    (SourceInputs::Registry { index, package }, public)
+                    // Unpacked packages do not change: their roots are cached per
+                    // target dir and re-read only when a file's stamp changes.
+                    let files = match &target_root {
+                        Some(t) => {
+                            let id = blake3::hash(manifest_dir.as_os_str().as_encoded_bytes());
+                            let cache = t
+                                .join(".rdht")
+                                .join("registry-src")
+                                .join(&id.to_hex()[..32]);
+                            hash_tree_cached(&manifest_dir, &skip, &cache)?
+                        }
+                        None => hash_tree(&manifest_dir, &skip)?,
+                    };
+                    (
+                        SourceInputs::Registry {
+                            index,
+                            package,
+                            files,
+                        },
+                        public,
+                    )
                 }
                 _ => return uncacheable("unrecognised registry source layout"),
             }
         }
-        Err(_) => {
-            let target_root = target_root.clone();
-            let top = manifest_dir.clone();
-            let skip = move |p: &Path| {
-                target_root.as_deref() == Some(p)
-                    || (p.parent() == Some(top.as_path())
-                        && p.file_name().is_some_and(|n| n == "target"))
-                    || p.join("Cargo.toml").is_file()
-            };
-            (
-                SourceInputs::Tree {
-                    files: hash_tree(&manifest_dir, &skip)?,
-                },
-                false,
-            )
-        }
+        Err(_) => (
+            SourceInputs::Tree {
+                files: hash_tree(&manifest_dir, &skip)?,
+            },
+            false,
+        ),
     };
 
     let out_dir_files = match env.get("OUT_DIR") {

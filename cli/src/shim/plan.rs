@@ -88,9 +88,16 @@ pub fn plan_key(cargo_args: &[String]) -> Option<BuildKey> {
     )
 }
 
-/// Asks the daemon to prefetch plan `key` in the background.
+/// Asks the daemon to prefetch plan `key` in the background. Plans are private, and so
+/// are the lookups of their keys.
 pub async fn prefetch(client: &mut Client, key: BuildKey) -> Result<(), String> {
-    match client.call(Request::Prefetch { key }).await {
+    match client
+        .call(Request::Prefetch {
+            key,
+            scope: Scope::Private,
+        })
+        .await
+    {
         Ok(Response::Prefetching) => Ok(()),
         Ok(other) => Err(format!("unexpected answer {other:?}")),
         Err(e) => Err(e.to_string()),

@@ -51,6 +51,11 @@ pub struct UnitLog {
     /// sampling): `match`, `mismatch`, `no record`, `not reproducible`, `error`.
     #[serde(default)]
     pub verify: Option<String>,
+    /// For a miss, the kind of its reason: `no record`, `untrusted` (records exist, but
+    /// not from builders this node trusts), `lookup failed`, `fetch failed`, `sample
+    /// mismatch`, `daemon unreachable`, `verify` or `error`.
+    #[serde(default)]
+    pub cause: String,
 }
 
 /// Appends `line` to the session log named by the environment, if any. Failures are
@@ -84,6 +89,8 @@ pub struct Summary {
     pub uncacheable_reasons: BTreeMap<String, u64>,
     /// Miss reasons.
     pub miss_reasons: BTreeMap<String, u64>,
+    /// Misses by kind of reason ([`UnitLog::cause`]).
+    pub miss_causes: BTreeMap<String, u64>,
     /// Crate names of the misses, sorted.
     pub missed: Vec<String>,
     /// Bytes fetched from peers.
@@ -126,6 +133,9 @@ pub fn summarize(path: &Path) -> Summary {
             Kind::Miss => {
                 s.misses += 1;
                 *s.miss_reasons.entry(u.reason).or_default() += 1;
+                if !u.cause.is_empty() {
+                    *s.miss_causes.entry(u.cause).or_default() += 1;
+                }
                 s.missed.push(u.crate_name);
                 s.miss_overhead_ms += u.wall_ms.saturating_sub(u.compile_ms);
             }
@@ -174,9 +184,18 @@ impl Summary {
     /// The one summary line (starts with `rdht:`).
     pub fn line(&self) -> String {
         let mut line = format!(
-            "rdht: {} units, {} hits, {} misses, {} uncacheable",
-            self.units, self.hits, self.misses, self.uncacheable
+            "rdht: {} units, {} hits, {} misses",
+            self.units, self.hits, self.misses
         );
+        if !self.miss_causes.is_empty() {
+            let causes: Vec<String> = self
+                .miss_causes
+                .iter()
+                .map(|(c, n)| format!("{n} {c}"))
+                .collect();
+            line.push_str(&format!(" ({})", causes.join(", ")));
+        }
+        line.push_str(&format!(", {} uncacheable", self.uncacheable));
         if !self.uncacheable_reasons.is_empty() {
             let reasons: Vec<String> = self
                 .uncacheable_reasons
@@ -207,6 +226,13 @@ mod tests {
             (Kind::Hit, "", 2048, 1500, 20),
             (Kind::Hit, "", 0, 600, 10),
             (Kind::Miss, "no record", 0, 900, 950),
+            (
+                Kind::Miss,
+                "2 record(s) found, none from a trusted builder",
+                0,
+                10,
+                10,
+            ),
             (Kind::Uncacheable, "source read from stdin", 0, 5, 6),
         ] {
             let u = UnitLog {
@@ -223,6 +249,11 @@ mod tests {
                     "07".repeat(32)
                 },
                 verify: None,
+                cause: match reason {
+                    "no record" => "no record".into(),
+                    r if r.contains("trusted") => "untrusted".into(),
+                    _ => String::new(),
+                },
             };
             text.push_str(&serde_json::to_string(&u).unwrap());
             text.push('\n');
@@ -233,12 +264,12 @@ mod tests {
         // Hits and misses with a key; the uncacheable unit and the garbage line are not.
         assert_eq!(
             plan_keys(&log),
-            vec![rdht_core::BuildKey::from_bytes([7; 32]); 3]
+            vec![rdht_core::BuildKey::from_bytes([7; 32]); 4]
         );
-        assert_eq!((s.hit_wall_ms, s.miss_overhead_ms, s.key_ms), (30, 50, 4));
+        assert_eq!((s.hit_wall_ms, s.miss_overhead_ms, s.key_ms), (30, 50, 5));
         assert_eq!(
             s.line(),
-            "rdht: 4 units, 2 hits, 1 misses, 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved"
+            "rdht: 5 units, 2 hits, 2 misses (1 no record, 1 untrusted), 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved"
         );
     }
 }

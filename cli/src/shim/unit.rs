@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdht_api::proto::{
-    ExportedFile, FileSource, MAX_INLINE_BYTES, PutFile, Resolution, Scope, Submission, SubmitFile,
+    ExportedFile, FileSource, MAX_INLINE_BYTES, PutFile, Resolution, Submission, SubmitFile,
 };
 use rdht_api::{Client, ClientError, Request, Response};
 use rdht_core::{BlockId, BuildRecord, BuilderKey};
@@ -86,6 +86,8 @@ enum Severity {
 /// A failed cache step: why, and whether to try publishing after the local build.
 struct CacheFailure {
     reason: String,
+    /// The kind of reason, counted in the summary (`untrusted`, `no record`, …).
+    cause: &'static str,
     publish: bool,
     sample_mismatch: bool,
     severity: Severity,
@@ -99,6 +101,11 @@ impl From<ClientError> for CacheFailure {
         );
         CacheFailure {
             reason: e.to_string(),
+            cause: if unreachable {
+                "daemon unreachable"
+            } else {
+                "error"
+            },
             publish: !unreachable,
             sample_mismatch: false,
             severity: if unreachable {
@@ -113,6 +120,7 @@ impl From<ClientError> for CacheFailure {
 fn fail(reason: impl Into<String>) -> CacheFailure {
     CacheFailure {
         reason: reason.into(),
+        cause: "error",
         publish: true,
         sample_mismatch: false,
         severity: Severity::Fault,
@@ -152,6 +160,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 key_ms,
                 key: String::new(),
                 verify: None,
+                cause: String::new(),
             });
             return exec(&rustc, &args);
         }
@@ -178,6 +187,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         key_ms,
         key: unit.key.to_string(),
         verify: None,
+        cause: "daemon unreachable".into(),
     };
     if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
         return verify(&runtime, &rustc, &args, &unit, log, start);
@@ -188,6 +198,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
             Ok(hit) => {
                 log.kind = Kind::Hit;
                 log.reason.clear();
+                log.cause.clear();
                 log.bytes_fetched = hit.bytes_fetched;
                 log.compile_ms = hit.compile_ms;
                 log.verify = hit.sampled.then(|| "sample match".to_string());
@@ -206,6 +217,11 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 }
                 publish = f.publish;
                 log.verify = f.sample_mismatch.then(|| "sample mismatch".to_string());
+                log.cause = if f.sample_mismatch {
+                    "sample mismatch".into()
+                } else {
+                    f.cause.into()
+                };
                 log.reason = f.reason;
             }
         }
@@ -268,6 +284,7 @@ fn verify(
     };
     log.compile_ms = compile_start.elapsed().as_millis() as u64;
     log.reason = "verify".into();
+    log.cause = "verify".into();
     if code != 0 {
         log.wall_ms = start.elapsed().as_millis() as u64;
         session::append(&log);
@@ -519,7 +536,10 @@ async fn try_hit(rustc: &Path, args: &[String], unit: &Unit) -> Result<Hit, Cach
     let mut client = connect().await?;
     let resolved = tokio::time::timeout(
         RESOLVE_TIMEOUT,
-        client.call(Request::Resolve { key: unit.key }),
+        client.call(Request::Resolve {
+            key: unit.key,
+            scope: unit.scope(),
+        }),
     )
     .await
     .map_err(|_| fail("resolving timed out"))??;
@@ -545,9 +565,10 @@ async fn try_hit(rustc: &Path, args: &[String], unit: &Unit) -> Result<Hit, Cach
                 .unwrap_or(0);
             (root, bytes_fetched, build_ms, verify, builders)
         }
-        Response::Resolved(Resolution::Miss { reason }) => {
+        Response::Resolved(Resolution::Miss { reason, cause }) => {
             let mut f = fail(reason);
             f.severity = Severity::Miss;
+            f.cause = cause.label();
             return Err(f);
         }
         other => return Err(fail(format!("unexpected answer {other:?}"))),
@@ -745,11 +766,7 @@ async fn submit(
         key: unit.key,
         files,
         labels: unit.labels.clone(),
-        scope: if unit.public {
-            Scope::Everywhere
-        } else {
-            Scope::Private
-        },
+        scope: unit.scope(),
         build_ms,
         session: std::env::var(session::SESSION_LOG_ENV).unwrap_or_default(),
     });
@@ -845,16 +862,11 @@ async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, CacheFailure
 
 /// Asks the daemon to sign and announce "this unit's key built into `root`".
 async fn publish_record(unit: &Unit, root: BlockId, build_ms: u64) -> Result<(), CacheFailure> {
-    let scope = if unit.public {
-        Scope::Everywhere
-    } else {
-        Scope::Private
-    };
     let publish = Request::Publish {
         key: unit.key,
         root,
         labels: unit.labels.clone(),
-        scope,
+        scope: unit.scope(),
         build_ms,
     };
     let mut client = connect().await?;

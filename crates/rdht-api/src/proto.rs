@@ -12,7 +12,7 @@ use rdht_core::{BlockId, BuildKey, BuilderKey, Labels};
 use serde::{Deserialize, Serialize};
 
 /// The API version this build speaks.
-pub const API_VERSION: u16 = 1;
+pub const API_VERSION: u16 = 2;
 
 /// One file to put into an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,10 +140,13 @@ pub enum Request {
         /// Absolute path of the directory to write into.
         dest: String,
     },
-    /// Find a trusted artifact for a build key: local store, then swarms in order.
+    /// Find a trusted artifact for a build key: local store, then the swarms `scope`
+    /// allows, in order.
     Resolve {
         /// The build key.
         key: BuildKey,
+        /// The unit's scope: a `Private` key is never looked up in the public swarm.
+        scope: Scope,
     },
     /// Sign, store and announce a record that `key` built into `root`.
     Publish {
@@ -208,6 +211,8 @@ pub enum Request {
     Prefetch {
         /// The plan key.
         key: BuildKey,
+        /// The plan's scope, which its keys are looked up in too (plans are `Private`).
+        scope: Scope,
     },
     /// The sharing backlog: submitted jobs queued or running, and what finished jobs
     /// did since the daemon started; answered at once.
@@ -271,6 +276,25 @@ pub struct NodeStatus {
     pub conflicts: u64,
     /// Blocklisted builders.
     pub blocklisted: u32,
+    /// Trusted builders (this node included).
+    pub trusted_builders: u32,
+    /// Distinct trusted builders that must claim an artifact before it is used.
+    pub required_signatures: u32,
+    /// Share of other builders' hits rebuilt and compared, in parts per million.
+    pub verify_sample_ppm: u32,
+    /// Each swarm, in lookup order.
+    pub swarms: Vec<SwarmStatus>,
+}
+
+/// One swarm's counters, for [`NodeStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmStatus {
+    /// The swarm's name (`private`, `public`).
+    pub name: String,
+    /// Connected peers.
+    pub peers: u32,
+    /// Provider lookups this node started in it (for records and for artifacts).
+    pub lookups: u64,
 }
 
 /// A connected peer.
@@ -335,7 +359,34 @@ pub enum Resolution {
     Miss {
         /// Why, for the shim's one-line warning.
         reason: String,
+        /// The kind of reason, for counting.
+        cause: MissCause,
     },
+}
+
+/// Why a resolve missed, for counting (the summary's miss reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MissCause {
+    /// Nobody has a record for the key.
+    NoRecord,
+    /// Records exist, but not from (enough) builders this node trusts.
+    Untrusted,
+    /// Providers were found but did not answer in time, or the lookup failed.
+    LookupFailed,
+    /// A trusted artifact was found but could not be fetched.
+    FetchFailed,
+}
+
+impl MissCause {
+    /// A short stable label (`no record`, `untrusted`, `lookup failed`, `fetch failed`).
+    pub fn label(self) -> &'static str {
+        match self {
+            MissCause::NoRecord => "no record",
+            MissCause::Untrusted => "untrusted",
+            MissCause::LookupFailed => "lookup failed",
+            MissCause::FetchFailed => "fetch failed",
+        }
+    }
 }
 
 /// A successful answer; the variant matches the request.

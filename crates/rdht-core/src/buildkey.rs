@@ -15,21 +15,25 @@ use crate::codec;
 use crate::id::{BlockId, BuildKey};
 
 /// Version of the key derivation; part of the hashed inputs.
-pub const KEY_VERSION: u32 = 1;
+pub const KEY_VERSION: u32 = 2;
 /// BLAKE3 derive-key context of build keys.
-pub const KEY_CONTEXT: &str = "rdht 2026-11-24 build key v1";
+pub const KEY_CONTEXT: &str = "rdht 2026-12-01 build key v2";
 
 /// Where a unit's sources come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SourceInputs {
-    /// An immutable registry package: cargo checked its checksum against Cargo.lock
-    /// before unpacking, so its identity stands for its content.
+    /// A registry package. Cargo checks a package's checksum only when it unpacks it,
+    /// never the unpacked files afterwards, so its files count by content: an edited
+    /// unpacked source has another key.
     Registry {
         /// The registry's directory name under `$CARGO_HOME/registry/src`, e.g.
         /// `index.crates.io-1949cf8c6b5b557f` (a hash of the index URL).
         index: String,
         /// `name-version` directory of the package.
         package: String,
+        /// Every file of the package, by `/`-separated relative path and content
+        /// root, sorted by path.
+        files: Vec<(String, BlockId)>,
     },
     /// Any other package (path, git): every file of the package directory, by
     /// `/`-separated relative path and content root, sorted by path.
@@ -90,6 +94,7 @@ mod tests {
             source: SourceInputs::Registry {
                 index: "index.crates.io-1949cf8c6b5b557f".into(),
                 package: "serde-1.0.229".into(),
+                files: vec![("src/lib.rs".into(), BlockId::from_bytes([1; 32]))],
             },
             out_dir: None,
             env: vec![("CARGO_PKG_NAME".into(), "serde".into())],
@@ -114,6 +119,12 @@ mod tests {
         variants.push(v);
         let mut v = base.clone();
         v.source = SourceInputs::Tree { files: vec![] };
+        variants.push(v);
+        // An edited file of a registry package.
+        let mut v = base.clone();
+        if let SourceInputs::Registry { files, .. } = &mut v.source {
+            files[0].1 = BlockId::from_bytes([2; 32]);
+        }
         variants.push(v);
         let mut v = base.clone();
         v.out_dir = Some(vec![]);

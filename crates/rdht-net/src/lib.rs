@@ -45,7 +45,7 @@ pub use error::{ConfigError, DropReason, FetchError, NetError, PeerFailure};
 pub use fetch::FetchReport;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{FetchedRecord, NodeHandle, RecordsReport};
+pub use node::{FetchedRecord, NodeHandle, Reach, RecordsReport};
 pub use source::{BlockSink, BlockSource, MemoryBlocks};
 pub use swarm::Lookup;
 pub use wire::ProviderKey;

@@ -4,6 +4,9 @@
 //! lookup order (swarms in configured order), the node-wide ban list, record fetches,
 //! and handing artifact fetches to `fetch.rs`. Does not own: the libp2p event loop
 //! (`swarm.rs`) or storage (the caller's [`BlockSource`] / [`BlockSink`]).
+//! Lookups reach every swarm, or, through [`NodeHandle::within`]`(Reach::Automatic)`,
+//! only the swarms announced to automatically (the private ones): a key that must not
+//! be revealed in a swarm is never looked up there.
 //! Spec: `specs/swarm.md` §4 (records), §6 (announce and lookup order), §8 (bans).
 
 use std::collections::HashMap;
@@ -57,6 +60,17 @@ pub struct RecordsReport {
     pub failures: Vec<PeerFailure>,
 }
 
+/// Which swarms a [`NodeHandle`]'s lookups and fetches may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reach {
+    /// Every swarm, in configured order.
+    #[default]
+    All,
+    /// Only swarms whose policy is [`AnnouncePolicy::Automatic`] (private swarms): the
+    /// others never see the key.
+    Automatic,
+}
+
 struct Inner {
     peer_id: PeerId,
     swarms: Vec<SwarmHandle>,
@@ -70,6 +84,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct NodeHandle {
     inner: Arc<Inner>,
+    reach: Reach,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -119,7 +134,41 @@ impl NodeHandle {
                 fetch: config.fetch,
                 bans: Mutex::new(HashMap::new()),
             }),
+            reach: Reach::All,
         })
+    }
+
+    /// The same node, with lookups and fetches limited to the swarms `reach` allows.
+    /// (Announcements follow each swarm's own policy and are not affected.)
+    pub fn within(&self, reach: Reach) -> NodeHandle {
+        NodeHandle {
+            inner: self.inner.clone(),
+            reach,
+        }
+    }
+
+    /// The swarms this handle's lookups may ask, in configured order.
+    fn reached(&self) -> impl Iterator<Item = &SwarmHandle> {
+        let reach = self.reach;
+        self.inner
+            .swarms
+            .iter()
+            .filter(move |s| reach == Reach::All || s.announce == AnnouncePolicy::Automatic)
+    }
+
+    /// Provider lookups started so far, per swarm in configured order (whatever the
+    /// handle's reach).
+    pub fn lookups(&self) -> Vec<(String, u64)> {
+        self.inner
+            .swarms
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.lookups.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Shuts the node down when `signal` completes (e.g. ctrl-c).
@@ -223,7 +272,7 @@ impl NodeHandle {
     /// Looks `key` up in each swarm in order; returns the first lookup that found
     /// providers, or `None` when no swarm knows one.
     pub async fn find_providers(&self, key: ProviderKey) -> Result<Option<Lookup>, NetError> {
-        for s in &self.inner.swarms {
+        for s in self.reached() {
             let lookup = self
                 .lookup(s, key, self.inner.fetch.max_providers.max(1) * 2)
                 .await?;
@@ -241,8 +290,15 @@ impl NodeHandle {
         key: ProviderKey,
         limit: usize,
     ) -> Result<Lookup, NetError> {
-        let s = self.swarm(swarm)?;
+        let s = self.reached_swarm(swarm)?;
         self.lookup(s, key, limit).await
+    }
+
+    /// The named swarm, if this handle may ask it.
+    fn reached_swarm(&self, name: &str) -> Result<&SwarmHandle, NetError> {
+        self.reached()
+            .find(|s| s.name == name)
+            .ok_or_else(|| NetError::UnknownSwarm { name: name.into() })
     }
 
     async fn lookup(
@@ -251,6 +307,8 @@ impl NodeHandle {
         key: ProviderKey,
         limit: usize,
     ) -> Result<Lookup, NetError> {
+        let count = || s.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count();
         let mut lookup = s
             .request(|reply| Command::FindProviders { key, limit, reply })
             .await?;
@@ -259,6 +317,7 @@ impl NodeHandle {
             // query (idle timeouts); once the swarm has seen that, it dials anew.
             debug!(swarm = %s.name, %key, requests = lookup.requests, "no peer answered the lookup; once more");
             tokio::time::sleep(RECONNECT_PAUSE).await;
+            count();
             lookup = s
                 .request(|reply| Command::FindProviders { key, limit, reply })
                 .await?;
@@ -371,7 +430,7 @@ impl NodeHandle {
     ) -> Result<RecordsReport, NetError> {
         let mut report = RecordsReport::default();
         let mut hinted: HashMap<&str, Vec<PeerId>> = HashMap::new();
-        for s in &self.inner.swarms {
+        for s in self.reached() {
             let mut peers: Vec<PeerId> = hints
                 .iter()
                 .filter(|(n, p)| *n == s.name && *p != self.inner.peer_id && !self.is_banned(p))
@@ -391,7 +450,7 @@ impl NodeHandle {
             }
             hinted.insert(&s.name, peers);
         }
-        for s in &self.inner.swarms {
+        for s in self.reached() {
             let lookup = self.lookup(
                 s,
                 ProviderKey::Build(key),
@@ -558,7 +617,7 @@ impl NodeHandle {
         sink: &dyn BlockSink,
     ) -> Result<FetchReport, FetchError> {
         let mut last = None;
-        for s in &self.inner.swarms {
+        for s in self.reached() {
             let lookup = self
                 .lookup(
                     s,
@@ -586,7 +645,7 @@ impl NodeHandle {
         providers: &[PeerId],
         sink: &dyn BlockSink,
     ) -> Result<FetchReport, FetchError> {
-        let s = self.swarm(swarm)?;
+        let s = self.reached_swarm(swarm)?;
         self.fetch_via(s, root, providers.to_vec(), sink).await
     }
 

@@ -107,6 +107,8 @@ pub(crate) struct SwarmHandle {
     pub(crate) name: String,
     pub(crate) announce: AnnouncePolicy,
     pub(crate) control: libp2p_stream::Control,
+    /// Provider lookups started in this swarm (`NodeHandle::lookups`).
+    pub(crate) lookups: std::sync::atomic::AtomicU64,
     cmd: mpsc::Sender<Command>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -411,6 +413,7 @@ pub(crate) async fn start(
         name,
         announce: cfg.announce,
         control,
+        lookups: std::sync::atomic::AtomicU64::new(0),
         cmd: cmd_tx,
         task: tokio::sync::Mutex::new(Some(handle)),
     })
