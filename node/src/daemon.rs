@@ -757,6 +757,15 @@ impl Shared {
             None => Vec::new(),
         };
         let peers = swarms.iter().map(|s| s.peers).sum();
+        // One guard: a second lock in the same expression would deadlock.
+        let (blocklisted, trusted_builders, required_signatures) = {
+            let t = self.trust();
+            (
+                t.blocked().len() as u32,
+                t.trusted().len() as u32,
+                t.required() as u32,
+            )
+        };
         Ok(Response::Status(NodeStatus {
             peer_id: self.peer_id.to_string(),
             listen_addrs: self.listen_addrs().await,
@@ -777,9 +786,9 @@ impl Shared {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
-            blocklisted: self.trust().blocked().len() as u32,
-            trusted_builders: self.trust().trusted().len() as u32,
-            required_signatures: self.trust().required() as u32,
+            blocklisted,
+            trusted_builders,
+            required_signatures,
             verify_sample_ppm: (self.config.verify_sample_rate * 1e6).round() as u32,
             swarms,
         }))

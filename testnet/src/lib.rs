@@ -316,7 +316,8 @@ impl Drop for Node {
 }
 
 /// A private swarm: a temp dir with a generated `swarm.key` and a bootstrap file that
-/// every started node is added to.
+/// every started node is added to. Nodes may also join a public swarm of the same
+/// test ([`Swarm::node_with`]), bootstrapped from a file of its own.
 #[derive(Debug)]
 pub struct Swarm {
     /// The temp dir holding everything.
@@ -325,6 +326,19 @@ pub struct Swarm {
     pub key: PathBuf,
     /// The bootstrap file.
     pub boot: PathBuf,
+    /// The public swarm's bootstrap file.
+    pub public_boot: PathBuf,
+}
+
+/// Which swarms a node of [`Swarm::node_with`] joins, and what else its config says.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOpts<'a> {
+    /// Join the private swarm.
+    pub private: bool,
+    /// Join the test's public swarm (`public = true`, on loopback).
+    pub public: bool,
+    /// More `config.toml` lines, e.g. `required_signatures = 2`.
+    pub config: &'a str,
 }
 
 impl Default for Swarm {
@@ -346,28 +360,72 @@ impl Swarm {
             .expect("run rdht swarm keygen");
         assert!(out.status.success());
         std::fs::write(&boot, "# test swarm\n").expect("bootstrap file");
-        Swarm { tmp, key, boot }
+        let public_boot = tmp.path().join("public-bootstrap.txt");
+        std::fs::write(&public_boot, "# test public swarm\n").expect("bootstrap file");
+        Swarm {
+            tmp,
+            key,
+            boot,
+            public_boot,
+        }
     }
 
     /// Starts node `name` on 127.0.0.1 with a free port and adds it to the bootstrap file.
     pub fn node(&self, name: &str) -> Node {
-        let n = Node::start(
-            &self.tmp.path().join(name),
-            &[
-                "--swarm-key",
-                self.key.to_str().expect("utf-8 temp path"),
-                "--bootstrap",
-                self.boot.to_str().expect("utf-8 temp path"),
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ],
-        );
-        let line = n.stdout(&["swarm", "bootstrap-line"]);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&self.boot)
-            .expect("bootstrap file");
-        f.write_all(line.as_bytes()).expect("write bootstrap file");
+        self.node_with(
+            name,
+            NodeOpts {
+                private: true,
+                ..NodeOpts::default()
+            },
+        )
+    }
+
+    /// Starts node `name` in the swarms `opts` names, on 127.0.0.1 with free ports,
+    /// with `opts.config` in its `config.toml`, and adds it to their bootstrap files.
+    ///
+    /// # Panics
+    /// When the node does not start or its addresses cannot be read.
+    pub fn node_with(&self, name: &str, opts: NodeOpts<'_>) -> Node {
+        let dir = self.tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("data dir");
+        let mut config = format!("{}\n", opts.config);
+        if opts.public {
+            config.push_str(&format!(
+                "public = true\npublic_listen = [\"/ip4/127.0.0.1/tcp/0\"]\npublic_bootstrap = {:?}\n",
+                self.public_boot.to_str().expect("utf-8 temp path")
+            ));
+        }
+        std::fs::write(dir.join("config.toml"), config).expect("config file");
+        let private_args = [
+            "--swarm-key",
+            self.key.to_str().expect("utf-8 temp path"),
+            "--bootstrap",
+            self.boot.to_str().expect("utf-8 temp path"),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ];
+        let args: &[&str] = if opts.private { &private_args } else { &[] };
+        let n = Node::start(&dir, args);
+        // One loopback address per swarm, the private swarm's first.
+        let addrs = n.json(&["swarm", "bootstrap-line", "--all"]);
+        let addrs: Vec<&str> = addrs
+            .as_array()
+            .expect("address list")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let wanted = [(opts.private, &self.boot), (opts.public, &self.public_boot)];
+        let files = wanted.iter().filter(|(on, _)| *on).map(|(_, f)| f);
+        assert_eq!(addrs.len(), files.clone().count(), "{addrs:?}");
+        for (addr, file) in addrs.iter().zip(files) {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(file)
+                .expect("bootstrap file");
+            f.write_all(format!("{addr}\n").as_bytes())
+                .expect("write bootstrap file");
+        }
         n
     }
 }

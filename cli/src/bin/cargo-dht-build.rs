@@ -167,10 +167,11 @@ fn subcommand(args: Vec<String>) -> ExitCode {
     }
     let mut summary = session::summarize(&log);
     summary.share_wait_ms = waited.elapsed().as_millis() as u64;
-    eprintln!("{}", summary.line());
+    // The summary line comes last: scripts read it there.
     if let Some(line) = summary.verify_line() {
         eprintln!("{line}");
     }
+    eprintln!("{}", summary.line());
     if json {
         match serde_json::to_string(&summary) {
             Ok(s) => println!("{s}"),

@@ -201,7 +201,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 log.cause.clear();
                 log.bytes_fetched = hit.bytes_fetched;
                 log.compile_ms = hit.compile_ms;
-                log.verify = hit.sampled.then(|| "sample match".to_string());
+                log.verify = hit.sample.map(str::to_string);
                 log.wall_ms = start.elapsed().as_millis() as u64;
                 session::append(&log);
                 return 0;
@@ -520,7 +520,9 @@ async fn connect() -> Result<Client, CacheFailure> {
 struct Hit {
     bytes_fetched: u64,
     compile_ms: u64,
-    sampled: bool,
+    /// The sampled check's outcome (`sample match`, `sample not reproducible`), when
+    /// one ran.
+    sample: Option<&'static str>,
 }
 
 /// A unique scratch directory next to the outputs (same file system, for renames).
@@ -581,7 +583,6 @@ async fn try_hit(rustc: &Path, args: &[String], unit: &Unit) -> Result<Hit, Cach
     result.map(|mut hit| {
         hit.bytes_fetched += resolve_fetched;
         hit.compile_ms = build_ms;
-        hit.sampled = sampled;
         hit
     })
 }
@@ -646,6 +647,7 @@ async fn materialize(
             }
         }
     }
+    let mut sample = None;
     if let Some((rustc, args, builders)) = check {
         let cached: BTreeMap<String, BlockId> = outputs
             .iter()
@@ -653,7 +655,16 @@ async fn materialize(
             .map(|e| (e.path["out/".len()..].to_string(), e.root))
             .collect();
         let local = rebuild_roots(rustc, args, unit)?;
-        if local != cached {
+        sample = Some("sample match");
+        // Only a reproducible unit can show a builder lied: a second local build must
+        // give the same outputs as the first before anyone is blamed.
+        if local != cached && rebuild_roots(rustc, args, unit)? != local {
+            eprintln!(
+                "rdht: warning: {}: sampled check: two local builds differ (not reproducible); no builder blamed, the cached artifact is used",
+                unit.labels.crate_name
+            );
+            sample = Some("sample not reproducible");
+        } else if local != cached {
             for b in builders {
                 let reason = format!(
                     "sampled check: artifact {root} for build key {} differs from a local build",
@@ -698,7 +709,7 @@ async fn materialize(
     Ok(Hit {
         bytes_fetched: fetched,
         compile_ms: 0,
-        sampled: false,
+        sample,
     })
 }
 
