@@ -17,6 +17,7 @@ use rdht_core::{BlockId, BuildKey, Labels};
 use super::args::{Arg, Invocation};
 use super::filehash::{file_root, hash_tree};
 use super::roots::{Roots, target_dir};
+use super::stamp::stamp_file;
 
 /// crates.io's registry directory names under `$CARGO_HOME/registry/src`.
 const CRATES_IO: &[&str] = &["index.crates.io-", "github.com-1ecc6299db9ec823"];
@@ -61,6 +62,9 @@ pub struct Unit {
     pub labels: Labels,
     /// A crates.io package: may be published to every swarm.
     pub public: bool,
+    /// For a cargo check unit, the file whose modification time cargo gives its outputs
+    /// after the compile ([`super::stamp`]).
+    pub check_stamp: Option<PathBuf>,
 }
 
 /// The process environment, as a sorted map (tests pass their own).
@@ -307,7 +311,13 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
             .collect(),
         crate_types: inv.crate_types.iter().take(8).cloned().collect(),
     };
+    let check_stamp = stamp_file(
+        &inv,
+        &out_dir,
+        env.get("CARGO_PKG_NAME").map(String::as_str),
+    );
     Ok(Plan::Cacheable(Box::new(Unit {
+        check_stamp,
         inv,
         roots,
         out_dir,

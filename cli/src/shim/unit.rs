@@ -4,7 +4,8 @@
 //! - Hit: resolve the key through the daemon, export the artifact next to the output
 //!   directory, check the environment the unit read (`# env-dep` lines), move outputs
 //!   into place with local paths in dep-info, replay rustc's messages with local paths.
-//! - Miss: run rustc with path remapping, passing its output through as it comes, then
+//! - Miss: run rustc with path remapping, passing its output through as it comes; once
+//!   it has exited, give a check unit's outputs cargo's time (`stamp.rs`), then
 //!   submit the outputs: the daemon stores them and publishes a signed record in the
 //!   background (it checks the files did not change meanwhile), so cargo is not kept
 //!   waiting. Outputs too large to describe inline are stored synchronously instead.
@@ -492,7 +493,25 @@ fn run_rustc(rustc: &Path, args: &[String], unit: &Unit) -> std::io::Result<(i32
     }
     let status = child.wait()?;
     captured.stdout = out_thread.join().unwrap_or_default();
+    if status.success() {
+        // The outputs are final once rustc has exited, but for cargo's check-mode mtime;
+        // apply it now, so that what is described to the daemon is what cargo leaves.
+        settle(unit, &artifacts(&captured.stderr));
+    }
     Ok((status.code().unwrap_or(101), captured))
+}
+
+/// Gives a check unit's outputs the modification time cargo will give them once this
+/// process has exited ([`super::stamp`]); a failure is one warning and only costs sharing.
+fn settle(unit: &Unit, outputs: &[PathBuf]) {
+    if let Some(stamp) = &unit.check_stamp
+        && let Err(e) = super::stamp::apply(stamp, outputs)
+    {
+        eprintln!(
+            "rdht: warning: {}: cannot set the outputs' time as cargo does: {e}",
+            unit.labels.crate_name
+        );
+    }
 }
 
 async fn connect() -> Result<Client, CacheFailure> {
@@ -655,6 +674,7 @@ async fn materialize(
             return Err(f);
         }
     }
+    let mut placed = Vec::with_capacity(outputs.len());
     for e in &outputs {
         let name = &e.path["out/".len()..];
         let from = tmp.join(&e.path);
@@ -666,8 +686,14 @@ async fn materialize(
         }
         std::fs::rename(&from, &to)
             .map_err(|err| fail(format!("moving {} into place: {err}", to.display())))?;
-        if !name.ends_with(".d") {
-            let _ = remember(&to, e.root);
+        placed.push((to, e.root));
+    }
+    // As after a compile: cargo's check-mode time first, so the sidecars stay valid.
+    let paths: Vec<PathBuf> = placed.iter().map(|(p, _)| p.clone()).collect();
+    settle(unit, &paths);
+    for (to, root) in &placed {
+        if to.extension().is_none_or(|x| x != "d") {
+            let _ = remember(to, *root);
         }
     }
     let stdout = unit.roots.localize(&read("rdht/stdout"));
