@@ -153,6 +153,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 key_ms,
                 key: String::new(),
                 verify: None,
+                not_shared: None,
             });
             return exec(&rustc, &args);
         }
@@ -179,6 +180,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         key_ms,
         key: unit.key.to_string(),
         verify: None,
+        not_shared: None,
     };
     if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
         return verify(&runtime, &rustc, &args, &unit, log, start);
@@ -235,6 +237,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 "rdht: warning: {crate_name}: built locally but not shared: {}",
                 e.reason
             );
+            log.not_shared = Some(session::NOT_HANDED_OVER.to_string());
         }
     }
     log.wall_ms = start.elapsed().as_millis() as u64;

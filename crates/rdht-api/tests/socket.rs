@@ -148,8 +148,8 @@ async fn garbage_and_wrong_version_get_an_error_then_service_continues() {
     let _server = serve(&path);
     let mut s = UnixStream::connect(&path).await.unwrap();
 
-    // Version 1 followed by garbage.
-    write_frame(&mut s, &[0x01, 0x07, 0xff, 0xff, 0xff])
+    // The current version followed by garbage.
+    write_frame(&mut s, &[API_VERSION as u8, 0x07, 0xff, 0xff, 0xff])
         .await
         .unwrap();
     let f = read_reply(&mut s).await.unwrap();
@@ -169,7 +169,7 @@ async fn garbage_and_wrong_version_get_an_error_then_service_continues() {
             assert_eq!(e.kind, ErrorKind::UnsupportedVersion);
             assert_eq!(
                 e.message,
-                "request speaks API version 9; this daemon speaks 1"
+                format!("request speaks API version 9; this daemon speaks {API_VERSION}")
             );
         }
         other => panic!("{other:?}"),
