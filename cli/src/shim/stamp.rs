@@ -5,9 +5,9 @@
 //! the unit's invocation time: the modification time of
 //! `<profile dir>/.fingerprint/<package><extra-filename>/invoked.timestamp`, which cargo
 //! writes just before it runs the wrapper (cargo's `compiler/mod.rs`, a workaround for
-//! rust-lang/rust#114669 since cargo 1.90). An output described to the daemon before that
-//! shift no longer matches the description when the daemon's job reads it, and the job
-//! refuses it as changed. So the shim makes the same shift itself as soon as rustc has
+//! rust-lang/rust#114669; observed with cargo 1.95). An output described to the daemon
+//! before that shift no longer matches the description when the daemon's job reads it,
+//! and the job refuses it as changed. So the shim makes the same shift itself as soon as rustc has
 //! exited, and on a hit once the outputs are in place: cargo's own shift then changes
 //! nothing, the description stays true, and sidecars written afterwards stay valid.
 //!
