@@ -4,7 +4,9 @@
 //! Invariant: JSON field names are stable; ids and keys are lowercase hex strings.
 
 use indicatif::HumanBytes;
-use rdht_api::proto::{JobsStatus, NodeStatus, PeerInfo, RecordView};
+use std::collections::BTreeMap;
+
+use rdht_api::proto::{DrainReport, JobsStatus, NodeStatus, PeerInfo, RecordView};
 use rdht_core::{BuildRecord, BuilderKey};
 use serde_json::{Value, json};
 
@@ -117,6 +119,43 @@ fn percent(ppm: u32) -> String {
     let text = format!("{:.4}", f64::from(ppm) / 1e4);
     let text = text.trim_end_matches('0').trim_end_matches('.');
     format!("{text}%")
+}
+
+/// Counts by reason, largest first (then by name): `2 changed after the compile, 1 store
+/// error`.
+pub fn counted(by_reason: &BTreeMap<String, u64>) -> String {
+    let mut v: Vec<(&String, &u64)> = by_reason.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rdht sync`: the summary line (stdout) and one line per listed failure (stderr).
+pub fn sync(r: &DrainReport) -> (String, Vec<String>, Value) {
+    let failed = r.failed_count();
+    let mut text = format!("{} published, {failed} failed", r.published);
+    if failed > 0 {
+        text.push_str(&format!(" ({})", counted(&r.failed_by_reason)));
+    }
+    text.push('\n');
+    let lines = r
+        .failed
+        .iter()
+        .map(|f| format!("not shared: {}: {}", f.crate_name, f.detail))
+        .collect();
+    let v = json!({
+        "published": r.published,
+        "failed": failed,
+        "failed_by_reason": r.failed_by_reason,
+        "failures": r.failed.iter().map(|f| json!({
+            "crate": f.crate_name,
+            "reason": f.reason,
+            "detail": f.detail,
+        })).collect::<Vec<_>>(),
+    });
+    (text, lines, v)
 }
 
 /// `rdht peers`.

@@ -1,6 +1,8 @@
-//! `cargo dht-build` end to end, with real processes and real crates.io crates: two
-//! daemons in a private swarm, a project with a proc-macro (serde derive), build scripts
-//! and a path dependency, built in different directories with different CARGO_HOMEs.
+//! `cargo dht-build` and the plain `RUSTC_WRAPPER` end to end, with real processes and
+//! real crates.io crates: two daemons in a private swarm, a project with a proc-macro
+//! (serde derive), build scripts and a path dependency, built in different directories
+//! with different CARGO_HOMEs; `cargo check` (metadata-only units) across two paths; a
+//! check, a build and a `test --no-run` at once against one daemon.
 //! Needs crates.io (the registry is reachable on this project's machines).
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
@@ -8,7 +10,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use rdht_testnet::{DEADLINE, Node, Swarm, bin};
+use rdht_cli::shim::session::{Summary, summarize};
+use rdht_testnet::{DEADLINE, Node, Swarm, bin, copy_project, wrapped_cargo};
 
 const MAIN_RS: &str = r#"use serde::Serialize;
 
@@ -49,20 +52,6 @@ fn write_project(dir: &Path, greeting: &str) {
         format!("pub fn greeting() -> &'static str {{\n    \"{greeting}\"\n}}\n"),
     )
     .unwrap();
-}
-
-fn copy_project(from: &Path, to: &Path) {
-    for rel in [
-        "Cargo.toml",
-        "Cargo.lock",
-        "src/main.rs",
-        "mylib/Cargo.toml",
-        "mylib/src/lib.rs",
-    ] {
-        let dst = to.join(rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(from.join(rel), dst).unwrap();
-    }
 }
 
 /// `cargo dht-build --json` in `project` against `node`, with `cargo_home`.
@@ -116,6 +105,7 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
         (0, units, 0),
         "{s1}"
     );
+    assert_eq!(count(&s1, "not_shared"), 0, "{s1}");
 
     // Another path, another CARGO_HOME, empty target, daemon B: everything from A.
     let p2 = root.join("bob/src/p-copy");
@@ -239,4 +229,234 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
             .any(|r| r.contains("none from a trusted builder")),
         "{s5}"
     );
+}
+
+/// Writes a one-package project `name` depending on `deps` (Cargo.toml lines) with the
+/// files `files` (relative path, contents).
+fn write_package(dir: &Path, name: &str, deps: &[&str], files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [dependencies]\n{}\n",
+            deps.join("\n")
+        ),
+    )
+    .unwrap();
+    for (rel, text) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+const CHECK_MAIN: &str = r#"fn main() {
+    let mut b = itoa::Buffer::new();
+    println!("{} {:?}", b.format(42), memchr::memchr(b'z', b"lazy"));
+}
+"#;
+
+/// Cargo's own lines in `stderr` (not rdht's), trimmed.
+fn cargo_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with("rdht:"))
+        .collect()
+}
+
+/// Asserts that `cargo ARGS` with the wrapper finds everything fresh: cargo prints
+/// `Finished` and nothing else (but the `Executable` list of `test --no-run`), and the
+/// wrapper is never run.
+fn assert_no_op(args: &[&str], project: &Path, cargo_home: &Path, node: &Node) {
+    let log = project.with_extension("no-op.jsonl");
+    let out = wrapped_cargo(args, project, cargo_home, &node.dir, &log);
+    let lines = cargo_lines(&out.stderr);
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("Finished "))
+            && lines[1..].iter().all(|l| l.starts_with("Executable ")),
+        "cargo {args:?} was not a no-op: {lines:?}"
+    );
+    assert_eq!(summarize(&log).units, 0);
+}
+
+/// A `cargo dht-build --json` summary's (units, hits, misses, not shared).
+fn shared_counts(v: &serde_json::Value) -> (u64, u64, u64, u64) {
+    (
+        count(v, "units"),
+        count(v, "hits"),
+        count(v, "misses"),
+        count(v, "not_shared"),
+    )
+}
+
+/// The outcome counts of a wrapper run's session log: (units, hits, misses, uncacheable).
+fn counts(s: &Summary) -> (u64, u64, u64, u64) {
+    (s.units, s.hits, s.misses, s.uncacheable)
+}
+
+#[test]
+fn a_cargo_check_is_shared_whole_and_a_copy_elsewhere_checks_from_the_swarm() {
+    let swarm = Swarm::new();
+    let root = swarm.tmp.path();
+    let a = swarm.node("a");
+    let b = swarm.node("b");
+    b.rdht(&["trust", "add", &a.builder_key()]);
+
+    // A: `cargo check` through the wrapper; every unit is metadata-only and misses.
+    let p1 = root.join("alice/work/chk");
+    write_package(
+        &p1,
+        "chk",
+        &["itoa = \"=1.0.19\"", "memchr = \"=2.8.3\""],
+        &[("src/main.rs", CHECK_MAIN)],
+    );
+    let home_a = root.join("home-a");
+    wrapped_cargo(&["check"], &p1, &home_a, &a.dir, &root.join("a.jsonl"));
+    let s1 = summarize(&root.join("a.jsonl"));
+    assert_eq!(counts(&s1), (3, 0, 3, 0), "{s1:?}");
+    assert_eq!(s1.missed, ["chk", "itoa", "memchr"]);
+    // Every unit's outputs are shared: none is refused as changed.
+    assert_eq!(a.stdout(&["sync"]), "3 published, 0 failed\n");
+
+    // B: a copy at another path with another CARGO_HOME; every unit is a hit from A.
+    let p2 = root.join("bob/src/chk-copy");
+    copy_project(&p1, &p2);
+    let home_b = root.join("home-b");
+    let out = wrapped_cargo(&["check"], &p2, &home_b, &b.dir, &root.join("b.jsonl"));
+    let s2 = summarize(&root.join("b.jsonl"));
+    assert_eq!(counts(&s2), (3, 3, 0, 0), "{s2:?}");
+    assert!(s2.bytes_fetched > 0, "{s2:?}");
+    let lines = cargo_lines(&out.stderr);
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("Checking ")).count(),
+        3,
+        "{lines:?}"
+    );
+    // What rustc wrote for this emit set, file for file: the same names, the same
+    // metadata, dep-info with B's own paths.
+    let deps = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p.join("target/debug/deps"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let names = deps(&p1);
+    assert_eq!(deps(&p2), names);
+    assert_eq!(names.iter().filter(|n| n.ends_with(".rmeta")).count(), 3);
+    assert_eq!(names.iter().filter(|n| n.ends_with(".d")).count(), 3);
+    for n in &names {
+        let (f1, f2) = (
+            p1.join("target/debug/deps").join(n),
+            p2.join("target/debug/deps").join(n),
+        );
+        if n.ends_with(".d") {
+            let d2 = std::fs::read_to_string(&f2).unwrap();
+            assert!(!d2.contains(p1.to_str().unwrap()), "{d2}");
+            assert!(!d2.contains(home_a.to_str().unwrap()), "{d2}");
+        } else {
+            assert_eq!(sha256(&f2), sha256(&f1), "{n}");
+        }
+    }
+    // And cargo finds the check up to date.
+    assert_no_op(&["check"], &p2, &home_b, &b);
+}
+
+/// At once against `node`, each in its own `target`: `cargo check` of `projects[0]` and
+/// `cargo test --no-run` of `projects[2]` through the wrapper (session logs `logs`), and
+/// `cargo dht-build` of `projects[1]`, whose summary is returned.
+fn three_builds_at_once(
+    projects: &[std::path::PathBuf; 3],
+    home: &Path,
+    node: &Node,
+    logs: &[std::path::PathBuf; 2],
+) -> serde_json::Value {
+    std::thread::scope(|s| {
+        let check = s.spawn(|| wrapped_cargo(&["check"], &projects[0], home, &node.dir, &logs[0]));
+        let build = s.spawn(|| dht_build(&projects[1], home, node).1);
+        let test = s.spawn(|| {
+            wrapped_cargo(
+                &["test", "--no-run"],
+                &projects[2],
+                home,
+                &node.dir,
+                &logs[1],
+            )
+        });
+        check.join().unwrap();
+        test.join().unwrap();
+        build.join().unwrap()
+    })
+}
+
+#[test]
+fn a_check_a_build_and_a_test_build_at_once_share_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let node = Node::start(&root.join("n"), &[]);
+    let projects = [root.join("chk"), root.join("bld"), root.join("tst")];
+    write_package(
+        &projects[0],
+        "chk",
+        &["itoa = \"=1.0.19\"", "memchr = \"=2.8.3\""],
+        &[("src/main.rs", CHECK_MAIN)],
+    );
+    write_package(
+        &projects[1],
+        "bld",
+        &["itoa = \"=1.0.19\"", "cfg-if = \"=1.0.5\""],
+        &[(
+            "src/main.rs",
+            "fn main() {\n    cfg_if::cfg_if! { if #[cfg(unix)] { let n = 7; } else { let n = 8; } }\n    println!(\"{}\", itoa::Buffer::new().format(n));\n}\n",
+        )],
+    );
+    write_package(
+        &projects[2],
+        "tst",
+        &["memchr = \"=2.8.3\"", "bitflags = \"=2.13.2\""],
+        &[
+            (
+                "src/lib.rs",
+                "bitflags::bitflags! { pub struct F: u8 { const A = 1; } }\n\
+                 pub fn find(h: &[u8]) -> Option<usize> { memchr::memchr(b'x', h) }\n\
+                 #[cfg(test)]\nmod tests {\n    #[test]\n    fn finds() { assert_eq!(super::find(b\"ax\"), Some(1)); }\n}\n",
+            ),
+            (
+                "tests/it.rs",
+                "#[test]\nfn flags() { assert!(tst::F::A.contains(tst::F::A)); }\n",
+            ),
+        ],
+    );
+    let home = root.join("home");
+    let logs = [root.join("chk.jsonl"), root.join("tst.jsonl")];
+    let built = three_builds_at_once(&projects, &home, &node, &logs);
+    let (check, test) = (summarize(&logs[0]), summarize(&logs[1]));
+    assert_eq!(counts(&check), (3, 0, 3, 0), "{check:?}");
+    // tst: memchr, bitflags, the lib, its unit tests, the integration test.
+    assert_eq!(counts(&test), (5, 0, 5, 0), "{test:?}");
+    // bld: itoa, cfg-if, the binary.
+    assert_eq!(shared_counts(&built), (3, 0, 3, 0), "{built}");
+    // The wrapper runs' jobs (the dht-build drained its own): all published.
+    assert_eq!(node.stdout(&["sync"]), "8 published, 0 failed\n");
+    let jobs = node.json(&["status"])["jobs"].clone();
+    assert_eq!(
+        jobs,
+        serde_json::json!({"pending": 0, "published": 11, "failed": 0})
+    );
+
+    // The same three again in fresh target dirs: every unit is a hit.
+    for p in &projects {
+        std::fs::remove_dir_all(p.join("target")).unwrap();
+    }
+    let logs = [root.join("chk-2.jsonl"), root.join("tst-2.jsonl")];
+    let built = three_builds_at_once(&projects, &home, &node, &logs);
+    assert_eq!(counts(&summarize(&logs[0])), (3, 3, 0, 0));
+    assert_eq!(counts(&summarize(&logs[1])), (5, 5, 0, 0));
+    assert_eq!(shared_counts(&built), (3, 3, 0, 0), "{built}");
+    assert_no_op(&["check"], &projects[0], &home, &node);
+    assert_no_op(&["test", "--no-run"], &projects[2], &home, &node);
 }

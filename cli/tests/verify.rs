@@ -11,7 +11,7 @@ use std::process::Command;
 use rdht_api::proto::Scope;
 use rdht_api::{Client, Request, Response};
 use rdht_core::{BuildKey, Labels};
-use rdht_testnet::{Swarm, bin};
+use rdht_testnet::{Swarm, bin, wrapped_cargo};
 
 fn write_project(dir: &Path) {
     std::fs::create_dir_all(dir.join("src")).unwrap();
@@ -50,21 +50,7 @@ fn verify_catches_a_validly_signed_wrong_root_and_blocklists_its_builder() {
     let p1 = root.join("one/p");
     write_project(&p1);
     let log = root.join("a-units.jsonl");
-    let out = Command::new("cargo")
-        .arg("build")
-        .current_dir(&p1)
-        .env("CARGO_HOME", root.join("home-a"))
-        .env("RUSTC_WRAPPER", bin("cargo-dht-build"))
-        .env("RDHT_DATA_DIR", &a.dir)
-        .env("RDHT_SESSION_LOG", &log)
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wrapped_cargo(&["build"], &p1, &root.join("home-a"), &a.dir, &log);
     // The daemon stores and publishes in the background; wait for it.
     assert_eq!(a.stdout(&["sync"]), "4 published, 0 failed\n");
     let units: Vec<serde_json::Value> = std::fs::read_to_string(&log)

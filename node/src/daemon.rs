@@ -543,11 +543,11 @@ async fn run_jobs(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::Receiver<Job>)
         let session = job.session.clone();
         let name = job.labels.crate_name.clone();
         let key = job.key;
-        let outcome = shared.run_job(job).await.map_err(|e| {
-            warn!(%key, crate_name = %name, "not shared: {e}");
-            format!("{name}: {e}")
-        });
-        shared.tally.finished(&session, outcome);
+        let outcome = shared.run_job(job).await;
+        if let Err(e) = &outcome {
+            warn!(%key, crate_name = %name, reason = e.reason(), "not shared: {e}");
+        }
+        shared.tally.finished(&session, &name, outcome);
     }
 }
 
@@ -722,10 +722,9 @@ impl Shared {
                 self.prefetch(key, scope);
                 Ok(Response::Prefetching)
             }
-            Request::Drain { session } => {
-                let (published, failed) = self.tally.drain(session.as_deref()).await;
-                Ok(Response::Drained { published, failed })
-            }
+            Request::Drain { session } => Ok(Response::Drained(
+                self.tally.drain(session.as_deref()).await,
+            )),
             Request::Jobs => {
                 let (pending, published, failed) = self.tally.status();
                 Ok(Response::Jobs(JobsStatus {
@@ -826,9 +825,10 @@ impl Shared {
             .ok_or_else(|| api_err(ErrorKind::Unavailable, "the daemon is stopping"))?;
         let session = job.session.clone();
         let pending = self.tally.queued(&session);
+        let name = job.labels.crate_name.clone();
         if tx.send(job).await.is_err() {
             self.tally
-                .finished(&session, Err("the daemon is stopping".into()));
+                .finished(&session, &name, Err(submit::JobError::Stopping));
             return Err(api_err(ErrorKind::Unavailable, "the daemon is stopping"));
         }
         Ok(Response::Submitted { pending })
@@ -845,7 +845,7 @@ impl Shared {
 
     /// Stores a job's files (unpinned until the record is published), checks they did
     /// not change while being read, then publishes.
-    async fn run_job(&self, job: Job) -> Result<(), String> {
+    async fn run_job(&self, job: Job) -> Result<(), submit::JobError> {
         let scratch = self.scratch_dir("job");
         let files = job.files;
         let labels = job.labels.clone();
@@ -860,10 +860,10 @@ impl Shared {
         })
         .await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
-        let root = stored.map_err(|e| e.message)??;
+        let root = stored.map_err(|e| submit::JobError::Store(e.message))??;
         self.publish(job.key, root, job.labels, job.scope, job.build_ms)
             .await
-            .map_err(|e| e.message)?;
+            .map_err(|e| submit::JobError::Publish(e.message))?;
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! Background jobs for `Request::Submit`: a build's outputs are stored and published
 //! after the wrapper that built them has returned to cargo.
 //!
-//! Owns: the job type, per-session tallies (what `Request::Drain` waits for), and turning
+//! Owns: the job type, why a job failed ([`JobError`], counted by its fixed reason),
+//! per-session tallies (what `Request::Drain` waits for and reports), and turning
 //! a job's files into ingestible files: writing inline contents to a private directory
 //! and checking that each on-disk file is still the one the client described (size,
 //! modification time, inode) before and after it is read. Does not own: storing,
@@ -15,19 +16,84 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rdht_api::proto::{FileSource, MAX_INLINE_BYTES, SubmitFile, file_identity};
+use rdht_api::proto::{
+    DrainReport, FileSource, MAX_INLINE_BYTES, ShareFailure, SubmitFile, file_identity,
+};
 use rdht_store::IngestFile;
 use tokio::sync::Notify;
 
 /// Jobs that may wait in the queue; a full queue makes `Submit` wait (backpressure).
 pub const QUEUE_LEN: usize = 1024;
-/// Failure lines kept per session.
+/// Failures listed per session (all are counted).
 const MAX_FAILURES_KEPT: usize = 100;
 /// Sessions tracked at once; finished ones beyond this are forgotten.
 const MAX_SESSIONS: usize = 1024;
 
 /// One submitted build output.
 pub type Job = rdht_api::proto::Submission;
+
+/// Why a job published nothing. [`JobError::reason`] is the phrase failures are counted
+/// by (specs/local-api.md §3.1); the message says which file and what differed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// An on-disk output no longer had the described identity when the job began: it was
+    /// rewritten after the compile, e.g. by a later compile of the same unit.
+    #[error("{} changed after the compile that produced it ({differs} differs)", path.display())]
+    Changed {
+        /// The output.
+        path: PathBuf,
+        /// What differs: `size`, `modification time`, `inode`, joined by `, `.
+        differs: String,
+    },
+    /// An on-disk output's identity changed while the job was reading it.
+    #[error("{} changed while it was being stored ({differs} differs)", path.display())]
+    ChangedWhileStoring {
+        /// The output.
+        path: PathBuf,
+        /// What differs, as for [`JobError::Changed`].
+        differs: String,
+    },
+    /// An on-disk output could not be examined (removed, or unreadable).
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        /// The output.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The daemon could not write inline contents into its scratch directory.
+    #[error("{}: {source}", path.display())]
+    Scratch {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not ingest the files.
+    #[error("storing: {0}")]
+    Store(String),
+    /// Signing, storing or announcing the record failed.
+    #[error("publishing: {0}")]
+    Publish(String),
+    /// The daemon stopped before running the job.
+    #[error("the daemon is stopping")]
+    Stopping,
+}
+
+impl JobError {
+    /// The fixed phrase this failure is counted by.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JobError::Changed { .. } => "changed after the compile",
+            JobError::ChangedWhileStoring { .. } => "changed while being stored",
+            JobError::Unreadable { .. } => "output missing or unreadable",
+            JobError::Scratch { .. } => "daemon scratch space",
+            JobError::Store(_) => "store error",
+            JobError::Publish(_) => "publish error",
+            JobError::Stopping => "daemon stopping",
+        }
+    }
+}
 
 /// Why a submitted request is refused at once.
 pub fn check_request(files: &[SubmitFile]) -> Result<(), String> {
@@ -49,18 +115,24 @@ pub fn check_request(files: &[SubmitFile]) -> Result<(), String> {
     Ok(())
 }
 
+/// A file's identity: (size, modification time in ns, inode).
+type Identity = (u64, i128, u64);
+
 /// A job's files, ready to ingest; inline ones written under `scratch`.
 pub struct Prepared {
     /// What to ingest.
     pub files: Vec<IngestFile>,
     /// On-disk files with the identity the client gave, to check again after reading.
-    checks: Vec<(PathBuf, (u64, i128, u64))>,
+    checks: Vec<(PathBuf, Identity)>,
 }
 
 /// Writes inline contents under `scratch` (created) and checks on-disk files against
 /// the client's description.
-pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, String> {
-    std::fs::create_dir_all(scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, JobError> {
+    std::fs::create_dir_all(scratch).map_err(|source| JobError::Scratch {
+        path: scratch.to_path_buf(),
+        source,
+    })?;
     let mut out = Prepared {
         files: Vec::with_capacity(files.len()),
         checks: Vec::new(),
@@ -69,7 +141,10 @@ pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, String>
         match &f.source {
             FileSource::Inline(bytes) => {
                 let p = scratch.join(n.to_string());
-                std::fs::write(&p, bytes).map_err(|e| format!("writing {}: {e}", p.display()))?;
+                std::fs::write(&p, bytes).map_err(|source| JobError::Scratch {
+                    path: p.clone(),
+                    source,
+                })?;
                 out.files.push(IngestFile {
                     path: f.path.clone(),
                     source: p,
@@ -85,7 +160,9 @@ pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, String>
             } => {
                 let p = PathBuf::from(path);
                 let want = (*len, *mtime_ns, *ino);
-                check_identity(&p, want)?;
+                if let Some(differs) = differs(&p, want)? {
+                    return Err(JobError::Changed { path: p, differs });
+                }
                 out.files.push(IngestFile {
                     path: f.path.clone(),
                     source: p.clone(),
@@ -100,29 +177,62 @@ pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, String>
 
 impl Prepared {
     /// Checks, after reading, that no on-disk file changed.
-    pub fn recheck(&self) -> Result<(), String> {
-        self.checks
-            .iter()
-            .try_for_each(|(p, want)| check_identity(p, *want))
+    pub fn recheck(&self) -> Result<(), JobError> {
+        for (p, want) in &self.checks {
+            if let Some(differs) = differs(p, *want)? {
+                return Err(JobError::ChangedWhileStoring {
+                    path: p.clone(),
+                    differs,
+                });
+            }
+        }
+        Ok(())
     }
 }
 
-fn check_identity(p: &Path, want: (u64, i128, u64)) -> Result<(), String> {
-    let have = file_identity(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    if have != want {
-        return Err(format!(
-            "{} changed after the compile that produced it (size, time or inode differ)",
-            p.display()
-        ));
-    }
-    Ok(())
+/// What of `p`'s identity differs from `want`, if anything.
+fn differs(p: &Path, want: Identity) -> Result<Option<String>, JobError> {
+    let have = file_identity(p).map_err(|source| JobError::Unreadable {
+        path: p.to_path_buf(),
+        source,
+    })?;
+    let what: Vec<&str> = [
+        (have.0 != want.0, "size"),
+        (have.1 != want.1, "modification time"),
+        (have.2 != want.2, "inode"),
+    ]
+    .into_iter()
+    .filter_map(|(d, name)| d.then_some(name))
+    .collect();
+    Ok((!what.is_empty()).then(|| what.join(", ")))
 }
 
 #[derive(Debug, Default)]
 struct SessionTally {
     pending: u32,
-    published: u64,
-    failed: Vec<String>,
+    report: DrainReport,
+}
+
+impl SessionTally {
+    fn record(&mut self, crate_name: &str, outcome: &Result<(), JobError>) {
+        match outcome {
+            Ok(()) => self.report.published += 1,
+            Err(e) => {
+                *self
+                    .report
+                    .failed_by_reason
+                    .entry(e.reason().to_string())
+                    .or_default() += 1;
+                if self.report.failed.len() < MAX_FAILURES_KEPT {
+                    self.report.failed.push(ShareFailure {
+                        crate_name: crate_name.to_string(),
+                        reason: e.reason().to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// Jobs per session, for `Drain`.
@@ -156,8 +266,8 @@ impl Tally {
         (pending, published, failed)
     }
 
-    /// Records a finished job.
-    pub fn finished(&self, session: &str, outcome: Result<(), String>) {
+    /// Records a finished job of `crate_name`.
+    pub fn finished(&self, session: &str, crate_name: &str, outcome: Result<(), JobError>) {
         {
             let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
             match &outcome {
@@ -169,19 +279,15 @@ impl Tally {
             let mut s = self.lock();
             let t = s.entry(session.to_string()).or_default();
             t.pending = t.pending.saturating_sub(1);
-            match outcome {
-                Ok(()) => t.published += 1,
-                Err(e) if t.failed.len() < MAX_FAILURES_KEPT => t.failed.push(e),
-                Err(_) => {}
-            }
+            t.record(crate_name, &outcome);
         }
         self.changed.notify_waiters();
     }
 
     /// Waits until `session` has no pending job, then forgets it and returns what its
-    /// jobs did: (published, failure lines). With `None`, waits until no job is pending
-    /// anywhere and reports every session without forgetting any.
-    pub async fn drain(&self, session: Option<&str>) -> (u64, Vec<String>) {
+    /// jobs did. With `None`, waits until no job is pending anywhere and reports every
+    /// session without forgetting any.
+    pub async fn drain(&self, session: Option<&str>) -> DrainReport {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -190,17 +296,22 @@ impl Tally {
                 let mut s = self.lock();
                 match session {
                     Some(session) => match s.get(session) {
-                        None => return (0, Vec::new()),
+                        None => return DrainReport::default(),
                         Some(t) if t.pending == 0 => {
-                            let t = s.remove(session).unwrap_or_default();
-                            return (t.published, t.failed);
+                            return s.remove(session).unwrap_or_default().report;
                         }
                         Some(_) => {}
                     },
                     None if s.values().all(|t| t.pending == 0) => {
-                        let published = s.values().map(|t| t.published).sum();
-                        let failed = s.values().flat_map(|t| t.failed.clone()).collect();
-                        return (published, failed);
+                        let mut all = DrainReport::default();
+                        for t in s.values() {
+                            all.published += t.report.published;
+                            for (r, n) in &t.report.failed_by_reason {
+                                *all.failed_by_reason.entry(r.clone()).or_default() += n;
+                            }
+                            all.failed.extend(t.report.failed.iter().cloned());
+                        }
+                        return all;
                     }
                     None => {}
                 }
@@ -213,6 +324,8 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn disk(path: &Path) -> SubmitFile {
@@ -231,15 +344,43 @@ mod tests {
         let p = prepare(&job, &d.path().join("s1")).unwrap();
         assert_eq!(p.files[0].source, f);
         p.recheck().unwrap();
+        // Rewritten by a later compile: a new file, another size.
         std::fs::remove_file(&f).unwrap();
         std::fs::write(&f, b"second build").unwrap();
         let err = p.recheck().unwrap_err();
-        assert!(err.contains("changed after the compile"), "{err}");
+        assert_eq!(err.reason(), "changed while being stored");
+        assert!(
+            matches!(&err, JobError::ChangedWhileStoring { differs, .. } if differs.starts_with("size")),
+            "{err}"
+        );
         let err = prepare(&job, &d.path().join("s2")).err().unwrap();
-        assert!(err.contains("lib.rlib changed"), "{err}");
-        std::fs::remove_file(&f).unwrap();
+        assert_eq!(err.reason(), "changed after the compile");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "{} changed after the compile that produced it (size",
+                f.display()
+            )),
+            "{err}"
+        );
+        // Only its time moved: named as such.
+        let job = vec![disk(&f)];
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        std::fs::File::open(&f)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(later))
+            .unwrap();
         let err = prepare(&job, &d.path().join("s3")).err().unwrap();
-        assert!(err.contains("No such file"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} changed after the compile that produced it (modification time differs)",
+                f.display()
+            )
+        );
+        std::fs::remove_file(&f).unwrap();
+        let err = prepare(&job, &d.path().join("s4")).err().unwrap();
+        assert_eq!(err.reason(), "output missing or unreadable");
+        assert!(err.to_string().contains("No such file"), "{err}");
     }
 
     #[test]
@@ -280,28 +421,38 @@ mod tests {
         );
     }
 
+    fn report(published: u64) -> DrainReport {
+        DrainReport {
+            published,
+            ..DrainReport::default()
+        }
+    }
+
     #[tokio::test]
     async fn drain_waits_for_the_sessions_jobs_only() {
         let t = std::sync::Arc::new(Tally::default());
         assert_eq!(t.queued("a"), 1);
         assert_eq!(t.queued("a"), 2);
         assert_eq!(t.queued("b"), 3);
-        t.finished("b", Ok(()));
-        assert_eq!(t.drain(Some("b")).await, (1, vec![]));
+        t.finished("b", "x", Ok(()));
+        assert_eq!(t.drain(Some("b")).await, report(1));
         let all = {
             let t = t.clone();
             tokio::spawn(async move { t.drain(None).await })
         };
-        t.finished("a", Ok(()));
+        t.finished("a", "x", Ok(()));
         tokio::task::yield_now().await;
         assert!(!all.is_finished());
-        t.finished("a", Err("serde: disk full".into()));
-        assert_eq!(all.await.unwrap(), (1, vec!["serde: disk full".into()]));
-        // Draining everything forgets nothing; draining the session does.
+        t.finished("a", "serde", Err(JobError::Store("disk full".into())));
+        let got = all.await.unwrap();
         assert_eq!(
-            t.drain(Some("a")).await,
-            (1, vec!["serde: disk full".into()])
+            got.failed_by_reason,
+            BTreeMap::from([("store error".to_string(), 1)])
         );
+        assert_eq!(got.failed[0].crate_name, "serde");
+        assert_eq!(got.failed[0].detail, "storing: disk full");
+        // Draining everything forgets nothing; draining the session does.
+        assert_eq!(t.drain(Some("a")).await, got);
         t.queued("c");
         let waiter = {
             let t = t.clone();
@@ -309,10 +460,43 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        t.finished("c", Ok(()));
-        assert_eq!(waiter.await.unwrap(), (1, vec![]));
+        t.finished("c", "x", Ok(()));
+        assert_eq!(waiter.await.unwrap(), report(1));
         // Forgotten once drained.
-        assert_eq!(t.drain(Some("a")).await, (0, vec![]));
-        assert_eq!(t.drain(None).await, (0, vec![]));
+        assert_eq!(t.drain(Some("a")).await, DrainReport::default());
+        assert_eq!(t.drain(None).await, DrainReport::default());
+    }
+
+    #[test]
+    fn every_failure_is_counted_by_reason_but_only_the_first_are_listed() {
+        let mut t = SessionTally::default();
+        for i in 0..MAX_FAILURES_KEPT + 5 {
+            let e = if i % 2 == 0 {
+                JobError::Stopping
+            } else {
+                JobError::Publish("no swarm".into())
+            };
+            t.record(&format!("c{i}"), &Err(e));
+        }
+        t.record("ok", &Ok(()));
+        let r = t.report;
+        assert_eq!(r.published, 1);
+        assert_eq!(r.failed_count(), MAX_FAILURES_KEPT as u64 + 5);
+        assert_eq!(
+            r.failed_by_reason,
+            BTreeMap::from([
+                ("daemon stopping".to_string(), 53),
+                ("publish error".to_string(), 52)
+            ])
+        );
+        assert_eq!(r.failed.len(), MAX_FAILURES_KEPT);
+        assert_eq!(
+            r.failed[1],
+            ShareFailure {
+                crate_name: "c1".into(),
+                reason: "publish error".into(),
+                detail: "publishing: no swarm".into()
+            }
+        );
     }
 }

@@ -155,7 +155,7 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() {
 }
 
 #[test]
-fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_changed() {
+fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_really_changed() {
     use rdht_api::proto::{FileSource, Scope, Submission, SubmitFile};
     use rdht_api::{Client, Request, Response};
     use rdht_core::{BuildKey, Labels};
@@ -172,12 +172,12 @@ fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_chan
         crate_name: "demo".into(),
         ..Labels::default()
     };
-    let submit = |key: BuildKey, source: FileSource| {
+    let submit = |key: BuildKey, name: &str, source: FileSource| {
         Request::Submit(Submission {
             key,
             files: vec![
                 SubmitFile {
-                    path: "out/libdemo.rlib".into(),
+                    path: format!("out/{name}"),
                     source,
                 },
                 SubmitFile {
@@ -192,41 +192,63 @@ fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_chan
         })
     };
     let fresh = FileSource::from_disk(&rlib).unwrap();
-    // What a later compile rewriting the file looks like: the identity no longer matches.
-    let FileSource::Disk {
-        path,
-        len,
-        ino,
-        executable,
-        mtime_ns,
-    } = fresh.clone()
-    else {
-        unreachable!()
-    };
-    let stale = FileSource::Disk {
-        path,
-        len,
-        ino,
-        executable,
-        mtime_ns: mtime_ns - 1,
-    };
+    // An output described once its compile finished, then really rewritten before the
+    // job runs, as a later compile of the unit does: same size, new contents renamed
+    // into place.
+    let rmeta = out.join("libstale.rmeta");
+    std::fs::write(&rmeta, content("first", 1000)).unwrap();
+    let described = FileSource::from_disk(&rmeta).unwrap();
+    let next = out.join("rmeta-next.tmp");
+    std::fs::write(&next, content("second", 1000)).unwrap();
+    std::fs::rename(&next, &rmeta).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (published, failed) = rt.block_on(async {
+    rt.block_on(async {
         let mut c = Client::connect(&rdht_api::socket_path(&node.dir))
             .await
             .unwrap();
-        for (key, source) in [(good_key, fresh), (stale_key, stale)] {
-            let r = c.call(submit(key, source)).await.unwrap();
+        for (key, name, source) in [
+            (good_key, "libdemo.rlib", fresh),
+            (stale_key, "libstale.rmeta", described),
+        ] {
+            let r = c.call(submit(key, name, source)).await.unwrap();
             assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
         }
-        let drained = match c
+    });
+    // `rdht sync` waits for both jobs, counts the refusal by its reason, names the file,
+    // and fails.
+    let sync = Command::new(bin("rdht"))
+        .arg("--data-dir")
+        .arg(&node.dir)
+        .arg("sync")
+        .output()
+        .unwrap();
+    assert_eq!(sync.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&sync.stdout),
+        "1 published, 1 failed (1 changed after the compile)\n"
+    );
+    let stderr = String::from_utf8_lossy(&sync.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "not shared: demo: {} changed after the compile that produced it (",
+            rmeta.display()
+        )) && stderr.contains("inode")
+            && stderr.ends_with("differs)\nrdht: 1 build output(s) could not be shared\n"),
+        "{stderr}"
+    );
+    let report = rt.block_on(async {
+        let mut c = Client::connect(&rdht_api::socket_path(&node.dir))
+            .await
+            .unwrap();
+        // The session's own drain reports the same (a sync forgets nothing).
+        let report = match c
             .call(Request::Drain {
                 session: Some("s1".into()),
             })
             .await
             .unwrap()
         {
-            Response::Drained { published, failed } => (published, failed),
+            Response::Drained(r) => r,
             r => panic!("{r:?}"),
         };
         // The backlog is empty; the totals outlive the drained session.
@@ -239,17 +261,22 @@ fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_chan
                 failed: 1
             })
         );
-        drained
+        report
     });
-    assert_eq!(published, 1);
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(
-        failed[0].starts_with(&format!(
-            "demo: {} changed after the compile",
-            rlib.display()
-        )),
-        "{failed:?}"
+    assert_eq!(report.published, 1);
+    assert_eq!(
+        report.failed_by_reason,
+        std::collections::BTreeMap::from([("changed after the compile".to_string(), 1)])
     );
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(
+        (
+            report.failed[0].crate_name.as_str(),
+            report.failed[0].reason.as_str()
+        ),
+        ("demo", "changed after the compile")
+    );
+    assert!(stderr.contains(&report.failed[0].detail), "{report:?}");
     // The good job's record is there, signed by this node, and its artifact exports
     // the file and the inline messages byte for byte.
     let records = node.json(&["records", &good_key.to_string()]);

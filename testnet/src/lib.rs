@@ -13,7 +13,8 @@
 //!
 //! Owns: finding the built binaries, starting, stopping and killing daemons, private
 //! swarms, namespaces, and the tests' shared helpers (deterministic file contents, tree
-//! snapshots, a `cargo dht-build --json` run). Does not own: any daemon behaviour. Waits poll with deadlines;
+//! snapshots, project copies, a `cargo dht-build --json` run and a plain cargo run with
+//! the wrapper). Does not own: any daemon behaviour. Waits poll with deadlines;
 //! loopback ports are chosen by the OS.
 //!
 //! Binaries are looked up in `$RDHT_BIN_DIR`, else beside the running executable, else
@@ -493,4 +494,56 @@ pub fn dht_build(
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stderr}"));
     (out, summary)
+}
+
+/// `cargo ARGS` in `project` with `cargo-dht-build` as `RUSTC_WRAPPER` (plain wrapper
+/// use, as for `cargo check` or `cargo test`), through the daemon of `data_dir`, with
+/// `cargo_home`; every unit appends its outcome to `session_log`, which is also the
+/// session its shares are submitted under.
+///
+/// # Panics
+/// When cargo fails (stderr is in the message).
+pub fn wrapped_cargo(
+    args: &[&str],
+    project: &Path,
+    cargo_home: &Path,
+    data_dir: &Path,
+    session_log: &Path,
+) -> std::process::Output {
+    let out = Command::new("cargo")
+        .args(args)
+        .current_dir(project)
+        .env("CARGO_HOME", cargo_home)
+        .env("RUSTC_WRAPPER", bin("cargo-dht-build"))
+        .env("RDHT_DATA_DIR", data_dir)
+        .env("RDHT_SESSION_LOG", session_log)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Copies the project at `from` to `to`: every file but those under `target`.
+///
+/// # Panics
+/// When a file cannot be read or written.
+pub fn copy_project(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("readable project") {
+        let p = e.expect("directory entry").path();
+        let name = p.file_name().expect("entry name");
+        let dst = to.join(name);
+        if p.is_dir() {
+            if name != "target" {
+                copy_project(&p, &dst);
+            }
+        } else {
+            std::fs::create_dir_all(to).expect("destination directory");
+            std::fs::copy(&p, &dst).expect("copied file");
+        }
+    }
 }

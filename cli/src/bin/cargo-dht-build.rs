@@ -10,6 +10,7 @@
 //! - As a wrapper (`cargo-dht-build /path/to/rustc ARGS`, what cargo runs when
 //!   `RUSTC_WRAPPER` points here): see `rdht_cli::shim::unit`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -146,9 +147,11 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         }
     };
     let waited = std::time::Instant::now();
-    if daemon_up {
-        wait_for_sharing(&log);
-    }
+    let daemon_failures = if daemon_up {
+        wait_for_sharing(&log)
+    } else {
+        Default::default()
+    };
     // The plan key again: Cargo.lock is final now.
     let plan = (daemon_up && !verify && status.success())
         .then(|| plan::plan_key(&cargo_args))
@@ -166,6 +169,7 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         }
     }
     let mut summary = session::summarize(&log);
+    summary.add_not_shared(&daemon_failures);
     summary.share_wait_ms = waited.elapsed().as_millis() as u64;
     // The summary line comes last: scripts read it there.
     if let Some(line) = summary.verify_line() {
@@ -218,8 +222,9 @@ where
 
 /// Waits until the daemon has stored and published every miss of this run (it does so
 /// in the background while the build goes on), so that the next build, here or on a
-/// peer, finds them. Failures are warnings: the build itself succeeded.
-fn wait_for_sharing(log: &Path) {
+/// peer, finds them; returns the jobs that failed, by reason. Failures are warnings: the
+/// build itself succeeded.
+fn wait_for_sharing(log: &Path) -> BTreeMap<String, u64> {
     let session = log.to_string_lossy().into_owned();
     let drained = with_daemon(|mut client| async move {
         tokio::time::timeout(
@@ -233,14 +238,19 @@ fn wait_for_sharing(log: &Path) {
         .map_err(|e| e.to_string())
     });
     match drained {
-        Ok(rdht_api::Response::Drained { failed, .. }) => {
-            for f in failed {
-                eprintln!("rdht: warning: built locally but not shared: {f}");
+        Ok(rdht_api::Response::Drained(report)) => {
+            for f in &report.failed {
+                eprintln!(
+                    "rdht: warning: built locally but not shared: {}: {}",
+                    f.crate_name, f.detail
+                );
             }
+            return report.failed_by_reason;
         }
         Ok(other) => eprintln!("rdht: warning: unexpected answer from the daemon: {other:?}"),
         Err(e) => eprintln!("rdht: warning: waiting for the daemon to share this build: {e}"),
     }
+    BTreeMap::new()
 }
 
 fn main() -> ExitCode {

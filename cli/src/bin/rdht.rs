@@ -347,20 +347,19 @@ async fn run(cli: Cli) -> Result<()> {
             r => return Err(unexpected(r)),
         },
         Command::Sync => match client.call(Request::Drain { session: None }).await? {
-            Response::Drained { published, failed } => {
+            Response::Drained(report) => {
+                let (text, lines, v) = show::sync(&report);
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({ "published": published, "failed": failed })
-                    );
+                    println!("{v}");
                 } else {
-                    println!("{published} published, {} failed", failed.len());
+                    print!("{text}");
                 }
-                for f in &failed {
-                    eprintln!("not shared: {f}");
+                for l in &lines {
+                    eprintln!("{l}");
                 }
-                if !failed.is_empty() {
-                    anyhow::bail!("{} build output(s) could not be shared", failed.len());
+                let failed = report.failed_count();
+                if failed > 0 {
+                    anyhow::bail!("{failed} build output(s) could not be shared");
                 }
             }
             r => return Err(unexpected(r)),

@@ -18,6 +18,7 @@ use rdht_core::{BlockId, BuildKey, Labels};
 use super::args::{Arg, Invocation};
 use super::filehash::{file_root, hash_tree, hash_tree_cached};
 use super::roots::{Roots, target_dir};
+use super::stamp::stamp_file;
 
 /// crates.io's registry directory names under `$CARGO_HOME/registry/src`.
 const CRATES_IO: &[&str] = &["index.crates.io-", "github.com-1ecc6299db9ec823"];
@@ -62,6 +63,9 @@ pub struct Unit {
     pub labels: Labels,
     /// A crates.io package: may be published to every swarm.
     pub public: bool,
+    /// For a cargo check unit, the file whose modification time cargo gives its outputs
+    /// after the compile ([`super::stamp`]).
+    pub check_stamp: Option<PathBuf>,
 }
 
 impl Unit {
@@ -340,7 +344,13 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
             .collect(),
         crate_types: inv.crate_types.iter().take(8).cloned().collect(),
     };
+    let check_stamp = stamp_file(
+        &inv,
+        &out_dir,
+        env.get("CARGO_PKG_NAME").map(String::as_str),
+    );
     Ok(Plan::Cacheable(Box::new(Unit {
+        check_stamp,
         inv,
         roots,
         out_dir,

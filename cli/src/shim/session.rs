@@ -11,6 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::show::counted;
+
 /// Environment variable naming the session log.
 pub const SESSION_LOG_ENV: &str = "RDHT_SESSION_LOG";
 
@@ -56,7 +58,14 @@ pub struct UnitLog {
     /// mismatch`, `daemon unreachable`, `verify` or `error`.
     #[serde(default)]
     pub cause: String,
+    /// Why this unit's outputs, built locally, could not be handed to the daemon to share
+    /// (failures of the daemon's own job are reported by its drain instead).
+    #[serde(default)]
+    pub not_shared: Option<String>,
 }
+
+/// The reason a unit counts under when the shim itself could not hand its outputs over.
+pub const NOT_HANDED_OVER: &str = "not handed to the daemon";
 
 /// Appends `line` to the session log named by the environment, if any. Failures are
 /// ignored: the log only feeds the summary.
@@ -108,6 +117,10 @@ pub struct Summary {
     /// Time `cargo dht-build` waited at the end for the daemon to finish sharing the
     /// run's misses and to store its plan.
     pub share_wait_ms: u64,
+    /// Units built locally whose outputs could not be shared.
+    pub not_shared: u64,
+    /// Of those, how many for each reason (specs/local-api.md §3.1).
+    pub not_shared_reasons: BTreeMap<String, u64>,
 }
 
 /// Reads the session log (missing: an empty session).
@@ -123,6 +136,9 @@ pub fn summarize(path: &Path) -> Summary {
         s.key_ms += u.key_ms;
         if let Some(v) = &u.verify {
             *s.verify.entry(v.clone()).or_default() += 1;
+        }
+        if let Some(r) = u.not_shared {
+            s.add_not_shared(&BTreeMap::from([(r, 1)]));
         }
         match u.kind {
             Kind::Hit => {
@@ -161,6 +177,14 @@ pub fn plan_keys(path: &Path) -> Vec<rdht_core::BuildKey> {
 }
 
 impl Summary {
+    /// Counts units whose outputs could not be shared, by reason.
+    pub fn add_not_shared(&mut self, by_reason: &BTreeMap<String, u64>) {
+        for (r, n) in by_reason {
+            self.not_shared += n;
+            *self.not_shared_reasons.entry(r.clone()).or_default() += n;
+        }
+    }
+
     /// Units whose verification found a builder's root differing from a reproducible
     /// local build.
     pub fn mismatches(&self) -> u64 {
@@ -188,27 +212,21 @@ impl Summary {
             self.units, self.hits, self.misses
         );
         if !self.miss_causes.is_empty() {
-            let causes: Vec<String> = self
-                .miss_causes
-                .iter()
-                .map(|(c, n)| format!("{n} {c}"))
-                .collect();
-            line.push_str(&format!(" ({})", causes.join(", ")));
+            line.push_str(&format!(" ({})", counted(&self.miss_causes)));
         }
         line.push_str(&format!(", {} uncacheable", self.uncacheable));
         if !self.uncacheable_reasons.is_empty() {
-            let reasons: Vec<String> = self
-                .uncacheable_reasons
-                .iter()
-                .map(|(r, n)| format!("{n} {r}"))
-                .collect();
-            line.push_str(&format!(" ({})", reasons.join(", ")));
+            line.push_str(&format!(" ({})", counted(&self.uncacheable_reasons)));
         }
         line.push_str(&format!(
-            ", {} fetched, ~{:.1} s saved",
+            ", {} fetched, ~{:.1} s saved, {} not shared",
             indicatif::HumanBytes(self.bytes_fetched),
-            self.saved_ms as f64 / 1000.0
+            self.saved_ms as f64 / 1000.0,
+            self.not_shared
         ));
+        if !self.not_shared_reasons.is_empty() {
+            line.push_str(&format!(" ({})", counted(&self.not_shared_reasons)));
+        }
         line
     }
 }
@@ -233,6 +251,7 @@ mod tests {
                 10,
                 10,
             ),
+            (Kind::Miss, "no record", 0, 100, 150),
             (Kind::Uncacheable, "source read from stdin", 0, 5, 6),
         ] {
             let u = UnitLog {
@@ -254,22 +273,36 @@ mod tests {
                     r if r.contains("trusted") => "untrusted".into(),
                     _ => String::new(),
                 },
+                not_shared: (compile == 100).then(|| NOT_HANDED_OVER.to_string()),
             };
             text.push_str(&serde_json::to_string(&u).unwrap());
             text.push('\n');
         }
         text.push_str("garbage\n");
         std::fs::write(&log, text).unwrap();
-        let s = summarize(&log);
+        let mut s = summarize(&log);
         // Hits and misses with a key; the uncacheable unit and the garbage line are not.
         assert_eq!(
             plan_keys(&log),
-            vec![rdht_core::BuildKey::from_bytes([7; 32]); 4]
+            vec![rdht_core::BuildKey::from_bytes([7; 32]); 5]
         );
-        assert_eq!((s.hit_wall_ms, s.miss_overhead_ms, s.key_ms), (30, 50, 5));
+        assert_eq!((s.hit_wall_ms, s.miss_overhead_ms, s.key_ms), (30, 100, 6));
         assert_eq!(
             s.line(),
-            "rdht: 5 units, 2 hits, 2 misses (1 no record, 1 untrusted), 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved"
+            "rdht: 6 units, 2 hits, 3 misses (2 no record, 1 untrusted), 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved, 1 not shared (1 not handed to the daemon)"
+        );
+        // The daemon's drain adds its own failures, counted per reason.
+        s.add_not_shared(&BTreeMap::from([
+            ("changed after the compile".to_string(), 2),
+            ("store error".to_string(), 1),
+        ]));
+        assert_eq!(s.not_shared, 4);
+        assert!(
+            s.line().ends_with(
+                ", 4 not shared (2 changed after the compile, 1 not handed to the daemon, 1 store error)"
+            ),
+            "{}",
+            s.line()
         );
     }
 }

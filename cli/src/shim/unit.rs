@@ -4,7 +4,8 @@
 //! - Hit: resolve the key through the daemon, export the artifact next to the output
 //!   directory, check the environment the unit read (`# env-dep` lines), move outputs
 //!   into place with local paths in dep-info, replay rustc's messages with local paths.
-//! - Miss: run rustc with path remapping, passing its output through as it comes, then
+//! - Miss: run rustc with path remapping, passing its output through as it comes; once
+//!   it has exited, give a check unit's outputs cargo's time (`stamp.rs`), then
 //!   submit the outputs: the daemon stores them and publishes a signed record in the
 //!   background (it checks the files did not change meanwhile), so cargo is not kept
 //!   waiting. Outputs too large to describe inline are stored synchronously instead.
@@ -161,6 +162,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 key: String::new(),
                 verify: None,
                 cause: String::new(),
+                not_shared: None,
             });
             return exec(&rustc, &args);
         }
@@ -188,6 +190,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         key: unit.key.to_string(),
         verify: None,
         cause: "daemon unreachable".into(),
+        not_shared: None,
     };
     if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
         return verify(&runtime, &rustc, &args, &unit, log, start);
@@ -250,6 +253,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 "rdht: warning: {crate_name}: built locally but not shared: {}",
                 e.reason
             );
+            log.not_shared = Some(session::NOT_HANDED_OVER.to_string());
         }
     }
     log.wall_ms = start.elapsed().as_millis() as u64;
@@ -509,7 +513,25 @@ fn run_rustc(rustc: &Path, args: &[String], unit: &Unit) -> std::io::Result<(i32
     }
     let status = child.wait()?;
     captured.stdout = out_thread.join().unwrap_or_default();
+    if status.success() {
+        // The outputs are final once rustc has exited, but for cargo's check-mode mtime;
+        // apply it now, so that what is described to the daemon is what cargo leaves.
+        settle(unit, &artifacts(&captured.stderr));
+    }
     Ok((status.code().unwrap_or(101), captured))
+}
+
+/// Gives a check unit's outputs the modification time cargo will give them once this
+/// process has exited ([`super::stamp`]); a failure is one warning and only costs sharing.
+fn settle(unit: &Unit, outputs: &[PathBuf]) {
+    if let Some(stamp) = &unit.check_stamp
+        && let Err(e) = super::stamp::apply(stamp, outputs)
+    {
+        eprintln!(
+            "rdht: warning: {}: cannot set the outputs' time as cargo does: {e}",
+            unit.labels.crate_name
+        );
+    }
 }
 
 async fn connect() -> Result<Client, CacheFailure> {
@@ -687,6 +709,7 @@ async fn materialize(
             return Err(f);
         }
     }
+    let mut placed = Vec::with_capacity(outputs.len());
     for e in &outputs {
         let name = &e.path["out/".len()..];
         let from = tmp.join(&e.path);
@@ -698,8 +721,14 @@ async fn materialize(
         }
         std::fs::rename(&from, &to)
             .map_err(|err| fail(format!("moving {} into place: {err}", to.display())))?;
-        if !name.ends_with(".d") {
-            let _ = remember(&to, e.root);
+        placed.push((to, e.root));
+    }
+    // As after a compile: cargo's check-mode time first, so the sidecars stay valid.
+    let paths: Vec<PathBuf> = placed.iter().map(|(p, _)| p.clone()).collect();
+    settle(unit, &paths);
+    for (to, root) in &placed {
+        if to.extension().is_none_or(|x| x != "d") {
+            let _ = remember(to, *root);
         }
     }
     let stdout = unit.roots.localize(&read("rdht/stdout"));

@@ -8,6 +8,8 @@
 //! Owns: message types and their encode/decode. Does not own: framing ([`crate::frame`])
 //! or behaviour (the daemon).
 
+use std::collections::BTreeMap;
+
 use rdht_core::{BlockId, BuildKey, BuilderKey, Labels};
 use serde::{Deserialize, Serialize};
 
@@ -228,6 +230,36 @@ pub struct JobsStatus {
     pub published: u64,
     /// Jobs that failed since the daemon started.
     pub failed: u64,
+}
+
+/// What the jobs a [`Request::Drain`] waited for did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// Jobs that stored and published their artifact.
+    pub published: u64,
+    /// Every failed job, counted by [`ShareFailure::reason`].
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// The failed jobs themselves, the first 100 of each session.
+    pub failed: Vec<ShareFailure>,
+}
+
+impl DrainReport {
+    /// How many jobs failed (all of them, not only those listed).
+    pub fn failed_count(&self) -> u64 {
+        self.failed_by_reason.values().sum()
+    }
+}
+
+/// A submitted job that published nothing (specs/local-api.md §3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareFailure {
+    /// The unit's crate name.
+    pub crate_name: String,
+    /// Why, as a short fixed phrase that failures are counted by (e.g. `changed after
+    /// the compile`).
+    pub reason: String,
+    /// The whole message: which file, what differed, the error.
+    pub detail: String,
 }
 
 /// Counters of the node's store.
@@ -454,12 +486,7 @@ pub enum Response {
     Prefetching,
     /// To [`Request::Drain`]: the jobs waited for, all finished (for `None`: every job
     /// since the daemon started, less sessions already drained).
-    Drained {
-        /// Jobs that stored and published their artifact.
-        published: u64,
-        /// One line per failed job: the crate and why.
-        failed: Vec<String>,
-    },
+    Drained(DrainReport),
     /// To [`Request::Jobs`].
     Jobs(JobsStatus),
 }

@@ -148,7 +148,7 @@ async fn garbage_and_wrong_version_get_an_error_then_service_continues() {
     let _server = serve(&path);
     let mut s = UnixStream::connect(&path).await.unwrap();
 
-    // This version (one varint byte) followed by garbage.
+    // The current version followed by garbage.
     write_frame(&mut s, &[API_VERSION as u8, 0x07, 0xff, 0xff, 0xff])
         .await
         .unwrap();
