@@ -12,40 +12,17 @@ use std::process::Command;
 use rdht_api::proto::Scope;
 use rdht_api::{Client, Request, Response};
 use rdht_core::{BuildKey, Labels};
-use rdht_testnet::{Node, NodeOpts, Swarm, bin, dht_build};
+use rdht_testnet::{Node, NodeOpts, SMALL_MYLIB, Swarm, bin, dht_build, write_small_project};
 
 /// What the honest binary prints.
 const HONEST: &str = "7 42 Some(1)\n";
 /// What it prints when built against the patched itoa.
 const PATCHED: &str = "7 PWNED Some(1)\n";
 
-/// Project P: binary `proj` using itoa and memchr from crates.io and a path crate,
-/// built without incremental compilation so that every unit is reproducible.
+/// Project P (the harness's small project), built without incremental compilation so
+/// that every unit is reproducible.
 fn write_project(dir: &Path) {
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::create_dir_all(dir.join("mylib/src")).unwrap();
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        "[package]\nname = \"proj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-         [dependencies]\nmylib = { path = \"mylib\" }\nitoa = \"=1.0.11\"\nmemchr = \"=2.7.4\"\n\n\
-         [profile.dev]\nincremental = false\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("src/main.rs"),
-        "fn main() {\n    let mut b = itoa::Buffer::new();\n    let at = memchr::memchr(b'4', b\"x42\");\n    println!(\"{} {} {:?}\", mylib::f(), b.format(42), at);\n}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("mylib/Cargo.toml"),
-        "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("mylib/src/lib.rs"),
-        "pub fn f() -> u32 {\n    7\n}\n",
-    )
-    .unwrap();
+    write_small_project(dir, SMALL_MYLIB, "\n[profile.dev]\nincremental = false\n");
 }
 
 /// A copy of P at `to`, with `from`'s Cargo.lock when it has one.

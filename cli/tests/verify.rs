@@ -11,32 +11,10 @@ use std::process::Command;
 use rdht_api::proto::Scope;
 use rdht_api::{Client, Request, Response};
 use rdht_core::{BuildKey, Labels};
-use rdht_testnet::{Swarm, bin, wrapped_cargo};
+use rdht_testnet::{SMALL_MYLIB, Swarm, bin, wrapped_cargo, write_small_project};
 
 fn write_project(dir: &Path) {
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::create_dir_all(dir.join("mylib/src")).unwrap();
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        "[package]\nname = \"proj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-         [dependencies]\nmylib = { path = \"mylib\" }\nitoa = \"=1.0.11\"\nmemchr = \"=2.7.4\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("src/main.rs"),
-        "fn main() {\n    let mut b = itoa::Buffer::new();\n    let at = memchr::memchr(b'4', b\"x42\");\n    println!(\"{} {} {:?}\", mylib::f(), b.format(42), at);\n}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("mylib/Cargo.toml"),
-        "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("mylib/src/lib.rs"),
-        "pub fn f() -> u32 {\n    7\n}\n",
-    )
-    .unwrap();
+    write_small_project(dir, SMALL_MYLIB, "");
 }
 
 #[test]

@@ -480,6 +480,19 @@ pub fn dht_build(
     cargo_home: &Path,
     data_dir: &Path,
 ) -> (std::process::Output, serde_json::Value) {
+    dht_build_env(project, cargo_home, data_dir, &[])
+}
+
+/// [`dht_build`] with more environment variables for cargo (`RUSTC`, `CARGO_*`, …).
+///
+/// # Panics
+/// When the build fails or prints no JSON summary (stderr is in the message).
+pub fn dht_build_env(
+    project: &Path,
+    cargo_home: &Path,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Output, serde_json::Value) {
     let out = Command::new(bin("cargo-dht-build"))
         .args(["dht-build", "--json"])
         .current_dir(project)
@@ -487,6 +500,7 @@ pub fn dht_build(
         .env("RDHT_DATA_DIR", data_dir)
         .env_remove("RUSTC_WRAPPER")
         .env_remove("CARGO_TARGET_DIR")
+        .envs(env.iter().copied())
         .output()
         .expect("cargo-dht-build runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -495,6 +509,40 @@ pub fn dht_build(
         .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stderr}"));
     (out, summary)
 }
+
+/// The small test project: binary `proj` using itoa 1.0.11 and memchr 2.7.4 from
+/// crates.io and the path crate `mylib`, whose `lib.rs` is `mylib` (a `pub fn f() ->
+/// u32` the binary prints first). `manifest_extra` is appended to `proj`'s manifest.
+/// Built, `proj` prints `7 42 Some(1)` with the default `mylib`.
+///
+/// # Panics
+/// When the files cannot be written.
+pub fn write_small_project(dir: &Path, mylib: &str, manifest_extra: &str) {
+    let write = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("a parent")).expect("project directory");
+        std::fs::write(p, text).expect("project file");
+    };
+    write(
+        "Cargo.toml",
+        &format!(
+            "[package]\nname = \"proj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [dependencies]\nmylib = {{ path = \"mylib\" }}\nitoa = \"=1.0.11\"\nmemchr = \"=2.7.4\"\n{manifest_extra}"
+        ),
+    );
+    write(
+        "src/main.rs",
+        "fn main() {\n    let mut b = itoa::Buffer::new();\n    let at = memchr::memchr(b'4', b\"x42\");\n    println!(\"{} {} {:?}\", mylib::f(), b.format(42), at);\n}\n",
+    );
+    write(
+        "mylib/Cargo.toml",
+        "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    );
+    write("mylib/src/lib.rs", mylib);
+}
+
+/// The default `mylib` of [`write_small_project`].
+pub const SMALL_MYLIB: &str = "pub fn f() -> u32 {\n    7\n}\n";
 
 /// `cargo ARGS` in `project` with `cargo-dht-build` as `RUSTC_WRAPPER` (plain wrapper
 /// use, as for `cargo check` or `cargo test`), through the daemon of `data_dir`, with

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,16 +23,51 @@ use super::stamp::stamp_file;
 /// crates.io's registry directory names under `$CARGO_HOME/registry/src`.
 const CRATES_IO: &[&str] = &["index.crates.io-", "github.com-1ecc6299db9ec823"];
 
-/// Environment variables cargo sets that are machine-local or irrelevant to outputs.
-const ENV_EXCLUDED: &[&str] = &[
-    "CARGO_HOME",
-    "CARGO_MAKEFLAGS",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_JOBS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_TERM_COLOR",
-    "CARGO_TERM_PROGRESS_WHEN",
+/// The environment variables cargo sets for a rustc unit (cargo's
+/// `Compilation::fill_env` and `fill_rustc_tool_env`, and `OUT_DIR`,
+/// `CARGO_PRIMARY_PACKAGE`, `CARGO_TARGET_TMPDIR` from its compiler), plus those rustc
+/// itself reads that change its output. They are the environment part of the key
+/// (specs/build-key.md §4.7). `CARGO` (cargo's own path, machine-local) is left out: a
+/// crate that reads it with `env!` is checked on every hit through dep-info's
+/// `# env-dep` lines, like any other variable it reads. The user's cargo configuration
+/// (`CARGO_NET_*`, `CARGO_REGISTRIES_*`, `CARGO_INCREMENTAL`, …) never reaches rustc's
+/// output but through flags, which the key holds.
+const KEY_ENV: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_PKG_VERSION",
+    "CARGO_PKG_VERSION_MAJOR",
+    "CARGO_PKG_VERSION_MINOR",
+    "CARGO_PKG_VERSION_PATCH",
+    "CARGO_PKG_VERSION_PRE",
+    "CARGO_PKG_NAME",
+    "CARGO_PKG_DESCRIPTION",
+    "CARGO_PKG_HOMEPAGE",
+    "CARGO_PKG_REPOSITORY",
+    "CARGO_PKG_LICENSE",
+    "CARGO_PKG_LICENSE_FILE",
+    "CARGO_PKG_AUTHORS",
+    "CARGO_PKG_RUST_VERSION",
+    "CARGO_PKG_README",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+    "RUSTC_BOOTSTRAP",
+    "RUSTC_FORCE_RUSTC_VERSION",
 ];
+
+/// Prefix of the variables cargo sets for integration tests and benches: the path of
+/// each binary of the package.
+const KEY_ENV_PREFIX: &str = "CARGO_BIN_EXE_";
+
+/// Whether environment variable `name` is part of the key.
+fn in_key(name: &str) -> bool {
+    KEY_ENV.contains(&name) || name.starts_with(KEY_ENV_PREFIX)
+}
 
 /// What to do with an invocation.
 #[derive(Debug)]
@@ -69,6 +104,17 @@ pub struct Unit {
 }
 
 impl Unit {
+    /// This machine's host triple, when its outputs are loaded or run here (proc macros,
+    /// build scripts, host binaries, cdylibs): `None` for a `--target` this machine only
+    /// cross-compiles.
+    pub fn loaded_here(&self) -> Option<String> {
+        let host = host_of(&self.inputs.rustc_version)?;
+        match &self.inv.target {
+            Some(t) if *t != host => None,
+            _ => Some(host),
+        }
+    }
+
     /// Where the unit's key may be looked up and its record announced: crates.io
     /// packages everywhere, anything else only in private swarms.
     pub fn scope(&self) -> Scope {
@@ -89,19 +135,46 @@ fn cargo_home(env: &Env) -> Option<PathBuf> {
         .or_else(|| env.get("HOME").map(|h| Path::new(h).join(".cargo")))
 }
 
+/// The program cargo named, found as cargo finds it: a bare name (`rustc`, as a cargo
+/// without rustup or with `RUSTC=rustc` passes it) is looked up on `PATH`.
+pub fn find_program(program: &Path, env: &Env) -> std::io::Result<PathBuf> {
+    if program.components().count() != 1 || program.is_absolute() {
+        return Ok(program.to_path_buf());
+    }
+    let path = env.get("PATH").map(String::as_str).unwrap_or_default();
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} not found on PATH ({path})", program.display()),
+            )
+        })
+}
+
 /// `rustc -vV`, cached in `cache_dir` per rustc binary (path, size and mtime).
 pub fn rustc_version(rustc: &Path, cache_dir: Option<&Path>) -> std::io::Result<String> {
-    let meta = fs::metadata(rustc)?;
+    rustc_output(rustc, &["-vV"], cache_dir)
+}
+
+/// The stdout of `rustc ARGS`, cached in `cache_dir` per rustc binary (path, size and
+/// mtime) and arguments, so that no extra rustc process runs per unit.
+fn rustc_output(rustc: &Path, args: &[&str], cache_dir: Option<&Path>) -> std::io::Result<String> {
+    let named =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", rustc.display()));
+    let meta = fs::metadata(rustc).map_err(named)?;
     let stamp = format!(
-        "{} {} {}.{}",
+        "{} {} {}.{} {}",
         rustc.display(),
         meta.len(),
         meta.mtime(),
-        meta.mtime_nsec()
+        meta.mtime_nsec(),
+        args.join(" ")
     );
     let cache = cache_dir.map(|d| {
-        let h = blake3::hash(rustc.as_os_str().as_encoded_bytes()).to_hex();
-        d.join(format!("rustc-vv-{}", &h[..16]))
+        let h = blake3::hash(stamp.as_bytes()).to_hex();
+        d.join(format!("rustc-out-{}", &h[..16]))
     });
     if let Some(c) = &cache
         && let Ok(text) = fs::read_to_string(c)
@@ -110,11 +183,12 @@ pub fn rustc_version(rustc: &Path, cache_dir: Option<&Path>) -> std::io::Result<
     {
         return Ok(rest.to_string());
     }
-    let out = Command::new(rustc).arg("-vV").output()?;
+    let out = Command::new(rustc).args(args).output().map_err(named)?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
-            "{} -vV exited with {}",
+            "{} {} exited with {}",
             rustc.display(),
+            args.join(" "),
             out.status
         )));
     }
@@ -129,6 +203,40 @@ pub fn rustc_version(rustc: &Path, cache_dir: Option<&Path>) -> std::io::Result<
         }
     }
     Ok(text)
+}
+
+/// What `-C target-cpu=native` means on this machine: `CPU;FEATURES`, the CPU rustc
+/// detects and every target feature it then enables, sorted (specs/build-key.md §4.4).
+fn native_cpu(
+    rustc: &Path,
+    target: Option<&str>,
+    cache_dir: Option<&Path>,
+) -> std::io::Result<String> {
+    let mut base = vec!["-C", "target-cpu=native"];
+    if let Some(t) = target {
+        base.extend(["--target", t]);
+    }
+    let cpus = rustc_output(
+        rustc,
+        &[&base[..], &["--print", "target-cpus"]].concat(),
+        cache_dir,
+    )?;
+    let cpu = cpus
+        .lines()
+        .find_map(|l| {
+            l.split_once("(currently ")?
+                .1
+                .split_once(')')
+                .map(|(c, _)| c)
+        })
+        .unwrap_or("unknown");
+    let cfg = rustc_output(rustc, &[&base[..], &["--print", "cfg"]].concat(), cache_dir)?;
+    let mut features: Vec<&str> = cfg
+        .lines()
+        .filter_map(|l| l.strip_prefix("target_feature=\"")?.strip_suffix('"'))
+        .collect();
+    features.sort_unstable();
+    Ok(format!("{cpu};{}", features.join(",")))
 }
 
 fn host_of(vv: &str) -> Option<String> {
@@ -214,10 +322,9 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
         .or_else(|| (!cwd.starts_with(&home)).then(|| cwd.to_path_buf()));
     let roots = Roots::new(&home, workspace.as_deref(), target_root.as_deref());
 
-    let vv = rustc_version(
-        rustc,
-        target_root.as_ref().map(|t| t.join(".rdht")).as_deref(),
-    )?;
+    let rustc = find_program(rustc, env)?;
+    let cache_dir = target_root.as_ref().map(|t| t.join(".rdht"));
+    let vv = rustc_version(&rustc, cache_dir.as_deref())?;
     let target = inv
         .target
         .clone()
@@ -284,11 +391,7 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
 
     let mut env_inputs: Vec<(String, String)> = env
         .iter()
-        .filter(|(k, _)| {
-            (k.starts_with("CARGO_") && !ENV_EXCLUDED.contains(&k.as_str()))
-                || k.as_str() == "OUT_DIR"
-                || k.as_str() == "RUSTC_BOOTSTRAP"
-        })
+        .filter(|(k, _)| in_key(k))
         .map(|(k, v)| (k.clone(), roots.normalize(v)))
         .collect();
     env_inputs.sort();
@@ -311,6 +414,13 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
                 }
                 None => key_args.push(format!("--extern={v}")),
             },
+            // `native` names another CPU on each machine: the key holds what it is here.
+            Arg::Flag(f, Some(v))
+                if (f == "-C" || f == "--codegen") && v == "target-cpu=native" =>
+            {
+                let here = native_cpu(&rustc, inv.target.as_deref(), cache_dir.as_deref())?;
+                key_args.push(format!("-C=target-cpu=native={here}"));
+            }
             Arg::Flag(f, Some(v)) => key_args.push(format!("{f}={}", roots.normalize(v))),
             Arg::Flag(f, None) => key_args.push(f.clone()),
             Arg::Input(i) => {
@@ -359,4 +469,186 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
         labels,
         public,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Key derivation without network or cargo: a fake registry package and a real
+    //! rustc (for `-vV` and `native`).
+    use super::*;
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        home: PathBuf,
+        pkg: PathBuf,
+        out: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("cargo-home");
+        let pkg = home.join("registry/src/index.crates.io-1949cf8c6b5b557f/demo-1.0.0");
+        fs::create_dir_all(pkg.join("src")).unwrap();
+        fs::write(pkg.join("Cargo.toml"), "[package]\nname = \"demo\"\n").unwrap();
+        fs::write(pkg.join("src/lib.rs"), "pub fn f() {}\n").unwrap();
+        fs::write(pkg.join(".cargo-ok"), "{\"v\":1}").unwrap();
+        let out = tmp.path().join("target/debug/deps");
+        fs::create_dir_all(&out).unwrap();
+        Fixture {
+            _tmp: tmp,
+            home,
+            pkg,
+            out,
+        }
+    }
+
+    fn args(fx: &Fixture, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--crate-name",
+            "demo",
+            "--edition=2021",
+            "src/lib.rs",
+            "--error-format=json",
+            "--json=diagnostic-rendered-ansi,artifacts,future-incompat",
+            "--crate-type",
+            "lib",
+            "--emit=dep-info,metadata,link",
+            "--out-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(fx.out.to_string_lossy().into_owned());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    fn env(fx: &Fixture, extra: &[(&str, &str)]) -> Env {
+        let mut e = Env::new();
+        e.insert("CARGO_HOME".into(), fx.home.to_string_lossy().into_owned());
+        e.insert(
+            "CARGO_MANIFEST_DIR".into(),
+            fx.pkg.to_string_lossy().into_owned(),
+        );
+        e.insert("CARGO_PKG_NAME".into(), "demo".into());
+        e.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+        for (k, v) in extra {
+            e.insert(k.to_string(), v.to_string());
+        }
+        e
+    }
+
+    fn unit(fx: &Fixture, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Unit {
+        match plan(
+            Path::new("rustc"),
+            &args(fx, extra_args),
+            &env(fx, extra_env),
+            &fx.pkg,
+        )
+        .unwrap()
+        {
+            Plan::Cacheable(u) => *u,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Regression (issue 23): a bare `rustc`, as a cargo without rustup passes it, is
+    /// found on PATH; a name found nowhere is an error naming it and PATH.
+    #[test]
+    fn a_bare_rustc_is_found_on_path_and_a_missing_one_is_named() {
+        let fx = fixture();
+        let u = unit(&fx, &[], &[]);
+        assert!(u.inputs.rustc_version.starts_with("rustc "), "{u:?}");
+        assert!(u.public);
+        let mut e = env(&fx, &[]);
+        e.insert("PATH".into(), "/nonexistent".into());
+        let err = plan(Path::new("rustc"), &args(&fx, &[]), &e, &fx.pkg).unwrap_err();
+        assert_eq!(err.to_string(), "rustc not found on PATH (/nonexistent)");
+    }
+
+    /// Regression (issue 23): cargo's own settings are not in the key; what cargo sets
+    /// for the unit is.
+    #[test]
+    fn cargo_configuration_variables_stay_out_of_the_key() {
+        let fx = fixture();
+        let base = unit(&fx, &[], &[]);
+        let ci = unit(
+            &fx,
+            &[],
+            &[
+                ("CARGO_NET_RETRY", "10"),
+                ("CARGO_INCREMENTAL", "0"),
+                ("CARGO_REGISTRIES_CRATES_IO_PROTOCOL", "sparse"),
+                ("CARGO_REGISTRIES_MY_TOKEN", "secret"),
+                ("CARGO", "/home/someone/.rustup/toolchains/x/bin/cargo"),
+            ],
+        );
+        assert_eq!(base.key, ci.key);
+        assert_eq!(
+            base.inputs.env,
+            vec![
+                (
+                    "CARGO_MANIFEST_DIR".to_string(),
+                    "/rdht/cargo-home/registry/src/index.crates.io-1949cf8c6b5b557f/demo-1.0.0"
+                        .to_string()
+                ),
+                ("CARGO_PKG_NAME".to_string(), "demo".to_string())
+            ]
+        );
+        let renamed = unit(&fx, &[], &[("CARGO_PKG_NAME", "demo2")]);
+        assert_ne!(base.key, renamed.key);
+        let bootstrap = unit(&fx, &[], &[("RUSTC_BOOTSTRAP", "1")]);
+        assert_ne!(base.key, bootstrap.key);
+    }
+
+    /// Regression (issue 15): an edited unpacked registry source has another key; the
+    /// same edit undone gives the honest key back. Hidden files do not count.
+    #[test]
+    fn registry_sources_count_by_content() {
+        let fx = fixture();
+        let honest = unit(&fx, &[], &[]);
+        let SourceInputs::Registry { files, .. } = &honest.inputs.source else {
+            panic!("{:?}", honest.inputs.source)
+        };
+        let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["Cargo.toml", "src/lib.rs"]);
+        fs::write(fx.pkg.join("src/lib.rs"), "pub fn f() { dbg!(1); }\n").unwrap();
+        let edited = unit(&fx, &[], &[]);
+        assert_ne!(edited.key, honest.key);
+        fs::write(fx.pkg.join("src/lib.rs"), "pub fn f() {}\n").unwrap();
+        assert_eq!(unit(&fx, &[], &[]).key, honest.key);
+        fs::write(fx.pkg.join(".cargo-ok"), "ok").unwrap();
+        assert_eq!(unit(&fx, &[], &[]).key, honest.key);
+    }
+
+    /// Regression (issue 23): `-C target-cpu=native` is keyed by the CPU and features it
+    /// resolves to here, not by the word `native`.
+    #[test]
+    fn target_cpu_native_is_keyed_by_what_it_resolves_to() {
+        let fx = fixture();
+        let native = unit(&fx, &["-C", "target-cpu=native"], &[]);
+        let out = Command::new("rustc")
+            .args(["-C", "target-cpu=native", "--print", "target-cpus"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let cpu = text
+            .lines()
+            .find_map(|l| l.split_once("(currently ")?.1.split_once(')'))
+            .unwrap()
+            .0;
+        let arg = native
+            .inputs
+            .args
+            .iter()
+            .find(|a| a.contains("target-cpu"))
+            .unwrap();
+        assert!(
+            arg.starts_with(&format!("-C=target-cpu=native={cpu};")),
+            "{arg}"
+        );
+        let features = arg.split_once(';').unwrap().1;
+        assert!(!features.is_empty(), "the features it enables: {arg}");
+        assert_ne!(native.key, unit(&fx, &[], &[]).key);
+    }
 }

@@ -33,6 +33,7 @@ use rdht_api::{Client, ClientError, Request, Response};
 use rdht_core::{BlockId, BuildRecord, BuilderKey};
 
 use super::filehash::{hash_file, remember};
+use super::fit::Machine;
 use super::inputs::{Env, Plan, Unit, plan};
 use super::session::{self, Kind, UnitLog};
 
@@ -88,7 +89,7 @@ enum Severity {
 struct CacheFailure {
     reason: String,
     /// The kind of reason, counted in the summary (`untrusted`, `no record`, …).
-    cause: &'static str,
+    cause: String,
     publish: bool,
     sample_mismatch: bool,
     severity: Severity,
@@ -103,9 +104,9 @@ impl From<ClientError> for CacheFailure {
         CacheFailure {
             reason: e.to_string(),
             cause: if unreachable {
-                "daemon unreachable"
+                "daemon unreachable".into()
             } else {
-                "error"
+                "error".into()
             },
             publish: !unreachable,
             sample_mismatch: false,
@@ -121,7 +122,7 @@ impl From<ClientError> for CacheFailure {
 fn fail(reason: impl Into<String>) -> CacheFailure {
     CacheFailure {
         reason: reason.into(),
-        cause: "error",
+        cause: "error".into(),
         publish: true,
         sample_mismatch: false,
         severity: Severity::Fault,
@@ -223,7 +224,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 log.cause = if f.sample_mismatch {
                     "sample mismatch".into()
                 } else {
-                    f.cause.into()
+                    f.cause
                 };
                 log.reason = f.reason;
             }
@@ -592,7 +593,7 @@ async fn try_hit(rustc: &Path, args: &[String], unit: &Unit) -> Result<Hit, Cach
         Response::Resolved(Resolution::Miss { reason, cause }) => {
             let mut f = fail(reason);
             f.severity = Severity::Miss;
-            f.cause = cause.label();
+            f.cause = cause.label().into();
             return Err(f);
         }
         other => return Err(fail(format!("unexpected answer {other:?}"))),
@@ -663,9 +664,12 @@ async fn materialize(
             };
             let have = std::env::var(name).ok().map(|v| unit.roots.normalize(&v));
             if have != want {
-                return Err(fail(format!(
+                let mut f = fail(format!(
                     "environment variable {name} differs from the cached build"
-                )));
+                ));
+                f.severity = Severity::Miss;
+                f.cause = "environment differs".into();
+                return Err(f);
             }
         }
     }
@@ -710,6 +714,22 @@ async fn materialize(
         }
     }
     let mut placed = Vec::with_capacity(outputs.len());
+    // Outputs this machine loads or runs must fit its C runtime (specs/build-key.md
+    // §6.2); one that does not is a miss, built here, counted under its reason.
+    if let Some(host) = unit.loaded_here() {
+        let mut machine = Machine::here(&host);
+        for e in outputs.iter().filter(|e| !e.path.ends_with(".d")) {
+            if let Err(misfit) = machine.file_fits(&tmp.join(&e.path)) {
+                let mut f = fail(format!(
+                    "cached {} does not fit this machine: {misfit}",
+                    &e.path["out/".len()..]
+                ));
+                f.severity = Severity::Miss;
+                f.cause = misfit.to_string();
+                return Err(f);
+            }
+        }
+    }
     for e in &outputs {
         let name = &e.path["out/".len()..];
         let from = tmp.join(&e.path);
