@@ -44,7 +44,13 @@ trap cleanup EXIT INT TERM
 : >"$work/boot.txt"
 : >"$work/boot-m.txt"
 # start_node NAME SWARM: a daemon in swarm SWARM ("" for A and B, "-m" for M and N).
+# RDHT_BENCH_SAMPLE_RATE sets every daemon's verify_sample_rate (default: the daemon's
+# own default), to measure what sampled rebuilding costs the warm build.
 start_node() {
+    mkdir -p "$work/$1"
+    if [ -n "${RDHT_BENCH_SAMPLE_RATE:-}" ]; then
+        echo "verify_sample_rate = $RDHT_BENCH_SAMPLE_RATE" >"$work/$1/config.toml"
+    fi
     "$bin/rdht-node" --data-dir "$work/$1" --swarm-key "$work/swarm$2.key" \
         --bootstrap "$work/boot$2.txt" --listen /ip4/127.0.0.1/tcp/0 2>"$work/$1.log" &
     pids+=($!)
