@@ -25,27 +25,36 @@ pub struct Roots {
     entries: Vec<(String, &'static str)>,
 }
 
-fn is_path_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+' | '~')
+/// Whether a byte can continue a path component name (any non-ASCII byte cannot: the
+/// same rule as for characters, since a multi-byte character is never ASCII).
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+' | b'~')
 }
 
-/// Replaces `from` by `to` in `s` wherever `from` is a whole path prefix: the next
-/// character is not part of a path component name.
-fn replace_root(s: &str, from: &str, to: &str) -> String {
+/// Replaces `from` by `to` in `s` wherever `from` is a whole path prefix: the next byte
+/// is not part of a path component name. Works on any bytes: rustc and proc macros may
+/// print text that is not UTF-8, which passes through untouched but for the roots.
+fn replace_root(s: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     if from.is_empty() {
-        return s.to_string();
+        return s.to_vec();
     }
-    let mut out = String::with_capacity(s.len());
+    let mut out = Vec::with_capacity(s.len());
     let mut rest = s;
-    while let Some(i) = rest.find(from) {
+    while let Some(i) = rest.windows(from.len()).position(|w| w == from) {
         let after = &rest[i + from.len()..];
-        let whole = after.chars().next().is_none_or(|c| !is_path_char(c));
-        out.push_str(&rest[..i]);
-        out.push_str(if whole { to } else { from });
+        let whole = after.first().is_none_or(|b| !is_path_byte(*b));
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(if whole { to } else { from });
         rest = after;
     }
-    out.push_str(rest);
+    out.extend_from_slice(rest);
     out
+}
+
+/// Bytes back to text: replacing UTF-8 roots in UTF-8 text keeps it UTF-8 (a match of
+/// a UTF-8 string always starts and ends on character boundaries).
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The target directory of an output directory: the parent of the profile directory
@@ -91,18 +100,28 @@ impl Roots {
 
     /// `s` with local roots replaced by placeholders.
     pub fn normalize(&self, s: &str) -> String {
-        let mut out = s.to_string();
-        for (local, ph) in &self.entries {
-            out = replace_root(&out, local, ph);
-        }
-        out
+        text(self.normalize_bytes(s.as_bytes()))
     }
 
     /// `s` with placeholders replaced by local roots.
     pub fn localize(&self, s: &str) -> String {
-        let mut out = s.to_string();
+        text(self.localize_bytes(s.as_bytes()))
+    }
+
+    /// [`Roots::normalize`] of any bytes (other bytes are kept as they are).
+    pub fn normalize_bytes(&self, s: &[u8]) -> Vec<u8> {
+        let mut out = s.to_vec();
         for (local, ph) in &self.entries {
-            out = replace_root(&out, ph, local);
+            out = replace_root(&out, local.as_bytes(), ph.as_bytes());
+        }
+        out
+    }
+
+    /// [`Roots::localize`] of any bytes (other bytes are kept as they are).
+    pub fn localize_bytes(&self, s: &[u8]) -> Vec<u8> {
+        let mut out = s.to_vec();
+        for (local, ph) in &self.entries {
+            out = replace_root(&out, ph.as_bytes(), local.as_bytes());
         }
         out
     }
@@ -121,6 +140,15 @@ impl Roots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_pass_through_with_their_roots_replaced() {
+        let r = Roots::new(Path::new("/h/.cargo"), Some(Path::new("/h/p")), None);
+        let raw = b"caf\xe9 /h/p/src/main.rs \xff\n";
+        let n = r.normalize_bytes(raw);
+        assert_eq!(n, b"caf\xe9 /rdht/workspace/src/main.rs \xff\n");
+        assert_eq!(r.localize_bytes(&n), raw);
+    }
 
     #[test]
     fn round_trip_and_whole_prefixes_only() {

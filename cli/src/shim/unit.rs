@@ -466,11 +466,31 @@ fn exec(rustc: &Path, args: &[String]) -> i32 {
     1
 }
 
-/// What rustc printed, line by line.
+/// What rustc printed, as bytes: rustc, and proc macros running inside it, may print
+/// text that is not UTF-8, which must pass through untouched.
 #[derive(Debug, Default)]
 struct Captured {
-    stdout: String,
-    stderr: String,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Copies `from` to `to` line by line as it comes, with placeholders turned into local
+/// paths, keeping a copy of what was read. Bytes that are not UTF-8 pass unchanged; a
+/// write error on `to` stops the forwarding, never the reading (rustc must not block
+/// on a full pipe).
+fn forward(from: impl std::io::Read, mut to: impl Write, roots: &super::roots::Roots) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut r = BufReader::new(from);
+    let mut line = Vec::new();
+    let mut open = true;
+    while r.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        if open {
+            open = to.write_all(&roots.localize_bytes(&line)).is_ok() && to.flush().is_ok();
+        }
+        kept.extend_from_slice(&line);
+        line.clear();
+    }
+    kept
 }
 
 /// Runs rustc with path remapping, passing each line on as it comes (cargo starts
@@ -486,31 +506,13 @@ fn run_rustc(rustc: &Path, args: &[String], unit: &Unit) -> std::io::Result<(i32
     let stdout = child.stdout.take();
     let roots = unit.roots.clone();
     let out_thread = std::thread::spawn(move || {
-        let mut kept = String::new();
-        if let Some(s) = stdout {
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(roots.localize(&line).as_bytes());
-                let _ = o.flush();
-                kept.push_str(&line);
-                line.clear();
-            }
-        }
-        kept
+        stdout
+            .map(|s| forward(s, std::io::stdout(), &roots))
+            .unwrap_or_default()
     });
     let mut captured = Captured::default();
     if let Some(s) = child.stderr.take() {
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        while r.read_line(&mut line)? > 0 {
-            let mut e = std::io::stderr().lock();
-            let _ = e.write_all(unit.roots.localize(&line).as_bytes());
-            let _ = e.flush();
-            captured.stderr.push_str(&line);
-            line.clear();
-        }
+        captured.stderr = forward(s, std::io::stderr(), &unit.roots);
     }
     let status = child.wait()?;
     captured.stdout = out_thread.join().unwrap_or_default();
@@ -751,10 +753,13 @@ async fn materialize(
             let _ = remember(to, *root);
         }
     }
-    let stdout = unit.roots.localize(&read("rdht/stdout"));
-    let stderr = unit.roots.localize(&read("rdht/stderr"));
-    let _ = std::io::stdout().lock().write_all(stdout.as_bytes());
-    let _ = std::io::stderr().lock().write_all(stderr.as_bytes());
+    // Replayed as bytes: what rustc printed need not be UTF-8.
+    let replay = |rel: &str| {
+        unit.roots
+            .localize_bytes(&std::fs::read(tmp.join(rel)).unwrap_or_default())
+    };
+    let _ = std::io::stdout().lock().write_all(&replay("rdht/stdout"));
+    let _ = std::io::stderr().lock().write_all(&replay("rdht/stderr"));
     Ok(Hit {
         bytes_fetched: fetched,
         compile_ms: 0,
@@ -763,9 +768,11 @@ async fn materialize(
 }
 
 /// Output files named by rustc's artifact notifications.
-fn artifacts(stderr: &str) -> Vec<PathBuf> {
+fn artifacts(stderr: &[u8]) -> Vec<PathBuf> {
     stderr
-        .lines()
+        .split(|b| *b == b'\n')
+        // Only UTF-8 lines can be rustc's JSON messages.
+        .filter_map(|l| std::str::from_utf8(l).ok())
         .filter(|l| l.starts_with("{\"$message_type\":\"artifact\""))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v.get("artifact")?.as_str().map(PathBuf::from))
@@ -810,13 +817,13 @@ async fn submit(
         });
     }
     for (name, text) in [
-        ("stderr", unit.roots.normalize(&captured.stderr)),
-        ("stdout", unit.roots.normalize(&captured.stdout)),
+        ("stderr", unit.roots.normalize_bytes(&captured.stderr)),
+        ("stdout", unit.roots.normalize_bytes(&captured.stdout)),
     ] {
         inline += text.len();
         files.push(SubmitFile {
             path: format!("rdht/{name}"),
-            source: FileSource::Inline(text.into_bytes()),
+            source: FileSource::Inline(text),
         });
     }
     if inline > MAX_INLINE_BYTES {
@@ -890,8 +897,8 @@ async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, CacheFailure
         // Only what rustc produced: two honest builders of the same unit must store the
         // same artifact, so nothing machine- or run-specific goes in.
         for (name, text) in [
-            ("stderr", unit.roots.normalize(&captured.stderr)),
-            ("stdout", unit.roots.normalize(&captured.stdout)),
+            ("stderr", unit.roots.normalize_bytes(&captured.stderr)),
+            ("stdout", unit.roots.normalize_bytes(&captured.stdout)),
         ] {
             let p = stage.join("rdht").join(name);
             std::fs::write(&p, text).map_err(|e| fail(format!("writing {}: {e}", p.display())))?;
