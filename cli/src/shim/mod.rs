@@ -1,8 +1,10 @@
 //! The cargo shim behind `cargo dht-build` and `RUSTC_WRAPPER` (specs/build-key.md).
 //!
-//! [`args`] reads rustc command lines, [`roots`] handles machine-local paths,
+//! [`unit`] runs one rustc invocation: a hit (`hit`), a miss (`miss`) or a verifying
+//! build (`verify`), talking to the daemon through `cache`; [`layout`] names an
+//! artifact's files. [`args`] reads rustc command lines, [`roots`] handles machine-local paths,
 //! [`filehash`] content roots with sidecars, [`inputs`] decides cacheability and
-//! collects key inputs, [`unit`] runs the hit and miss paths, [`session`] writes and
+//! collects key inputs, [`session`] writes and
 //! summarises one build's outcomes, [`plan`] prefetches and publishes build plans,
 //! [`stamp`] gives a check unit's outputs the modification time cargo will, [`fit`]
 //! checks that a hit's loadable outputs can run on this machine's C runtime.
@@ -11,11 +13,16 @@
 //! through `rdht-api`) or formats (`rdht-core`).
 
 pub mod args;
+mod cache;
 pub mod filehash;
 pub mod fit;
+mod hit;
 pub mod inputs;
+pub mod layout;
+mod miss;
 pub mod plan;
 pub mod roots;
 pub mod session;
 pub mod stamp;
 pub mod unit;
+mod verify;

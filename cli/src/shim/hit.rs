@@ -1,0 +1,309 @@
+//! The hit path: resolve the key through the daemon, export the artifact into a
+//! scratch directory next to the outputs, check it may be used here (the environment
+//! the unit read, the C runtime its loadable outputs need, a sampled rebuild), move its
+//! outputs into place with local paths and replay rustc's messages.
+//!
+//! Owns: those steps, in that order. Does not own: choosing the root (the daemon) or
+//! building (`miss.rs`, `verify.rs`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rdht_api::proto::Resolution;
+use rdht_api::{Client, Request, Response};
+use rdht_core::{BlockId, BuildRecord, BuilderKey};
+
+use super::cache::{CacheFailure, Severity, call, connect, fail, unexpected};
+use super::filehash::remember;
+use super::fit::Machine;
+use super::inputs::Unit;
+use super::layout::{OUT, STDERR, STDOUT, scratch};
+use super::miss::settle;
+use super::unit::RESOLVE_TIMEOUT;
+use super::verify::rebuild_roots;
+
+pub(super) struct Hit {
+    pub(super) bytes_fetched: u64,
+    pub(super) compile_ms: u64,
+    /// The sampled check's outcome (`sample match`, `sample not reproducible`), when
+    /// one ran.
+    pub(super) sample: Option<&'static str>,
+}
+
+pub(super) async fn try_hit(
+    rustc: &Path,
+    args: &[String],
+    unit: &Unit,
+) -> Result<Hit, CacheFailure> {
+    let mut client = connect().await?;
+    let request = Request::Resolve {
+        key: unit.key,
+        scope: unit.scope(),
+    };
+    let resolved = call(&mut client, request, RESOLVE_TIMEOUT, "resolving").await?;
+    let (root, resolve_fetched, build_ms, sampled, builders) = match resolved {
+        Response::Resolved(Resolution::Hit {
+            root,
+            bytes_fetched,
+            records,
+            verify,
+            ..
+        }) => {
+            let builders: Vec<BuilderKey> = records
+                .iter()
+                .filter_map(|r| BuildRecord::decode(r).ok())
+                .map(|r| r.builder())
+                .collect();
+            // The builders' own figure for how long this unit took (for "time saved").
+            let build_ms = records
+                .iter()
+                .filter_map(|r| BuildRecord::decode(r).ok())
+                .map(|r| r.body().build_ms)
+                .max()
+                .unwrap_or(0);
+            (root, bytes_fetched, build_ms, verify, builders)
+        }
+        Response::Resolved(Resolution::Miss { reason, cause }) => {
+            let mut f = fail(reason);
+            f.severity = Severity::Miss;
+            f.cause = cause.label().into();
+            return Err(f);
+        }
+        other => return Err(unexpected(&other)),
+    };
+    let tmp = scratch(&unit.out_dir, "hit");
+    // Incremental units are not bit-reproducible, so a rebuild proves nothing.
+    let check = (sampled && !unit.inv.incremental).then_some((rustc, args, builders.as_slice()));
+    let result = materialize(unit, &mut client, root, &tmp, check).await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    result.map(|mut hit| {
+        hit.bytes_fetched += resolve_fetched;
+        hit.compile_ms = build_ms;
+        hit
+    })
+}
+
+/// A sampled hit's check: the rustc command and the builders that claimed the artifact.
+pub(super) type Check<'a> = Option<(&'a Path, &'a [String], &'a [BuilderKey])>;
+
+/// One output file of an exported artifact: its name in `--out-dir`, where the export
+/// put it, and its content root.
+struct Output {
+    name: String,
+    at: PathBuf,
+    root: BlockId,
+}
+
+impl Output {
+    fn is_dep_info(&self) -> bool {
+        self.name.ends_with(".d")
+    }
+}
+
+/// Exports `root` into `tmp`, checks it may be used here, puts its outputs in place and
+/// replays rustc's messages. Any step that fails leaves `--out-dir` as it was.
+pub(super) async fn materialize(
+    unit: &Unit,
+    client: &mut Client,
+    root: BlockId,
+    tmp: &Path,
+    check: Check<'_>,
+) -> Result<Hit, CacheFailure> {
+    let (outputs, fetched) = export(client, root, tmp).await?;
+    check_env(unit, &outputs)?;
+    check_fit(unit, &outputs)?;
+    let sample = match check {
+        Some((rustc, args, builders)) => {
+            Some(check_sample(unit, client, root, &outputs, rustc, args, builders).await?)
+        }
+        None => None,
+    };
+    place(unit, &outputs)?;
+    replay(unit, tmp);
+    Ok(Hit {
+        bytes_fetched: fetched,
+        compile_ms: 0,
+        sample,
+    })
+}
+
+/// Has the daemon write artifact `root` into `tmp` (verified); returns its outputs and
+/// the bytes fetched meanwhile. An artifact with files outside the layout is refused.
+async fn export(
+    client: &mut Client,
+    root: BlockId,
+    tmp: &Path,
+) -> Result<(Vec<Output>, u64), CacheFailure> {
+    let dest = tmp
+        .to_str()
+        .ok_or_else(|| fail("output directory is not UTF-8"))?
+        .to_string();
+    let mut fetched = 0u64;
+    let exported = tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        client.call_with_progress(Request::Export { root, dest }, |p| {
+            if let rdht_api::Progress::Bytes { done, .. } = p {
+                fetched = *done;
+            }
+        }),
+    )
+    .await
+    .map_err(|_| fail("exporting timed out"))??;
+    let Response::Exported { entries, .. } = exported else {
+        return Err(unexpected(&exported));
+    };
+    let mut outputs = Vec::new();
+    for e in &entries {
+        match e.path.strip_prefix(OUT) {
+            Some(name) if !name.contains('/') => outputs.push(Output {
+                name: name.to_string(),
+                at: tmp.join(&e.path),
+                root: e.root,
+            }),
+            _ if e.path == STDOUT || e.path == STDERR => {}
+            _ => {
+                return Err(fail(format!(
+                    "artifact {root} holds unexpected file {}",
+                    e.path
+                )));
+            }
+        }
+    }
+    Ok((outputs, fetched))
+}
+
+/// The environment the compile read (dep-info's `# env-dep` lines) must be the same
+/// here.
+fn check_env(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
+    for o in outputs.iter().filter(|o| o.is_dep_info()) {
+        let text = std::fs::read_to_string(&o.at).unwrap_or_default();
+        for line in text.lines() {
+            let Some(dep) = line.strip_prefix("# env-dep:") else {
+                continue;
+            };
+            let (name, want) = match dep.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (dep, None),
+            };
+            let have = std::env::var(name).ok().map(|v| unit.roots.normalize(&v));
+            if have != want {
+                let mut f = fail(format!(
+                    "environment variable {name} differs from the cached build"
+                ));
+                f.severity = Severity::Miss;
+                f.cause = "environment differs".into();
+                return Err(f);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Outputs this machine loads or runs must fit its C runtime (specs/build-key.md §6.2);
+/// one that does not makes the hit a miss, built here, counted under its reason.
+fn check_fit(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
+    let Some(host) = unit.loaded_here() else {
+        return Ok(());
+    };
+    let mut machine = Machine::here(&host);
+    for o in outputs.iter().filter(|o| !o.is_dep_info()) {
+        if let Err(misfit) = machine.file_fits(&o.at) {
+            let mut f = fail(format!(
+                "cached {} does not fit this machine: {misfit}",
+                o.name
+            ));
+            f.severity = Severity::Miss;
+            f.cause = misfit.to_string();
+            return Err(f);
+        }
+    }
+    Ok(())
+}
+
+/// A sampled hit: compiles the unit again and compares. A difference that a second
+/// local build confirms blocklists `builders` and makes the hit a miss; two local
+/// builds that differ blame nobody (the unit is not reproducible).
+async fn check_sample(
+    unit: &Unit,
+    client: &mut Client,
+    root: BlockId,
+    outputs: &[Output],
+    rustc: &Path,
+    args: &[String],
+    builders: &[BuilderKey],
+) -> Result<&'static str, CacheFailure> {
+    let cached: BTreeMap<String, BlockId> = outputs
+        .iter()
+        .filter(|o| !o.is_dep_info())
+        .map(|o| (o.name.clone(), o.root))
+        .collect();
+    let local = rebuild_roots(rustc, args, unit)?;
+    if local == cached {
+        return Ok("sample match");
+    }
+    if rebuild_roots(rustc, args, unit)? != local {
+        eprintln!(
+            "rdht: warning: {}: sampled check: two local builds differ (not reproducible); no builder blamed, the cached artifact is used",
+            unit.labels.crate_name
+        );
+        return Ok("sample not reproducible");
+    }
+    for b in builders {
+        let reason = format!(
+            "sampled check: artifact {root} for build key {} differs from a local build",
+            unit.key
+        );
+        client
+            .call(Request::TrustBlock {
+                builder: *b,
+                reason,
+            })
+            .await?;
+    }
+    eprintln!(
+        "rdht: warning: {}: the cached artifact differs from a local build; blocklisted {} builder(s)",
+        unit.labels.crate_name,
+        builders.len()
+    );
+    let mut f = fail("sampled check: cached artifact differs from a local build");
+    f.sample_mismatch = true;
+    Err(f)
+}
+
+/// Moves the outputs into `--out-dir` (dep-info with local paths), gives them cargo's
+/// check-mode time, and records their content roots in sidecars.
+fn place(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
+    let mut placed = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let to = unit.out_dir.join(&o.name);
+        if o.is_dep_info() {
+            let text = unit
+                .roots
+                .localize(&std::fs::read_to_string(&o.at).unwrap_or_default());
+            std::fs::write(&o.at, text)
+                .map_err(|err| fail(format!("writing {}: {err}", o.at.display())))?;
+        }
+        std::fs::rename(&o.at, &to)
+            .map_err(|err| fail(format!("moving {} into place: {err}", to.display())))?;
+        placed.push(to);
+    }
+    // As after a compile: cargo's check-mode time first, so the sidecars stay valid.
+    settle(unit, &placed);
+    for (to, o) in placed.iter().zip(outputs) {
+        if !o.is_dep_info() {
+            let _ = remember(to, o.root);
+        }
+    }
+    Ok(())
+}
+
+/// Replays what rustc printed, with local paths, as bytes: it need not be UTF-8.
+fn replay(unit: &Unit, tmp: &Path) {
+    let bytes = |rel: &str| {
+        unit.roots
+            .localize_bytes(&std::fs::read(tmp.join(rel)).unwrap_or_default())
+    };
+    let _ = std::io::stdout().lock().write_all(&bytes(STDOUT));
+    let _ = std::io::stderr().lock().write_all(&bytes(STDERR));
+}
