@@ -8,6 +8,7 @@
 #![allow(missing_docs)]
 #![allow(clippy::unwrap_used)] // A developer tool: any failure should stop it loudly.
 
+use rdht_testkit::pattern;
 use std::fmt::Write as _;
 
 use rdht_core::block::{INTERIOR_CONTEXT, LEAF_CONTEXT};
@@ -87,10 +88,6 @@ impl Annotated {
         assert_eq!(&a.bytes[..], &b.bytes()[..], "block annotation drifted");
         a
     }
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 fn labels() -> Labels {

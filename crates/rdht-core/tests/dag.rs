@@ -3,6 +3,7 @@
 //! or mis-sized block is rejected by name (specs/blocks.md §3–§5).
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
+use rdht_testkit::pattern;
 use std::collections::HashMap;
 use std::convert::Infallible;
 
@@ -43,10 +44,6 @@ fn model_root(data: &[u8]) -> BlockId {
             .collect();
     }
     BlockId::from_bytes(level[0].0)
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 /// Builds `data` fed in pieces of the given lengths (cycled); returns root and blocks

@@ -3,6 +3,7 @@
 //! and then only read here.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
+use rdht_testkit::pattern;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -35,10 +36,6 @@ fn unhex(annotated: &str) -> Vec<u8> {
 fn str_of<'a>(t: &'a toml::Table, k: &str) -> &'a str {
     t[k].as_str()
         .unwrap_or_else(|| panic!("{k} is not a string"))
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 #[test]

@@ -23,6 +23,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use rdht_testkit::cpu_time;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,14 +169,6 @@ fn print(label: &str, mut s: Stats) {
         pct(&mut s.requests, 0.5),
         pct(&mut s.requests, 0.99),
     );
-}
-
-/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux).
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Waits (at most `RDHT_DHT_SETTLE` s, default 900; 0 skips) until the swarm's own

@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use rdht_testkit::cpu_time;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -112,19 +113,6 @@ async fn raw_tcp(store: &MemoryBlocks) -> (u64, Duration) {
     }
     sender.await.unwrap();
     (total, start.elapsed())
-}
-
-/// CPU time (user + system) this process has used so far, from `/proc/self/stat`
-/// (Linux; `None` elsewhere). Reported so a run on a busy machine can be told apart
-/// from a slow one.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux target Rust supports.
-    Some(Duration::from_millis(ticks * 10))
 }
 
 fn cpu_line(before: Option<Duration>, after: Option<Duration>, wall: Duration) -> String {

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap (house style).
 
+use rdht_testkit::{data, text};
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -115,18 +116,6 @@ impl Backend for DiskFull {
     fn path(&self) -> Option<&Path> {
         Some(Path::new("/fake/store"))
     }
-}
-
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Writes `files` (path, seed, len, executable) under `dir/name` and returns them
@@ -1215,25 +1204,6 @@ proptest! {
     ) {
         run_artifact_model(Kind::Sled, &ops);
     }
-}
-
-/// Compressible bytes: numbered source-like lines with pseudo-random values.
-fn text(seed: u64, len: usize) -> Vec<u8> {
-    let noise = data(seed, len / 8 + 1);
-    let mut out = Vec::with_capacity(len + 64);
-    let mut n = 0usize;
-    while out.len() < len {
-        out.extend_from_slice(
-            format!(
-                "pub fn item_{n}() -> u64 {{ {} }}\n",
-                noise[n % noise.len()]
-            )
-            .as_bytes(),
-        );
-        n += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 /// The location of block `id` in the packs.

@@ -5,6 +5,7 @@
 
 #![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
+pub use rdht_testkit::{data, text};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,42 +15,11 @@ use rdht_net::{
     BlockSource, BootstrapPeer, FetchConfig, MemoryBlocks, NodeConfig, NodeHandle, SwarmConfig,
 };
 
-/// Deterministic pseudo-random bytes (xorshift64*).
-pub fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// An artifact: its root, every block (manifest DAG and file DAGs), the file bytes.
 pub struct Artifact {
     pub root: BlockId,
     pub blocks: Vec<Block>,
     pub files: Vec<(String, Vec<u8>)>,
-}
-
-/// Compressible bytes: numbered source-like lines with pseudo-random numbers.
-pub fn text(seed: u64, len: usize) -> Vec<u8> {
-    let noise = data(seed, len / 8 + 1);
-    let mut out = Vec::with_capacity(len + 64);
-    let mut n = 0usize;
-    while out.len() < len {
-        let line = format!(
-            "pub fn item_{n}() -> u64 {{ {} }}\n",
-            noise[n % noise.len()]
-        );
-        out.extend_from_slice(line.as_bytes());
-        n += 1;
-    }
-    out.truncate(len);
-    out
 }
 
 impl Artifact {
