@@ -187,7 +187,7 @@ fn required_signatures_two_needs_two_trusted_builders_to_agree() {
     let st = b1.json(&["status"]);
     assert_eq!(
         st["policy"],
-        serde_json::json!({"trusted_builders": 3, "required_signatures": 2, "verify_sample_rate": 0.02}),
+        serde_json::json!({"trusted_builders": 3, "required_signatures": 2, "verify_sample_rate": 0.01}),
         "{st}"
     );
     let (_, s1) = dht_build(

@@ -58,10 +58,10 @@ store_max_bytes = 21474836480
 # required_signatures = 1
 
 # Share of cache hits built by other machines that are also rebuilt locally and
-# compared before use (0.02 = 2%; 0.0 turns it off). A mismatch is logged, counted
+# compared before use (0.01 = 1%; 0.0 turns it off). A mismatch is logged, counted
 # and blocklists the builders that claimed the artifact; a unit that does not build
 # reproducibly is never blamed.
-# verify_sample_rate = 0.02
+# verify_sample_rate = 0.01
 
 # How long a build waits for the swarm to say who has records for a unit, in
 # milliseconds. A miss costs one such lookup. Asking stops as soon as the records
@@ -73,7 +73,7 @@ store_max_bytes = 21474836480
 "#;
 
 /// Default share of other builders' hits rebuilt and compared (specs/trust.md §5).
-pub const DEFAULT_VERIFY_SAMPLE_RATE: f64 = 0.02;
+pub const DEFAULT_VERIFY_SAMPLE_RATE: f64 = 0.01;
 
 /// Default limit on one record lookup.
 pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 3000;
