@@ -5,8 +5,10 @@
 //! means on this machine.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
-use std::path::Path;
+mod common;
 
+
+use common::run_bin;
 use rdht_testnet::{Swarm, dht_build_env, write_small_project};
 
 /// `mylib` reads a variable at compile time: rustc records it in dep-info.
@@ -15,14 +17,6 @@ const MYLIB_ENV: &str = "pub fn f() -> &'static str {\n    env!(\"RDHT_TEST_GREE
 fn totals(s: &serde_json::Value) -> (u64, u64, u64, u64) {
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
     (n("units"), n("hits"), n("misses"), n("uncacheable"))
-}
-
-fn run_bin(project: &Path) -> String {
-    let out = std::process::Command::new(project.join("target/debug/proj"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

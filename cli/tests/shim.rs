@@ -6,10 +6,13 @@
 //! Needs crates.io (the registry is reachable on this project's machines).
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::run_bin;
 use rdht_cli::shim::session::{Summary, summarize};
 use rdht_testnet::{DEADLINE, Node, Swarm, bin, copy_project, wrapped_cargo};
 
@@ -67,14 +70,6 @@ fn sha256(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-fn run_bin(project: &Path) -> String {
-    let out = Command::new(project.join("target/debug/proj"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn count(v: &serde_json::Value, k: &str) -> u64 {

@@ -6,12 +6,14 @@
 //! trusted builder that serves the wrong artifact.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{publish_claim, run_bin};
 use rdht_api::proto::Scope;
-use rdht_api::{Client, Request, Response};
-use rdht_core::{BuildKey, Labels};
+use rdht_core::BuildKey;
 use rdht_testnet::{Node, NodeOpts, SMALL_MYLIB, Swarm, bin, dht_build, write_small_project};
 
 /// What the honest binary prints.
@@ -65,14 +67,6 @@ fn patch_itoa(project: &Path, home: &Path) {
         1,
     );
     std::fs::write(&lib, patched).unwrap();
-}
-
-fn run_bin(project: &Path) -> String {
-    let out = Command::new(project.join("target/debug/proj"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn totals(s: &serde_json::Value) -> (u64, u64, u64) {
@@ -324,22 +318,7 @@ fn a_sampled_rebuild_catches_a_trusted_builder_serving_the_wrong_artifact() {
         .stdout(&["put", bogus.parent().unwrap().to_str().unwrap()])
         .trim()
         .to_string();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut c = Client::connect(&rdht_api::socket_path(&m.dir))
-            .await
-            .unwrap();
-        let r = c
-            .call(Request::Publish {
-                key: itoa_key,
-                root: bogus_root.parse().unwrap(),
-                labels: Labels::default(),
-                scope: Scope::Everywhere,
-                build_ms: 0,
-            })
-            .await
-            .unwrap();
-        assert!(matches!(r, Response::Published { .. }), "{r:?}");
-    });
+    publish_claim(&m.dir, itoa_key, &bogus_root, Scope::Everywhere);
     let config = format!(
         "verify_sample_rate = 1.0\ntrusted_keys = [{:?}]\n",
         m.builder_key()

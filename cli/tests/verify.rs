@@ -5,12 +5,14 @@
 //! workspace units are reported as not reproducible rather than blamed on anyone.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::publish_claim;
 use rdht_api::proto::Scope;
-use rdht_api::{Client, Request, Response};
-use rdht_core::{BuildKey, Labels};
+use rdht_core::BuildKey;
 use rdht_testnet::{SMALL_MYLIB, Swarm, bin, wrapped_cargo, write_small_project};
 
 fn write_project(dir: &Path) {
@@ -51,23 +53,7 @@ fn verify_catches_a_validly_signed_wrong_root_and_blocklists_its_builder() {
         .stdout(&["put", bogus.to_str().unwrap()])
         .trim()
         .to_string();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut c = Client::connect(&rdht_api::socket_path(&a.dir))
-            .await
-            .unwrap();
-        let r = c
-            .call(Request::Publish {
-                key: itoa_key,
-                root: bogus_root.parse().unwrap(),
-                labels: Labels::default(),
-                scope: Scope::Private,
-                build_ms: 0,
-            })
-            .await
-            .unwrap();
-        assert!(matches!(r, Response::Published { .. }));
-    });
+    publish_claim(&a.dir, itoa_key, &bogus_root, Scope::Private);
     let a_key = a.builder_key();
 
     // B verifies a copy elsewhere, with another CARGO_HOME.
