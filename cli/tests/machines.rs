@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::run_bin;
 use rdht_testnet::{Swarm, dht_build_env, write_small_project};
 
