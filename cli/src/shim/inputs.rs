@@ -205,6 +205,22 @@ fn rustc_output(rustc: &Path, args: &[&str], cache_dir: Option<&Path>) -> std::i
     Ok(text)
 }
 
+/// Where the roots of unpacked registry packages are cached: the user's cache directory
+/// (`$XDG_CACHE_HOME`, else `$HOME/.cache`, then `rdht/registry-src`), so that every
+/// target dir of the same `CARGO_HOME` shares them; else `TARGET/.rdht/registry-src`.
+/// Entries are named by the package directory and checked by stamps, so a shared cache
+/// is never believed for another directory or a changed file.
+fn registry_cache(env: &Env, target_root: Option<&Path>) -> Option<PathBuf> {
+    let user = env
+        .get("XDG_CACHE_HOME")
+        .filter(|d| Path::new(d).is_absolute())
+        .map(PathBuf::from)
+        .or_else(|| env.get("HOME").map(|h| Path::new(h).join(".cache")));
+    user.map(|d| d.join("rdht"))
+        .or_else(|| target_root.map(|t| t.join(".rdht")))
+        .map(|d| d.join("registry-src"))
+}
+
 /// What `-C target-cpu=native` means on this machine: `CPU;FEATURES`, the CPU rustc
 /// detects and every target feature it then enables, sorted (specs/build-key.md §4.4).
 fn native_cpu(
@@ -351,15 +367,12 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
                     let index = index.as_os_str().to_string_lossy().into_owned();
                     let public = CRATES_IO.iter().any(|p| index.starts_with(p));
                     let package = package.as_os_str().to_string_lossy().into_owned();
-                    // Unpacked packages do not change: their roots are cached per
-                    // target dir and re-read only when a file's stamp changes.
-                    let files = match &target_root {
-                        Some(t) => {
+                    // Unpacked packages do not change: their roots are cached per user
+                    // (else per target dir) and re-read only when a file's stamp changes.
+                    let files = match registry_cache(env, target_root.as_deref()) {
+                        Some(dir) => {
                             let id = blake3::hash(manifest_dir.as_os_str().as_encoded_bytes());
-                            let cache = t
-                                .join(".rdht")
-                                .join("registry-src")
-                                .join(&id.to_hex()[..32]);
+                            let cache = dir.join(&id.to_hex()[..32]);
                             hash_tree_cached(&manifest_dir, &skip, &cache)?
                         }
                         None => hash_tree(&manifest_dir, &skip)?,
@@ -532,6 +545,7 @@ mod tests {
         );
         e.insert("CARGO_PKG_NAME".into(), "demo".into());
         e.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+        e.insert("HOME".into(), fx.home.to_string_lossy().into_owned());
         for (k, v) in extra {
             e.insert(k.to_string(), v.to_string());
         }
