@@ -172,21 +172,24 @@ impl Machine {
             let Some(defs) = self.provides(lib) else {
                 return Err(Misfit::Missing { lib: lib.clone() });
             };
-            for v in versions {
-                if !defs.contains(v) {
-                    let family = version_key(v).0;
-                    let have = defs
-                        .iter()
-                        .filter(|d| version_key(d).0 == family)
-                        .max_by_key(|d| version_key(d).1)
-                        .cloned()
-                        .unwrap_or_else(|| "none".into());
-                    return Err(Misfit::Version {
-                        lib: lib.clone(),
-                        version: v.clone(),
-                        have,
-                    });
-                }
+            // The newest version missing names what the library here lacks.
+            let missing = versions
+                .iter()
+                .filter(|v| !defs.contains(*v))
+                .max_by_key(|v| version_key(v));
+            if let Some(v) = missing {
+                let family = version_key(v).0;
+                let have = defs
+                    .iter()
+                    .filter(|d| version_key(d).0 == family)
+                    .max_by_key(|d| version_key(d).1)
+                    .cloned()
+                    .unwrap_or_else(|| "none".into());
+                return Err(Misfit::Version {
+                    lib: lib.clone(),
+                    version: v.clone(),
+                    have,
+                });
             }
         }
         Ok(())
