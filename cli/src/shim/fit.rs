@@ -11,7 +11,7 @@
 //! Owns: reading requirements ([`requirements`]), finding and reading this machine's
 //! runtime libraries ([`Machine`]), and the verdict ([`Misfit`]). Does not own: which
 //! outputs are loaded here (the caller: not for a `--target` this machine only
-//! cross-compiles) or what a misfit leads to (a local build, `unit.rs`).
+//! cross-compiles) or what a misfit leads to (a local build: `hit.rs`, `unit.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

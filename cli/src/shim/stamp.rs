@@ -16,7 +16,7 @@
 //! else is left exactly as rustc wrote it.
 //!
 //! Owns: recognising a check unit, finding its stamp file, applying the stamp. Does not
-//! own: which files are outputs (`unit.rs`) or the identity check (the daemon,
+//! own: which files are outputs (`miss.rs`, `hit.rs`) or the identity check (the daemon,
 //! specs/local-api.md §3.1).
 
 use std::fs::{self, File, FileTimes};
