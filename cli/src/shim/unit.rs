@@ -92,6 +92,8 @@ struct CacheFailure {
     publish: bool,
     sample_mismatch: bool,
     severity: Severity,
+    /// Providers the daemon could not reach (peer ids), for the summary.
+    unreachable: Vec<String>,
 }
 
 impl From<ClientError> for CacheFailure {
@@ -114,6 +116,7 @@ impl From<ClientError> for CacheFailure {
             } else {
                 Severity::Fault
             },
+            unreachable: Vec::new(),
         }
     }
 }
@@ -125,6 +128,7 @@ fn fail(reason: impl Into<String>) -> CacheFailure {
         publish: true,
         sample_mismatch: false,
         severity: Severity::Fault,
+        unreachable: Vec::new(),
     }
 }
 
@@ -163,6 +167,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 verify: None,
                 cause: String::new(),
                 not_shared: None,
+                unreachable: Vec::new(),
             });
             return exec(&rustc, &args);
         }
@@ -191,6 +196,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         verify: None,
         cause: "daemon unreachable".into(),
         not_shared: None,
+        unreachable: Vec::new(),
     };
     if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
         return verify(&runtime, &rustc, &args, &unit, log, start);
@@ -226,6 +232,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                     f.cause.into()
                 };
                 log.reason = f.reason;
+                log.unreachable = f.unreachable;
             }
         }
     }
@@ -589,10 +596,15 @@ async fn try_hit(rustc: &Path, args: &[String], unit: &Unit) -> Result<Hit, Cach
                 .unwrap_or(0);
             (root, bytes_fetched, build_ms, verify, builders)
         }
-        Response::Resolved(Resolution::Miss { reason, cause }) => {
+        Response::Resolved(Resolution::Miss {
+            reason,
+            cause,
+            unreachable,
+        }) => {
             let mut f = fail(reason);
             f.severity = Severity::Miss;
             f.cause = cause.label();
+            f.unreachable = unreachable;
             return Err(f);
         }
         other => return Err(fail(format!("unexpected answer {other:?}"))),
