@@ -1,5 +1,5 @@
-//! Node-wide memory of unreachable peers: a failed dial, or a record request not
-//! answered within its bound, puts the peer in back-off; while it lasts no swarm of the
+//! Node-wide memory of unreachable peers: a record request whose dial failed, or that
+//! was not answered within its bound, puts the peer in back-off; while it lasts no swarm of the
 //! node dials it (lookups, record requests and fetches skip it), so one unreachable
 //! provider costs a build one bound, not one per unit. Any connection with the peer
 //! (either direction) clears it; a peer unreachable for `forget_after` is dropped from
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
 };
 use libp2p::{Multiaddr, PeerId};
 use tracing::{debug, info};
@@ -84,6 +84,8 @@ struct Entry {
 struct State {
     peers: HashMap<PeerId, Entry>,
     dials: HashMap<PeerId, u64>,
+    /// Open connections per peer, over all swarms.
+    connections: HashMap<PeerId, u32>,
 }
 
 /// The node-wide reachability memory, shared by every swarm of a node.
@@ -153,6 +155,25 @@ impl Health {
             info!(%peer, "peer reachable again");
         }
         was
+    }
+
+    /// Whether any swarm of the node has a connection to `peer` now.
+    pub fn connected(&self, peer: &PeerId) -> bool {
+        self.lock().connections.get(peer).is_some_and(|n| *n > 0)
+    }
+
+    fn connection_opened(&self, peer: PeerId) {
+        *self.lock().connections.entry(peer).or_default() += 1;
+    }
+
+    fn connection_closed(&self, peer: PeerId) {
+        let mut st = self.lock();
+        if let Some(n) = st.connections.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.connections.remove(&peer);
+            }
+        }
     }
 
     /// Whether `peer` is in back-off now (not to be dialled or waited for).
@@ -231,19 +252,13 @@ impl Health {
     }
 }
 
-/// Whether a dial error says something about the peer's reachability (rather than our
-/// own refusal or a dial that never started).
-fn says_unreachable(e: &DialError) -> bool {
-    matches!(
-        e,
-        DialError::Transport(_) | DialError::WrongPeerId { .. } | DialError::NoAddresses
-    )
-}
-
 /// The behaviour that applies a node's [`Health`] in one swarm: refuses outbound dials
-/// to peers in back-off, counts the others, and learns from dial failures and
-/// established connections. Inbound connections are never refused: a peer that comes
-/// back and connects is reachable again.
+/// to peers in back-off, counts the others, tracks open connections, and ends a
+/// back-off when a connection is established. Inbound connections are never refused: a
+/// peer that comes back and connects is reachable again. A failed dial alone does not
+/// start a back-off here (it may have tried only a stale address, e.g. from a bootstrap
+/// list, while the peer's records name its new one); the record requests that need the
+/// peer decide (`node.rs`).
 pub(crate) struct Guard {
     health: Arc<Health>,
 }
@@ -299,16 +314,10 @@ impl NetworkBehaviour for Guard {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(c) => {
+                self.health.connection_opened(c.peer_id);
                 self.health.reached(&c.peer_id);
             }
-            FromSwarm::DialFailure(f) => {
-                if let Some(peer) = f.peer_id
-                    && says_unreachable(f.error)
-                {
-                    self.health
-                        .failed(peer, Instant::now(), &format!("dial failed: {}", f.error));
-                }
-            }
+            FromSwarm::ConnectionClosed(c) => self.health.connection_closed(c.peer_id),
             _ => {}
         }
     }
@@ -397,11 +406,16 @@ mod tests {
     }
 
     #[test]
-    fn only_dial_errors_about_the_peer_count() {
-        assert!(says_unreachable(&DialError::NoAddresses));
-        assert!(!says_unreachable(&DialError::Aborted));
-        assert!(!says_unreachable(&DialError::DialPeerConditionFalse(
-            libp2p::swarm::dial_opts::PeerCondition::Disconnected
-        )));
+    fn open_connections_are_counted_over_swarms() {
+        let h = Health::new(cfg());
+        let p = PeerId::random();
+        assert!(!h.connected(&p));
+        h.connection_opened(p);
+        h.connection_opened(p);
+        h.connection_closed(p);
+        assert!(h.connected(&p));
+        h.connection_closed(p);
+        h.connection_closed(p);
+        assert!(!h.connected(&p));
     }
 }

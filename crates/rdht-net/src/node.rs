@@ -541,6 +541,12 @@ impl NodeHandle {
         report: &mut RecordsReport,
     ) -> Result<std::ops::ControlFlow<()>, NetError> {
         type Answer = (PeerId, Result<Vec<BuildRecord>, DropReason>);
+        let swarm_index = self
+            .inner
+            .swarms
+            .iter()
+            .position(|x| std::ptr::eq(x, s))
+            .expect("s is one of this node's swarms");
         let mut seen: HashSet<PeerId> = HashSet::new();
         let mut waiting: Vec<PeerId> = Vec::new();
         let mut answers: futures::stream::FuturesUnordered<BoxFuture<'_, Answer>> =
@@ -558,19 +564,18 @@ impl NodeHandle {
                 return None;
             }
             waiting.push(peer);
+            // The request runs in a task of its own: when the caller stops waiting (its
+            // policy met, its deadline passed) it still runs to its reply bound, so a
+            // silent peer is remembered whoever gave up first.
+            let request = tokio::spawn(self.clone().ask_peer(swarm_index, peer, key));
             Some(
                 async move {
-                    let bound = self.inner.fetch.reply_bound;
-                    match tokio::time::timeout(bound, self.records_retrying(s, peer, key)).await {
-                        Ok(answer) => (peer, answer),
-                        Err(_) => {
-                            self.mark_unreachable(
-                                peer,
-                                &format!("no record answer within {} ms", bound.as_millis()),
-                            );
-                            (peer, Err(DropReason::Unreachable))
-                        }
-                    }
+                    let answer = request.await.unwrap_or_else(|e| {
+                        Err(DropReason::Disconnected(format!(
+                            "request task failed: {e}"
+                        )))
+                    });
+                    (peer, answer)
                 }
                 .boxed(),
             )
@@ -667,17 +672,6 @@ impl NodeHandle {
                             if matches!(reason, DropReason::Corrupt(_)) {
                                 self.ban(peer);
                             }
-                            // A request that failed because its peer went into back-off
-                            // meanwhile (its dial refused, its connection closed) failed
-                            // for being unreachable.
-                            let reason = match reason {
-                                DropReason::Disconnected(_)
-                                    if self.inner.health.backed_off(&peer, Instant::now()) =>
-                                {
-                                    DropReason::Unreachable
-                                }
-                                other => other,
-                            };
                             if reason == DropReason::Unreachable {
                                 report.unreachable(peer);
                                 report.waited_out = true;
@@ -687,6 +681,40 @@ impl NodeHandle {
                     }
                 }
             }
+        }
+    }
+
+    /// Asks `peer` of swarm `swarm` for records of `key` within the reply bound. A peer
+    /// silent until the bound, or whose dial failed while the node has no connection to
+    /// it, is put in back-off and the answer is [`DropReason::Unreachable`]; so is the
+    /// answer of a request that failed because its peer went into back-off meanwhile.
+    async fn ask_peer(
+        self,
+        swarm: usize,
+        peer: PeerId,
+        key: BuildKey,
+    ) -> Result<Vec<BuildRecord>, DropReason> {
+        let s = &self.inner.swarms[swarm];
+        let bound = self.inner.fetch.reply_bound;
+        match tokio::time::timeout(bound, self.records_retrying(s, peer, key)).await {
+            Err(_) => {
+                self.mark_unreachable(
+                    peer,
+                    &format!("no record answer within {} ms", bound.as_millis()),
+                );
+                Err(DropReason::Unreachable)
+            }
+            Ok(Err(DropReason::Disconnected(_)))
+                if self.inner.health.backed_off(&peer, Instant::now()) =>
+            {
+                Err(DropReason::Unreachable)
+            }
+            Ok(Err(DropReason::Disconnected(why))) if !self.inner.health.connected(&peer) => {
+                // Its dial failed (refused, no route; asked once more already).
+                self.mark_unreachable(peer, &format!("record request failed: {why}"));
+                Err(DropReason::Unreachable)
+            }
+            Ok(answer) => answer,
         }
     }
 
