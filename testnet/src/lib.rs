@@ -13,7 +13,7 @@
 //!
 //! Owns: finding the built binaries, starting, stopping and killing daemons, private
 //! swarms, namespaces, and the tests' shared helpers (deterministic file contents, tree
-//! snapshots, project copies, a `cargo dht-build --json` run and a plain cargo run with
+//! snapshots, a small crates.io project, project copies, a `cargo dht-build --json` run and a plain cargo run with
 //! the wrapper). Does not own: any daemon behaviour. Waits poll with deadlines;
 //! loopback ports are chosen by the OS.
 //!
@@ -526,6 +526,38 @@ pub fn wrapped_cargo(
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Writes the tests' small crates.io project at `dir`: binary `proj` using itoa 1.0.11
+/// and memchr 2.7.4 from crates.io and the path crate `mylib`; it prints `7 42 Some(1)`.
+/// `extra` is appended to its `Cargo.toml` (a `[profile.dev]` section, say).
+///
+/// # Panics
+/// When a file cannot be written.
+pub fn small_project(dir: &Path, extra: &str) {
+    std::fs::create_dir_all(dir.join("src")).expect("project directory");
+    std::fs::create_dir_all(dir.join("mylib/src")).expect("path crate directory");
+    let files = [
+        (
+            "Cargo.toml",
+            format!(
+                "[package]\nname = \"proj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+                 [dependencies]\nmylib = {{ path = \"mylib\" }}\nitoa = \"=1.0.11\"\nmemchr = \"=2.7.4\"\n{extra}"
+            ),
+        ),
+        (
+            "src/main.rs",
+            "fn main() {\n    let mut b = itoa::Buffer::new();\n    let at = memchr::memchr(b'4', b\"x42\");\n    println!(\"{} {} {:?}\", mylib::f(), b.format(42), at);\n}\n".into(),
+        ),
+        (
+            "mylib/Cargo.toml",
+            "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n".into(),
+        ),
+        ("mylib/src/lib.rs", "pub fn f() -> u32 {\n    7\n}\n".into()),
+    ];
+    for (rel, text) in files {
+        std::fs::write(dir.join(rel), text).expect("project file");
+    }
 }
 
 /// Copies the project at `from` to `to`: every file but those under `target`.
