@@ -1,10 +1,12 @@
 //! One libp2p swarm: transport (TCP, optional pnet, noise, yamux), behaviour (Kademlia in
-//! server mode, identify feeding Kademlia, ping, streams, block list), start-up
+//! server mode, identify feeding Kademlia, ping, streams, block list, the back-off guard
+//! of `health.rs`), start-up
 //! (listen, bootstrap) and the task that owns the `Swarm` and answers commands.
 //!
 //! Owns: [`SwarmHandle`], the command loop, serving inbound block and record streams.
 //! Does not own: fetching (see `fetch.rs`), deciding which swarm to ask (`node.rs`).
-//! Spec: `specs/swarm.md` §2 (transport), §3–§4 (serving), §6 (announce), §8 (bans).
+//! Spec: `specs/swarm.md` §2 (transport), §3–§4 (serving), §6 (announce, provider TTL,
+//! back-off), §8 (bans).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
