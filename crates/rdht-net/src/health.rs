@@ -29,6 +29,10 @@ use tracing::{debug, info};
 
 /// Most peers whose dial count is remembered; past this the counts start over.
 const MAX_DIAL_COUNTS: usize = 4096;
+/// Most peers remembered as unreachable (a public swarm can name any number of peers
+/// that do not answer); past this, peers whose back-off has ended are forgotten first,
+/// and a new failure is not remembered if there is still no room.
+const MAX_UNREACHABLE: usize = 65_536;
 
 /// The back-off rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +136,13 @@ impl Health {
                 true
             }
             None => {
+                if st.peers.len() >= MAX_UNREACHABLE {
+                    st.peers.retain(|_, e| now < e.until);
+                    if st.peers.len() >= MAX_UNREACHABLE {
+                        debug!(%peer, "too many unreachable peers remembered; not this one");
+                        return false;
+                    }
+                }
                 st.peers.insert(
                     peer,
                     Entry {
