@@ -540,7 +540,8 @@ impl NodeHandle {
         enough: &(dyn Fn(&[FetchedRecord]) -> bool + Send + Sync),
         report: &mut RecordsReport,
     ) -> Result<std::ops::ControlFlow<()>, NetError> {
-        type Answer = (PeerId, Result<Vec<BuildRecord>, DropReason>);
+        /// A peer, its answer, and whether the answer took the whole reply bound.
+        type Answer = (PeerId, Result<Vec<BuildRecord>, DropReason>, bool);
         let swarm_index = self
             .inner
             .swarms
@@ -568,6 +569,8 @@ impl NodeHandle {
             // policy met, its deadline passed) it still runs to its reply bound, so a
             // silent peer is remembered whoever gave up first.
             let request = tokio::spawn(self.clone().ask_peer(swarm_index, peer, key));
+            let asked = tokio::time::Instant::now();
+            let bound = self.inner.fetch.reply_bound;
             Some(
                 async move {
                     let answer = request.await.unwrap_or_else(|e| {
@@ -575,7 +578,7 @@ impl NodeHandle {
                             "request task failed: {e}"
                         )))
                     });
-                    (peer, answer)
+                    (peer, answer, asked.elapsed() >= bound)
                 }
                 .boxed(),
             )
@@ -624,6 +627,7 @@ impl NodeHandle {
                     return Ok(std::ops::ControlFlow::Break(()));
                 }
                 () = &mut head_start, if !started => started = true,
+                // Invariant: `lookup` is `Some` until `lookup_done`, which guards this.
                 res = async { lookup.as_mut().expect("polled only while running").await },
                     if started && !lookup_done =>
                 {
@@ -650,7 +654,7 @@ impl NodeHandle {
                         answers.push(f);
                     }
                 }
-                Some((peer, answer)) = answers.next(), if !answers.is_empty() => {
+                Some((peer, answer, whole_bound)) = answers.next(), if !answers.is_empty() => {
                     waiting.retain(|p| *p != peer);
                     match answer {
                         Ok(records) => {
@@ -674,7 +678,8 @@ impl NodeHandle {
                             }
                             if reason == DropReason::Unreachable {
                                 report.unreachable(peer);
-                                report.waited_out = true;
+                                // Silent until the bound (not a dial refused at once).
+                                report.waited_out |= whole_bound;
                             }
                             report.failures.push(PeerFailure { peer, reason });
                         }
