@@ -14,7 +14,29 @@ use rdht_core::{BuildKey, Labels};
 use rdht_testnet::{Swarm, bin, wrapped_cargo};
 
 fn write_project(dir: &Path) {
-    rdht_testnet::small_project(dir, "");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("mylib/src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"proj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nmylib = { path = \"mylib\" }\nitoa = \"=1.0.11\"\nmemchr = \"=2.7.4\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        "fn main() {\n    let mut b = itoa::Buffer::new();\n    let at = memchr::memchr(b'4', b\"x42\");\n    println!(\"{} {} {:?}\", mylib::f(), b.format(42), at);\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mylib/Cargo.toml"),
+        "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mylib/src/lib.rs"),
+        "pub fn f() -> u32 {\n    7\n}\n",
+    )
+    .unwrap();
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //!
 //! Owns: finding the built binaries, starting, stopping and killing daemons, private
 //! swarms, namespaces, and the tests' shared helpers (deterministic file contents, tree
-//! snapshots, a small crates.io project, project copies, a `cargo dht-build --json` run and a plain cargo run with
+//! snapshots, project copies, a `cargo dht-build --json` run and a plain cargo run with
 //! the wrapper). Does not own: any daemon behaviour. Waits poll with deadlines;
 //! loopback ports are chosen by the OS.
 //!
@@ -496,6 +496,40 @@ pub fn dht_build(
     (out, summary)
 }
 
+/// The small test project: binary `proj` using itoa 1.0.11 and memchr 2.7.4 from
+/// crates.io and the path crate `mylib`, whose `lib.rs` is `mylib` (a `pub fn f() ->
+/// u32` the binary prints first). `manifest_extra` is appended to `proj`'s manifest.
+/// Built, `proj` prints `7 42 Some(1)` with the default `mylib`.
+///
+/// # Panics
+/// When the files cannot be written.
+pub fn write_small_project(dir: &Path, mylib: &str, manifest_extra: &str) {
+    let write = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("a parent")).expect("project directory");
+        std::fs::write(p, text).expect("project file");
+    };
+    write(
+        "Cargo.toml",
+        &format!(
+            "[package]\nname = \"proj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [dependencies]\nmylib = {{ path = \"mylib\" }}\nitoa = \"=1.0.11\"\nmemchr = \"=2.7.4\"\n{manifest_extra}"
+        ),
+    );
+    write(
+        "src/main.rs",
+        "fn main() {\n    let mut b = itoa::Buffer::new();\n    let at = memchr::memchr(b'4', b\"x42\");\n    println!(\"{} {} {:?}\", mylib::f(), b.format(42), at);\n}\n",
+    );
+    write(
+        "mylib/Cargo.toml",
+        "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    );
+    write("mylib/src/lib.rs", mylib);
+}
+
+/// The default `mylib` of [`write_small_project`].
+pub const SMALL_MYLIB: &str = "pub fn f() -> u32 {\n    7\n}\n";
+
 /// `cargo ARGS` in `project` with `cargo-dht-build` as `RUSTC_WRAPPER` (plain wrapper
 /// use, as for `cargo check` or `cargo test`), through the daemon of `data_dir`, with
 /// `cargo_home`; every unit appends its outcome to `session_log`, which is also the
@@ -526,38 +560,6 @@ pub fn wrapped_cargo(
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// Writes the tests' small crates.io project at `dir`: binary `proj` using itoa 1.0.11
-/// and memchr 2.7.4 from crates.io and the path crate `mylib`; it prints `7 42 Some(1)`.
-/// `extra` is appended to its `Cargo.toml` (a `[profile.dev]` section, say).
-///
-/// # Panics
-/// When a file cannot be written.
-pub fn small_project(dir: &Path, extra: &str) {
-    std::fs::create_dir_all(dir.join("src")).expect("project directory");
-    std::fs::create_dir_all(dir.join("mylib/src")).expect("path crate directory");
-    let files = [
-        (
-            "Cargo.toml",
-            format!(
-                "[package]\nname = \"proj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
-                 [dependencies]\nmylib = {{ path = \"mylib\" }}\nitoa = \"=1.0.11\"\nmemchr = \"=2.7.4\"\n{extra}"
-            ),
-        ),
-        (
-            "src/main.rs",
-            "fn main() {\n    let mut b = itoa::Buffer::new();\n    let at = memchr::memchr(b'4', b\"x42\");\n    println!(\"{} {} {:?}\", mylib::f(), b.format(42), at);\n}\n".into(),
-        ),
-        (
-            "mylib/Cargo.toml",
-            "[package]\nname = \"mylib\"\nversion = \"0.1.0\"\nedition = \"2021\"\n".into(),
-        ),
-        ("mylib/src/lib.rs", "pub fn f() -> u32 {\n    7\n}\n".into()),
-    ];
-    for (rel, text) in files {
-        std::fs::write(dir.join(rel), text).expect("project file");
-    }
 }
 
 /// Copies the project at `from` to `to`: every file but those under `target`.

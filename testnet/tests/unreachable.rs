@@ -28,7 +28,7 @@ fn require_netns() {
 /// its own build keys for every unit.
 fn write_project(dir: &Path, opt: u8) -> PathBuf {
     let profile = format!("\n[profile.dev]\nincremental = false\nopt-level = {opt}\n");
-    rdht_testnet::small_project(dir, &profile);
+    rdht_testnet::write_small_project(dir, rdht_testnet::SMALL_MYLIB, &profile);
     dir.to_path_buf()
 }
 
