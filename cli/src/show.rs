@@ -73,10 +73,43 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
             sw.name, sw.peers, sw.lookups
         ));
     }
+    text.push_str(&format!(
+        "reach:     {} dials, {} skipped for back-off, {} failures, {} resolves waited the bound; {} peer(s) unreachable\n",
+        s.dials,
+        s.dials_skipped,
+        s.reach_failures,
+        s.bound_waits,
+        s.unreachable.len()
+    ));
+    for u in &s.unreachable {
+        text.push_str(&format!(
+            "           {}: {} failure(s), unreachable {:.1} s, retry in {:.1} s{}\n",
+            u.peer_id,
+            u.failures,
+            u.unreachable_ms as f64 / 1000.0,
+            u.retry_in_ms as f64 / 1000.0,
+            if u.forgotten { ", forgotten" } else { "" }
+        ));
+    }
     let swarms: Vec<Value> = s
         .swarms
         .iter()
         .map(|sw| json!({ "name": sw.name, "peers": sw.peers, "lookups": sw.lookups }))
+        .collect();
+    let unreachable: Vec<Value> = s
+        .unreachable
+        .iter()
+        .map(|u| {
+            json!({
+                "peer_id": u.peer_id,
+                "failures": u.failures,
+                "unreachable_ms": u.unreachable_ms,
+                "retry_in_ms": u.retry_in_ms,
+                "forgotten": u.forgotten,
+                "dials": u.dials,
+                "skipped": u.skipped,
+            })
+        })
         .collect();
     let v = json!({
         "peer_id": s.peer_id,
@@ -105,6 +138,13 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
         "bytes_out": s.bytes_out,
         "conflicts": s.conflicts,
         "blocklisted": s.blocklisted,
+        "reach": {
+            "dials": s.dials,
+            "dials_skipped": s.dials_skipped,
+            "failures": s.reach_failures,
+            "bound_waits": s.bound_waits,
+            "unreachable": unreachable,
+        },
         "jobs": {
             "pending": jobs.pending,
             "published": jobs.published,
@@ -279,7 +319,8 @@ mod tests {
         assert!(
             text.ends_with(
                 "sharing:   2 jobs queued or running; since start 5 published, 1 failed\n\
-                 swarm:     private: 2 peers, 7 lookups\n"
+                 swarm:     private: 2 peers, 7 lookups\n\
+                 reach:     0 dials, 0 skipped for back-off, 0 failures, 0 resolves waited the bound; 0 peer(s) unreachable\n"
             ),
             "{text}"
         );

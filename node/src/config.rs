@@ -64,19 +64,28 @@ store_max_bytes = 21474836480
 # verify_sample_rate = 0.01
 
 # How long a build waits for the swarm to say who has records for a unit, in
-# milliseconds. A miss costs one such lookup. Asking stops as soon as the records
-# received satisfy the trust policy; at this limit the unit goes on with whatever
-# records arrived (built locally if none is trusted), so one silent peer cannot turn
-# hits into misses. Fetching an artifact once found is not limited by it (stalled
-# peers are dropped).
-# lookup_timeout_ms = 3000
+# milliseconds: the decision bound (specs/swarm.md §6.4). Asking stops as soon as the
+# records received satisfy the trust policy; at this limit the unit goes on with
+# whatever records arrived (built locally if none is trusted). A provider that has
+# not answered within it is remembered as unreachable and not dialled or waited for
+# again until its back-off ends, so it costs a build this once, not once per unit.
+# Fetching an artifact once found is not limited by it (stalled peers are dropped).
+# lookup_timeout_ms = 300
+
+# How long an unreachable peer is left alone after its first failure, in
+# milliseconds; it doubles with each failure in a row, up to 15 minutes. A
+# connection from the peer ends it at once.
+# unreachable_backoff_ms = 60000
 "#;
 
 /// Default share of other builders' hits rebuilt and compared (specs/trust.md §5).
 pub const DEFAULT_VERIFY_SAMPLE_RATE: f64 = 0.01;
 
-/// Default limit on one record lookup.
-pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 3000;
+/// Default limit on one record lookup: the decision bound (specs/swarm.md §6.4).
+pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 300;
+
+/// Default first back-off of an unreachable peer.
+pub const DEFAULT_UNREACHABLE_BACKOFF_MS: u64 = 60_000;
 
 /// Default public-swarm listen address.
 pub const DEFAULT_PUBLIC_LISTEN: &str = "/ip4/0.0.0.0/tcp/4518";
@@ -133,6 +142,8 @@ pub struct FileConfig {
     pub verify_sample_rate: Option<f64>,
     /// Limit on a record lookup, in milliseconds.
     pub lookup_timeout_ms: Option<u64>,
+    /// First back-off of an unreachable peer, in milliseconds.
+    pub unreachable_backoff_ms: Option<u64>,
 }
 
 /// Values from flags or environment (clap resolves flag over env).
@@ -177,6 +188,8 @@ pub struct Config {
     pub verify_sample_rate: f64,
     /// Limit on the record lookup of one resolve (at least 1 ms).
     pub lookup_timeout: std::time::Duration,
+    /// First back-off of an unreachable peer (at least 1 ms).
+    pub unreachable_backoff: std::time::Duration,
 }
 
 /// The data directory: the given one, or the platform's data directory for rdht.
@@ -256,11 +269,21 @@ pub fn load(
         lookup_timeout: std::time::Duration::from_millis(
             file.lookup_timeout_ms.unwrap_or(DEFAULT_LOOKUP_TIMEOUT_MS),
         ),
+        unreachable_backoff: std::time::Duration::from_millis(
+            file.unreachable_backoff_ms
+                .unwrap_or(DEFAULT_UNREACHABLE_BACKOFF_MS),
+        ),
     };
     if config.lookup_timeout.is_zero() {
         return Err(ConfigError::Parse {
             path: config.config_file.clone(),
             message: "lookup_timeout_ms = 0: a lookup needs at least 1 ms".into(),
+        });
+    }
+    if config.unreachable_backoff.is_zero() {
+        return Err(ConfigError::Parse {
+            path: config.config_file.clone(),
+            message: "unreachable_backoff_ms = 0: a back-off needs at least 1 ms".into(),
         });
     }
     if !(0.0..=1.0).contains(&config.verify_sample_rate) {
@@ -287,7 +310,8 @@ mod tests {
         assert_eq!(c.listen, vec![DEFAULT_LISTEN.to_string()]);
         assert_eq!(c.store_max_bytes, DEFAULT_STORE_MAX_BYTES);
         assert_eq!(c.swarm_key, None);
-        assert_eq!(c.lookup_timeout, std::time::Duration::from_millis(3000));
+        assert_eq!(c.lookup_timeout, std::time::Duration::from_millis(300));
+        assert_eq!(c.unreachable_backoff, std::time::Duration::from_secs(60));
         let (_, created) = load(dir.path(), None, Overrides::default()).unwrap();
         assert!(!created);
 

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use rdht_api::proto::{
     BlockedBuilder, ExportedFile, JobsStatus, MissCause, NodeStatus, PeerInfo, RecordView,
-    Resolution, Scope, StoreStatus, SwarmStatus,
+    Resolution, Scope, StoreStatus, SwarmStatus, UnreachableStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, plan};
@@ -112,6 +112,11 @@ async fn fetch_artifact(
 /// A peer to ask for records first, and the swarm to ask it in.
 type Hint = (String, PeerId);
 
+/// One key's turn to resolve: the resolves waiting for it, and the miss the last one
+/// answered, which those waiting take as their own (it is as fresh as an answer of
+/// their own, and asking again would hold them past their bound).
+type Gate = Arc<tokio::sync::Mutex<Option<Resolution>>>;
+
 /// [`NodeHandle::fetch_records_hinted`] (`hints` first, then the DHT; stop once
 /// `enough`, or at `deadline` with what arrived), retried while nothing came back and
 /// every failure is a lost connection.
@@ -199,6 +204,8 @@ struct Shared {
     conflicts: AtomicU64,
     resolve_hits: AtomicU64,
     resolve_misses: AtomicU64,
+    /// Resolves whose record phase lasted the whole bound.
+    bound_waits: AtomicU64,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     stop: Notify,
@@ -208,8 +215,9 @@ struct Shared {
     /// Numbers the scratch directories of jobs.
     job_seq: AtomicU64,
     /// Build keys being resolved from the swarm; a second resolve of the same key waits
-    /// for the first instead of fetching again.
-    inflight: Mutex<HashMap<BuildKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// for the first instead of fetching again, and takes its miss, when it missed,
+    /// instead of asking again.
+    inflight: Mutex<HashMap<BuildKey, Gate>>,
     /// Plans being prefetched.
     prefetching: Mutex<HashSet<BuildKey>>,
     /// Units a prefetch fetched and no client has resolved yet: where from and how many
@@ -310,7 +318,21 @@ fn swarm_configs(config: &Config, me: PeerId) -> Result<Vec<SwarmConfig>, Daemon
     Ok(swarms)
 }
 
+/// The fetch settings: a record request unanswered within the decision bound
+/// (`lookup_timeout`) puts its peer in back-off (specs/swarm.md §6.4).
+fn fetch_config(config: &Config) -> rdht_net::FetchConfig {
+    rdht_net::FetchConfig {
+        reply_bound: config.lookup_timeout,
+        backoff: rdht_net::BackoffConfig {
+            initial: config.unreachable_backoff,
+            ..rdht_net::BackoffConfig::default()
+        },
+        ..rdht_net::FetchConfig::default()
+    }
+}
+
 async fn start_net(
+    config: &Config,
     keypair: Keypair,
     swarms: Vec<SwarmConfig>,
     store: &Store,
@@ -320,10 +342,11 @@ async fn start_net(
         store: store.clone(),
         bytes_out,
     });
+    let fetch = fetch_config(config);
     let config = NodeConfig {
         keypair: keypair.clone(),
         swarms: swarms.clone(),
-        fetch: Default::default(),
+        fetch: fetch.clone(),
     };
     match NodeHandle::start(config, source.clone()).await {
         Ok(n) => Ok(n),
@@ -343,7 +366,7 @@ async fn start_net(
             let config = NodeConfig {
                 keypair,
                 swarms,
-                fetch: Default::default(),
+                fetch,
             };
             Ok(NodeHandle::start(config, source).await?)
         }
@@ -402,7 +425,7 @@ pub async fn run(
     let net = if swarms.is_empty() {
         None
     } else {
-        Some(start_net(keypair, swarms, &store, bytes_out.clone()).await?)
+        Some(start_net(&config, keypair, swarms, &store, bytes_out.clone()).await?)
     };
 
     let socket = rdht_api::socket_path(&dir);
@@ -435,6 +458,7 @@ pub async fn run(
         conflicts: AtomicU64::new(0),
         resolve_hits: AtomicU64::new(0),
         resolve_misses: AtomicU64::new(0),
+        bound_waits: AtomicU64::new(0),
         bytes_in: Arc::new(AtomicU64::new(0)),
         bytes_out,
         stop: Notify::new(),
@@ -756,6 +780,24 @@ impl Shared {
             None => Vec::new(),
         };
         let peers = swarms.iter().map(|s| s.peers).sum();
+        let ((dials, dials_skipped, reach_failures), unreachable) = match &self.net {
+            Some(net) => (
+                net.reachability_totals(),
+                net.unreachable_peers()
+                    .into_iter()
+                    .map(|u| UnreachableStatus {
+                        peer_id: u.peer.to_string(),
+                        failures: u.failures,
+                        unreachable_ms: u.unreachable_for.as_millis() as u64,
+                        retry_in_ms: u.retry_in.as_millis() as u64,
+                        forgotten: u.forgotten,
+                        dials: u.dials,
+                        skipped: u.skipped,
+                    })
+                    .collect(),
+            ),
+            None => ((0, 0, 0), Vec::new()),
+        };
         // One guard: a second lock in the same expression would deadlock.
         let (blocklisted, trusted_builders, required_signatures) = {
             let t = self.trust();
@@ -765,7 +807,7 @@ impl Shared {
                 t.required() as u32,
             )
         };
-        Ok(Response::Status(NodeStatus {
+        Ok(Response::Status(Box::new(NodeStatus {
             peer_id: self.peer_id.to_string(),
             listen_addrs: self.listen_addrs().await,
             peers,
@@ -790,7 +832,12 @@ impl Shared {
             required_signatures,
             verify_sample_ppm: (self.config.verify_sample_rate * 1e6).round() as u32,
             swarms,
-        }))
+            dials,
+            dials_skipped,
+            reach_failures,
+            unreachable,
+            bound_waits: self.bound_waits.load(Ordering::Relaxed),
+        })))
     }
 
     async fn peers(&self) -> Result<Response, ApiError> {
@@ -1174,17 +1221,29 @@ impl Shared {
         scope: Scope,
         hints: &[Hint],
     ) -> Result<(Resolution, Vec<Hint>), ApiError> {
-        let gate = self
-            .lock_inflight()
-            .entry(key)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone();
+        // The bound runs from the request, so time spent waiting for another resolve
+        // of the key counts against it.
+        let deadline = tokio::time::Instant::now() + self.config.lookup_timeout;
+        let gate = self.lock_inflight().entry(key).or_default().clone();
         let result = {
-            let _turn = gate.lock().await;
-            match self.resolve_local(key).await {
-                Ok(Ok(hit)) => Ok((hit, Vec::new())),
-                Ok(Err(local)) => self.resolve_remote(key, scope, local, hints).await,
-                Err(e) => Err(e),
+            let mut turn = gate.lock().await;
+            match turn.clone() {
+                // The resolve we waited for missed just now: so do we.
+                Some(miss) => Ok((miss, Vec::new())),
+                None => {
+                    let r = match self.resolve_local(key).await {
+                        Ok(Ok(hit)) => Ok((hit, Vec::new())),
+                        Ok(Err(local)) => {
+                            self.resolve_remote(key, scope, local, hints, deadline)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Ok((m @ Resolution::Miss { .. }, _)) = &r {
+                        *turn = Some(m.clone());
+                    }
+                    r
+                }
             }
         };
         let mut inflight = self.lock_inflight();
@@ -1195,7 +1254,7 @@ impl Shared {
         result
     }
 
-    fn lock_inflight(&self) -> MutexGuard<'_, HashMap<BuildKey, Arc<tokio::sync::Mutex<()>>>> {
+    fn lock_inflight(&self) -> MutexGuard<'_, HashMap<BuildKey, Gate>> {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -1207,13 +1266,24 @@ impl Shared {
         scope: Scope,
         local: Vec<BuildRecord>,
         hints: &[Hint],
+        deadline: tokio::time::Instant,
     ) -> Result<(Resolution, Vec<Hint>), ApiError> {
-        let miss =
-            |reason: String, cause: MissCause| Ok((Resolution::Miss { reason, cause }, Vec::new()));
+        let mut unreachable: Vec<String> = Vec::new();
+        let miss = |reason: String, cause: MissCause, unreachable: &[String]| {
+            Ok((
+                Resolution::Miss {
+                    reason,
+                    cause,
+                    unreachable: unreachable.to_vec(),
+                },
+                Vec::new(),
+            ))
+        };
         let Some(net) = &self.net else {
             return miss(
                 "no trusted record in the local store and no swarm is configured".into(),
                 self.miss_cause(key, &local),
+                &unreachable,
             );
         };
         // A private key is never asked for where it must not be revealed.
@@ -1227,12 +1297,11 @@ impl Shared {
             all.extend(received.iter().map(|f| f.record.clone()));
             self.trust().evaluate(key, &all).root.is_some()
         };
-        let deadline = tokio::time::Instant::now() + limit;
         // The deadline bounds the lookup and the answers; this guard only catches a
         // retry pause running past it.
-        let guard = limit + NET_RETRY_SLACK;
+        let guard = tokio::time::Instant::now().max(deadline) + NET_RETRY_SLACK;
         let report =
-            match tokio::time::timeout(guard, fetch_records(net, key, deadline, hints, &enough))
+            match tokio::time::timeout_at(guard, fetch_records(net, key, deadline, hints, &enough))
                 .await
             {
                 Ok(Ok(r)) => r,
@@ -1240,18 +1309,40 @@ impl Shared {
                     return miss(
                         format!("record lookup failed: {e}"),
                         MissCause::LookupFailed,
+                        &unreachable,
                     );
                 }
                 Err(_) => {
                     return miss(
                         format!("record lookup took longer than {} ms", limit.as_millis()),
                         MissCause::LookupFailed,
+                        &unreachable,
                     );
                 }
             };
         let records_ms = started.elapsed().as_millis();
+        if report.waited_out {
+            self.bound_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        unreachable = report.unreachable.iter().map(PeerId::to_string).collect();
         let fetched: Vec<BuildRecord> = report.records.iter().map(|f| f.record.clone()).collect();
         if fetched.is_empty() {
+            let answered_not = report
+                .failures
+                .iter()
+                .filter(|f| !matches!(f.reason, DropReason::Unreachable | DropReason::Unanswered))
+                .count();
+            if !unreachable.is_empty() && answered_not == 0 {
+                return miss(
+                    format!(
+                        "{} provider(s) unreachable ({})",
+                        unreachable.len(),
+                        unreachable.join(", ")
+                    ),
+                    MissCause::Unreachable,
+                    &unreachable,
+                );
+            }
             return match report.failures.first() {
                 Some(f) => miss(
                     format!(
@@ -1261,14 +1352,17 @@ impl Shared {
                         f.reason
                     ),
                     MissCause::LookupFailed,
+                    &unreachable,
                 ),
                 None if !local.is_empty() => miss(
                     self.untrusted_reason(local.len()),
                     self.miss_cause(key, &local),
+                    &unreachable,
                 ),
                 None => miss(
                     "no provider has a record for this key".into(),
                     MissCause::NoRecord,
+                    &unreachable,
                 ),
             };
         }
@@ -1287,7 +1381,11 @@ impl Shared {
             }
         }
         let Some((root, records)) = self.choose(key, &all) else {
-            return miss(self.untrusted_reason(all.len()), MissCause::Untrusted);
+            return miss(
+                self.untrusted_reason(all.len()),
+                MissCause::Untrusted,
+                &unreachable,
+            );
         };
         let holders: Vec<Hint> = report
             .records
@@ -1325,6 +1423,7 @@ impl Shared {
                         return miss(
                             format!("fetching artifact {root} failed: {e}"),
                             MissCause::FetchFailed,
+                            &unreachable,
                         );
                     }
                 };

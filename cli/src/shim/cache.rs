@@ -29,6 +29,8 @@ pub(super) struct CacheFailure {
     pub(super) publish: bool,
     pub(super) sample_mismatch: bool,
     pub(super) severity: Severity,
+    /// Providers the daemon could not reach (peer ids), for the summary.
+    pub(super) unreachable: Vec<String>,
 }
 
 impl From<ClientError> for CacheFailure {
@@ -51,6 +53,7 @@ impl From<ClientError> for CacheFailure {
             } else {
                 Severity::Fault
             },
+            unreachable: Vec::new(),
         }
     }
 }
@@ -62,6 +65,7 @@ pub(super) fn fail(reason: impl Into<String>) -> CacheFailure {
         publish: true,
         sample_mismatch: false,
         severity: Severity::Fault,
+        unreachable: Vec::new(),
     }
 }
 

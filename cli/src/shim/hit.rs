@@ -64,10 +64,15 @@ pub(super) async fn try_hit(
                 .unwrap_or(0);
             (root, bytes_fetched, build_ms, verify, builders)
         }
-        Response::Resolved(Resolution::Miss { reason, cause }) => {
+        Response::Resolved(Resolution::Miss {
+            reason,
+            cause,
+            unreachable,
+        }) => {
             let mut f = fail(reason);
             f.severity = Severity::Miss;
             f.cause = cause.label().into();
+            f.unreachable = unreachable;
             return Err(f);
         }
         other => return Err(unexpected(&other)),

@@ -62,6 +62,9 @@ pub struct UnitLog {
     /// (failures of the daemon's own job are reported by its drain instead).
     #[serde(default)]
     pub not_shared: Option<String>,
+    /// Providers of this unit's key the daemon could not reach (peer ids).
+    #[serde(default)]
+    pub unreachable: Vec<String>,
 }
 
 /// The reason a unit counts under when the shim itself could not hand its outputs over.
@@ -121,6 +124,8 @@ pub struct Summary {
     pub not_shared: u64,
     /// Of those, how many for each reason (specs/local-api.md §3.1).
     pub not_shared_reasons: BTreeMap<String, u64>,
+    /// Distinct providers the daemon could not reach during the run (peer ids, sorted).
+    pub unreachable_providers: Vec<String>,
 }
 
 /// Reads the session log (missing: an empty session).
@@ -133,6 +138,7 @@ pub fn summarize(path: &Path) -> Summary {
         };
         s.units += 1;
         s.bytes_fetched += u.bytes_fetched;
+        s.unreachable_providers.extend(u.unreachable);
         s.key_ms += u.key_ms;
         if let Some(v) = &u.verify {
             *s.verify.entry(v.clone()).or_default() += 1;
@@ -162,6 +168,8 @@ pub fn summarize(path: &Path) -> Summary {
         }
     }
     s.missed.sort();
+    s.unreachable_providers.sort();
+    s.unreachable_providers.dedup();
     s
 }
 
@@ -227,6 +235,11 @@ impl Summary {
         if !self.not_shared_reasons.is_empty() {
             line.push_str(&format!(" ({})", counted(&self.not_shared_reasons)));
         }
+        match self.unreachable_providers.len() {
+            0 => {}
+            1 => line.push_str(", 1 provider unreachable"),
+            n => line.push_str(&format!(", {n} providers unreachable")),
+        }
         line
     }
 }
@@ -274,6 +287,11 @@ mod tests {
                     _ => String::new(),
                 },
                 not_shared: (compile == 100).then(|| NOT_HANDED_OVER.to_string()),
+                unreachable: match (kind, compile) {
+                    (Kind::Miss, 900) => vec!["12D3KooWa".into(), "12D3KooWb".into()],
+                    (Kind::Miss, 10) => vec!["12D3KooWb".into()],
+                    _ => Vec::new(),
+                },
             };
             text.push_str(&serde_json::to_string(&u).unwrap());
             text.push('\n');
@@ -289,8 +307,10 @@ mod tests {
         assert_eq!((s.hit_wall_ms, s.miss_overhead_ms, s.key_ms), (30, 100, 6));
         assert_eq!(
             s.line(),
-            "rdht: 6 units, 2 hits, 3 misses (2 no record, 1 untrusted), 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved, 1 not shared (1 not handed to the daemon)"
+            "rdht: 6 units, 2 hits, 3 misses (2 no record, 1 untrusted), 1 uncacheable (1 source read from stdin), 2.00 KiB fetched, ~2.1 s saved, 1 not shared (1 not handed to the daemon), 2 providers unreachable"
         );
+        // Each distinct provider once, however many units missed it.
+        assert_eq!(s.unreachable_providers, ["12D3KooWa", "12D3KooWb"]);
         // The daemon's drain adds its own failures, counted per reason.
         s.add_not_shared(&BTreeMap::from([
             ("changed after the compile".to_string(), 2),
@@ -299,7 +319,7 @@ mod tests {
         assert_eq!(s.not_shared, 4);
         assert!(
             s.line().ends_with(
-                ", 4 not shared (2 changed after the compile, 1 not handed to the daemon, 1 store error)"
+                ", 4 not shared (2 changed after the compile, 1 not handed to the daemon, 1 store error), 2 providers unreachable"
             ),
             "{}",
             s.line()

@@ -90,6 +90,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 verify: None,
                 cause: String::new(),
                 not_shared: None,
+                unreachable: Vec::new(),
             });
             return exec(&rustc, &args);
         }
@@ -118,6 +119,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         verify: None,
         cause: "daemon unreachable".into(),
         not_shared: None,
+        unreachable: Vec::new(),
     };
     if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
         return verify::verify(&runtime, &rustc, &args, &unit, log, start);
@@ -153,6 +155,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                     f.cause
                 };
                 log.reason = f.reason;
+                log.unreachable = f.unreachable;
             }
         }
     }

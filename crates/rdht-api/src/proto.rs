@@ -316,6 +316,37 @@ pub struct NodeStatus {
     pub verify_sample_ppm: u32,
     /// Each swarm, in lookup order.
     pub swarms: Vec<SwarmStatus>,
+    /// Outbound dials since the daemon started, all swarms and peers.
+    pub dials: u64,
+    /// Dials and record requests skipped because the peer was in back-off.
+    pub dials_skipped: u64,
+    /// Failures to reach a peer recorded (failed dials, record requests unanswered
+    /// within the bound).
+    pub reach_failures: u64,
+    /// Peers remembered as unreachable now, sorted by peer id (specs/swarm.md §6.4).
+    pub unreachable: Vec<UnreachableStatus>,
+    /// Resolves whose record phase lasted the whole bound (`lookup_timeout_ms`): a
+    /// provider was silent until it, or the deadline passed.
+    pub bound_waits: u64,
+}
+
+/// A peer remembered as unreachable, for [`NodeStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachableStatus {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Milliseconds since its first failure in a row.
+    pub unreachable_ms: u64,
+    /// Milliseconds until it may be dialled again (0: the next need tries it).
+    pub retry_in_ms: u64,
+    /// Dropped from the local view (unreachable for longer than the threshold).
+    pub forgotten: bool,
+    /// Outbound dials to it since the daemon started.
+    pub dials: u64,
+    /// Dials and requests skipped because of its back-off.
+    pub skipped: u64,
 }
 
 /// One swarm's counters, for [`NodeStatus`].
@@ -393,6 +424,9 @@ pub enum Resolution {
         reason: String,
         /// The kind of reason, for counting.
         cause: MissCause,
+        /// Providers of the key (peer ids) that could not be reached: in back-off, or
+        /// silent past the bound. Lets a build's summary count distinct ones.
+        unreachable: Vec<String>,
     },
 }
 
@@ -407,16 +441,21 @@ pub enum MissCause {
     LookupFailed,
     /// A trusted artifact was found but could not be fetched.
     FetchFailed,
+    /// Providers were found, but every one is unreachable (in back-off, or silent past
+    /// the bound).
+    Unreachable,
 }
 
 impl MissCause {
-    /// A short stable label (`no record`, `untrusted`, `lookup failed`, `fetch failed`).
+    /// A short stable label (`no record`, `untrusted`, `lookup failed`, `fetch failed`,
+    /// `unreachable`).
     pub fn label(self) -> &'static str {
         match self {
             MissCause::NoRecord => "no record",
             MissCause::Untrusted => "untrusted",
             MissCause::LookupFailed => "lookup failed",
             MissCause::FetchFailed => "fetch failed",
+            MissCause::Unreachable => "unreachable",
         }
     }
 }
@@ -433,8 +472,9 @@ pub enum Response {
         /// Listen addresses, each with `/p2p/<peer id>`.
         listen_addrs: Vec<String>,
     },
-    /// To [`Request::Status`].
-    Status(NodeStatus),
+    /// To [`Request::Status`]. Boxed: it is by far the largest answer (the encoding is
+    /// the same as unboxed).
+    Status(Box<NodeStatus>),
     /// To [`Request::Peers`].
     Peers(Vec<PeerInfo>),
     /// To [`Request::Put`].

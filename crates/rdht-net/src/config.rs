@@ -14,6 +14,7 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::error::ConfigError;
+use crate::health::BackoffConfig;
 
 /// The first line of a swarm key file.
 pub const SWARM_KEY_HEADER: &str = "/key/swarm/psk/1.0.0/";
@@ -244,7 +245,20 @@ pub struct SwarmConfig {
     /// The transport under pnet, noise and yamux ([`TransportKind::Tcp`] unless a test
     /// or benchmark asks for memory; listen addresses must match it).
     pub transport: TransportKind,
+    /// How long other peers keep our provider records (Kademlia's provider record
+    /// TTL). Default: [`PROVIDER_TTL`].
+    pub provider_ttl: Duration,
+    /// How often we republish our provider records; well under `provider_ttl`.
+    /// Default: [`PROVIDER_REPUBLISH`].
+    pub provider_republish: Duration,
 }
+
+/// Default provider record TTL: 6 h, so the records of a laptop that left in the
+/// evening are gone from the DHT by morning (specs/swarm.md §6.2).
+pub const PROVIDER_TTL: Duration = Duration::from_secs(6 * 3600);
+/// Default provider republication interval: 2 h, a third of [`PROVIDER_TTL`], so a
+/// record survives two missed republications.
+pub const PROVIDER_REPUBLISH: Duration = Duration::from_secs(2 * 3600);
 
 impl SwarmConfig {
     /// A public swarm with automatic announcements, listening nowhere yet.
@@ -263,6 +277,8 @@ impl SwarmConfig {
             max_inbound_streams: 256,
             refresh_interval: Some(Duration::from_secs(5 * 60)),
             transport: TransportKind::Tcp,
+            provider_ttl: PROVIDER_TTL,
+            provider_republish: PROVIDER_REPUBLISH,
         }
     }
 
@@ -306,7 +322,16 @@ pub struct FetchConfig {
     pub ban_duration: Duration,
     /// Roughly how many file bytes one request asks for (at least one DAG per request).
     pub batch_bytes: u64,
+    /// How long a record request (dial included) may go unanswered before the peer is
+    /// remembered as unreachable and put in back-off (specs/swarm.md §6.4).
+    pub reply_bound: Duration,
+    /// The back-off of unreachable peers.
+    pub backoff: BackoffConfig,
 }
+
+/// Default [`FetchConfig::reply_bound`]: the daemon's decision bound
+/// (specs/swarm.md §6.4).
+pub const REPLY_BOUND: Duration = Duration::from_millis(300);
 
 impl Default for FetchConfig {
     fn default() -> Self {
@@ -317,6 +342,8 @@ impl Default for FetchConfig {
             connect_timeout: Duration::from_secs(15),
             ban_duration: Duration::from_secs(3600),
             batch_bytes: 64 << 20,
+            reply_bound: REPLY_BOUND,
+            backoff: BackoffConfig::default(),
         }
     }
 }

@@ -134,6 +134,9 @@ pub enum DropReason {
     /// It had not answered when the caller's deadline passed (not a fault: nothing is
     /// held against it).
     Unanswered,
+    /// It is remembered as unreachable (in back-off), or did not answer within the
+    /// reply bound and is now: not asked again until its back-off ends.
+    Unreachable,
 }
 
 impl std::fmt::Display for DropReason {
@@ -144,6 +147,7 @@ impl std::fmt::Display for DropReason {
             DropReason::Disconnected(why) => write!(f, "disconnected: {why}"),
             DropReason::Missing(id) => write!(f, "missing block {id}"),
             DropReason::Unanswered => write!(f, "no answer before the deadline"),
+            DropReason::Unreachable => write!(f, "unreachable (backing off)"),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! - [`wire`]: protocol names, message layouts and limits.
 //!
 //! Owns: Kademlia discovery, provider announcements, the records and block protocols,
-//! private swarms (pnet), banning. Does not own: the store's on-disk format (it sees
+//! private swarms (pnet), banning, remembering unreachable peers (back-off). Does not own: the store's on-disk format (it sees
 //! blocks only through [`BlockSource`] and [`BlockSink`]), block or record formats
 //! (rdht-core). Normative spec: `specs/swarm.md`.
 //!
@@ -31,6 +31,7 @@
 mod config;
 mod error;
 mod fetch;
+mod health;
 mod node;
 mod source;
 mod swarm;
@@ -38,11 +39,12 @@ pub mod wire;
 
 pub use config::{
     AnnouncePolicy, BootstrapPeer, FetchConfig, MAX_CONFIG_FILE_LEN, NodeConfig,
-    SWARM_KEY_ENCODING, SWARM_KEY_HEADER, SwarmConfig, SwarmKey, TransportKind, inline_path,
-    parse_bootstrap, read_bootstrap_file,
+    PROVIDER_REPUBLISH, PROVIDER_TTL, REPLY_BOUND, SWARM_KEY_ENCODING, SWARM_KEY_HEADER,
+    SwarmConfig, SwarmKey, TransportKind, inline_path, parse_bootstrap, read_bootstrap_file,
 };
 pub use error::{ConfigError, DropReason, FetchError, NetError, PeerFailure};
 pub use fetch::FetchReport;
+pub use health::{BackoffConfig, UnreachablePeer};
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{FetchedRecord, NodeHandle, Reach, RecordsReport};

@@ -7,14 +7,20 @@
 //! Lookups reach every swarm, or, through [`NodeHandle::within`]`(Reach::Automatic)`,
 //! only the swarms announced to automatically (the private ones): a key that must not
 //! be revealed in a swarm is never looked up there.
-//! Spec: `specs/swarm.md` §4 (records), §6 (announce and lookup order), §8 (bans).
+//! Record requests run at once with the provider lookup that feeds them (each provider
+//! is asked as soon as it is found); a request not answered within the reply bound puts
+//! its peer in back-off (`health.rs`), and peers in back-off are neither dialled nor
+//! waited for.
+//! Spec: `specs/swarm.md` §4 (records), §6 (announce and lookup order, back-off), §8
+//! (bans).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::future::BoxFuture;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{Multiaddr, PeerId};
 use rdht_core::{BlockId, BuildKey, BuildRecord};
 use tracing::{debug, info, warn};
@@ -22,23 +28,17 @@ use tracing::{debug, info, warn};
 use crate::config::{AnnouncePolicy, FetchConfig, NodeConfig};
 use crate::error::{DropReason, FetchError, NetError, PeerFailure};
 use crate::fetch::{self, FetchCtx, FetchReport, OPEN_TIMED_OUT, RECONNECT_PAUSE};
+use crate::health::{Health, UnreachablePeer};
 use crate::source::{BlockSink, BlockSource};
 use crate::swarm::{self, Command, Lookup, ProvideFailure, SwarmHandle};
 use crate::wire::{self, ProviderKey};
 
-/// `fut`'s output, or `None` if `deadline` passes first.
-async fn before<T>(
-    deadline: Option<tokio::time::Instant>,
-    fut: impl Future<Output = T>,
-) -> Option<T> {
-    match deadline {
-        None => Some(fut.await),
-        Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
-    }
-}
-
 /// Most announcements in flight at once during [`NodeHandle::reannounce`].
 const REANNOUNCE_CONCURRENCY: usize = 64;
+/// How long hinted peers are asked alone before the DHT lookup starts alongside them:
+/// about one round trip on a LAN, so a hint that answers at once saves the lookup, and
+/// one that does not costs no more than this.
+const HINT_HEAD_START: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A verified record and the peer it came from.
 #[derive(Debug, Clone)]
@@ -58,6 +58,21 @@ pub struct RecordsReport {
     pub records: Vec<FetchedRecord>,
     /// Providers that failed or sent bad records (the latter are banned).
     pub failures: Vec<PeerFailure>,
+    /// Providers (found or hinted) not asked or not waited for because they are
+    /// unreachable: in back-off, or silent past the reply bound or until the caller's
+    /// deadline (then also listed in `failures`). Each once.
+    pub unreachable: Vec<PeerId>,
+    /// The caller's deadline passed, or a provider was dropped at the reply bound:
+    /// the answer took as long as the bound allows.
+    pub waited_out: bool,
+}
+
+impl RecordsReport {
+    fn unreachable(&mut self, peer: PeerId) {
+        if !self.unreachable.contains(&peer) {
+            self.unreachable.push(peer);
+        }
+    }
 }
 
 /// Which swarms a [`NodeHandle`]'s lookups and fetches may ask.
@@ -77,6 +92,7 @@ struct Inner {
     source: Arc<dyn BlockSource>,
     fetch: FetchConfig,
     bans: Mutex<HashMap<PeerId, Instant>>,
+    health: Arc<Health>,
 }
 
 /// A handle on a running node. Cheap to clone; every method is safe to call from many
@@ -112,9 +128,10 @@ impl NodeHandle {
         source: Arc<dyn BlockSource>,
     ) -> Result<NodeHandle, NetError> {
         config.validate()?;
+        let health = Arc::new(Health::new(config.fetch.backoff));
         let mut swarms: Vec<SwarmHandle> = Vec::new();
         for sc in &config.swarms {
-            match swarm::start(sc, &config.keypair, source.clone()).await {
+            match swarm::start(sc, &config.keypair, source.clone(), health.clone()).await {
                 Ok(h) => swarms.push(h),
                 Err(e) => {
                     for s in &swarms {
@@ -133,6 +150,7 @@ impl NodeHandle {
                 source,
                 fetch: config.fetch,
                 bans: Mutex::new(HashMap::new()),
+                health,
             }),
             reach: Reach::All,
         })
@@ -169,6 +187,38 @@ impl NodeHandle {
                 )
             })
             .collect()
+    }
+
+    /// Peers remembered as unreachable now (in back-off, or tried again after it and
+    /// not yet reached), sorted by peer id.
+    pub fn unreachable_peers(&self) -> Vec<UnreachablePeer> {
+        self.inner.health.unreachable(Instant::now())
+    }
+
+    /// Outbound dials to `peer` since the node started, over all swarms.
+    pub fn dials_to(&self, peer: &PeerId) -> u64 {
+        self.inner.health.dials_to(peer)
+    }
+
+    /// (outbound dials, dials and requests skipped for a back-off, reachability
+    /// failures recorded) since the node started, over all peers and swarms.
+    pub fn reachability_totals(&self) -> (u64, u64, u64) {
+        self.inner.health.totals()
+    }
+
+    /// Remembers `peer` as unreachable; when that starts a back-off, every swarm closes
+    /// what is left of its connections and drops it from its routing table.
+    fn mark_unreachable(&self, peer: PeerId, why: &str) {
+        if self.inner.health.failed(peer, Instant::now(), why) {
+            for s in &self.inner.swarms {
+                s.unreachable(peer);
+            }
+        }
+    }
+
+    /// Whether `peer` is in back-off, counting the skip.
+    fn skip_unreachable(&self, peer: &PeerId) -> bool {
+        self.inner.health.skip(peer, Instant::now())
     }
 
     /// Shuts the node down when `signal` completes (e.g. ctrl-c).
@@ -307,10 +357,28 @@ impl NodeHandle {
         key: ProviderKey,
         limit: usize,
     ) -> Result<Lookup, NetError> {
+        self.lookup_feeding(s, key, limit, None).await
+    }
+
+    /// [`Self::lookup`] that also sends each reachable provider to `found` as soon as
+    /// it is found.
+    async fn lookup_feeding(
+        &self,
+        s: &SwarmHandle,
+        key: ProviderKey,
+        limit: usize,
+        found: Option<tokio::sync::mpsc::UnboundedSender<PeerId>>,
+    ) -> Result<Lookup, NetError> {
         let count = || s.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         count();
+        let tx = found.clone();
         let mut lookup = s
-            .request(|reply| Command::FindProviders { key, limit, reply })
+            .request(|reply| Command::FindProviders {
+                key,
+                limit,
+                found: tx,
+                reply,
+            })
             .await?;
         if lookup.providers.is_empty() && lookup.requests > 0 && lookup.successes == 0 {
             // No peer answered at all: typically the only connections closed under the
@@ -319,7 +387,12 @@ impl NodeHandle {
             tokio::time::sleep(RECONNECT_PAUSE).await;
             count();
             lookup = s
-                .request(|reply| Command::FindProviders { key, limit, reply })
+                .request(|reply| Command::FindProviders {
+                    key,
+                    limit,
+                    found,
+                    reply,
+                })
                 .await?;
         }
         lookup.providers.retain(|p| !self.is_banned(p));
@@ -429,7 +502,6 @@ impl NodeHandle {
         enough: &(dyn Fn(&[FetchedRecord]) -> bool + Send + Sync),
     ) -> Result<RecordsReport, NetError> {
         let mut report = RecordsReport::default();
-        let mut hinted: HashMap<&str, Vec<PeerId>> = HashMap::new();
         for s in self.reached() {
             let mut peers: Vec<PeerId> = hints
                 .iter()
@@ -438,35 +510,9 @@ impl NodeHandle {
                 .collect();
             peers.sort();
             peers.dedup();
-            if peers.is_empty() {
-                continue;
-            }
             if self
-                .ask_for_records(s, key, &peers, deadline, enough, &mut report)
-                .await
-                .is_break()
-            {
-                return Ok(report);
-            }
-            hinted.insert(&s.name, peers);
-        }
-        for s in self.reached() {
-            let lookup = self.lookup(
-                s,
-                ProviderKey::Build(key),
-                self.inner.fetch.max_providers.max(1) * 2,
-            );
-            let Some(lookup) = before(deadline, lookup).await else {
-                debug!(swarm = %s.name, %key, "record lookup passed the deadline");
-                return Ok(report);
-            };
-            let mut providers = lookup?.providers;
-            if let Some(asked) = hinted.get(s.name.as_str()) {
-                providers.retain(|p| !asked.contains(p));
-            }
-            if self
-                .ask_for_records(s, key, &providers, deadline, enough, &mut report)
-                .await
+                .ask_swarm(s, key, &peers, deadline, enough, &mut report)
+                .await?
                 .is_break()
             {
                 return Ok(report);
@@ -478,60 +524,202 @@ impl NodeHandle {
         Ok(report)
     }
 
-    /// Asks `peers` of swarm `s` at once for records of `key`, adding what arrives to
-    /// `report`. Breaks when the records satisfy `enough` or at `deadline` (listing the
-    /// peers still asked as unanswered); continues once every peer has answered.
-    async fn ask_for_records(
+    /// Asks swarm `s` for records of `key`: the `hinted` peers at once, and, unless
+    /// their records are enough within [`HINT_HEAD_START`] (or at once when there are
+    /// none), the providers of a DHT lookup running alongside, each as soon as it is
+    /// found. Peers in back-off are skipped; a peer silent past the reply bound is put
+    /// in back-off and no longer waited for. Breaks when the records satisfy `enough`
+    /// or at `deadline` (listing the peers still asked as unanswered); continues once
+    /// the lookup has ended and every peer asked has answered or failed.
+    async fn ask_swarm(
         &self,
         s: &SwarmHandle,
         key: BuildKey,
-        peers: &[PeerId],
+        hinted: &[PeerId],
         deadline: Option<tokio::time::Instant>,
         enough: &(dyn Fn(&[FetchedRecord]) -> bool + Send + Sync),
         report: &mut RecordsReport,
-    ) -> std::ops::ControlFlow<()> {
-        let mut asked: Vec<PeerId> = peers.to_vec();
-        let mut answers: futures::stream::FuturesUnordered<_> = peers
+    ) -> Result<std::ops::ControlFlow<()>, NetError> {
+        /// A peer, its answer, and whether the answer took the whole reply bound.
+        type Answer = (PeerId, Result<Vec<BuildRecord>, DropReason>, bool);
+        let swarm_index = self
+            .inner
+            .swarms
             .iter()
-            .map(|p| async move { (*p, self.records_retrying(s, *p, key).await) })
-            .collect();
-        loop {
-            let Some(next) = before(deadline, answers.next()).await else {
-                for peer in asked {
-                    report.failures.push(PeerFailure {
-                        peer,
-                        reason: DropReason::Unanswered,
+            .position(|x| std::ptr::eq(x, s))
+            .expect("s is one of this node's swarms");
+        let mut seen: HashSet<PeerId> = HashSet::new();
+        let mut waiting: Vec<PeerId> = Vec::new();
+        let mut answers: futures::stream::FuturesUnordered<BoxFuture<'_, Answer>> =
+            futures::stream::FuturesUnordered::new();
+        let ask = |peer: PeerId,
+                   seen: &mut HashSet<PeerId>,
+                   waiting: &mut Vec<PeerId>,
+                   report: &mut RecordsReport|
+         -> Option<BoxFuture<'_, Answer>> {
+            if peer == self.inner.peer_id || !seen.insert(peer) || self.is_banned(&peer) {
+                return None;
+            }
+            if self.skip_unreachable(&peer) {
+                report.unreachable(peer);
+                return None;
+            }
+            waiting.push(peer);
+            // The request runs in a task of its own: when the caller stops waiting (its
+            // policy met, its deadline passed) it still runs to its reply bound, so a
+            // silent peer is remembered whoever gave up first.
+            let request = tokio::spawn(self.clone().ask_peer(swarm_index, peer, key));
+            let asked = tokio::time::Instant::now();
+            let bound = self.inner.fetch.reply_bound;
+            Some(
+                async move {
+                    let answer = request.await.unwrap_or_else(|e| {
+                        Err(DropReason::Disconnected(format!(
+                            "request task failed: {e}"
+                        )))
                     });
+                    (peer, answer, asked.elapsed() >= bound)
                 }
-                return std::ops::ControlFlow::Break(());
-            };
-            let Some((peer, answer)) = next else {
-                return std::ops::ControlFlow::Continue(());
-            };
-            asked.retain(|p| *p != peer);
-            match answer {
-                Ok(records) => {
-                    for record in records {
-                        let enc = record.encode();
-                        if !report.records.iter().any(|r| r.record.encode() == enc) {
-                            report.records.push(FetchedRecord {
-                                swarm: s.name.clone(),
-                                peer,
-                                record,
-                            });
+                .boxed(),
+            )
+        };
+        for p in hinted {
+            if let Some(f) = ask(*p, &mut seen, &mut waiting, report) {
+                answers.push(f);
+            }
+        }
+        let (tx, mut found) = tokio::sync::mpsc::unbounded_channel();
+        let limit = self.inner.fetch.max_providers.max(1) * 2;
+        let mut lookup = Some(
+            self.lookup_feeding(s, ProviderKey::Build(key), limit, Some(tx))
+                .boxed(),
+        );
+        // The lookup starts after the hints' head start, or once they have all answered.
+        let head_start = tokio::time::sleep(if answers.is_empty() {
+            std::time::Duration::ZERO
+        } else {
+            HINT_HEAD_START
+        });
+        tokio::pin!(head_start);
+        let mut started = false;
+        let mut lookup_done = false;
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 24 * 3600);
+        let until = tokio::time::sleep_until(deadline.unwrap_or(far));
+        tokio::pin!(until);
+        loop {
+            if !started && answers.is_empty() {
+                started = true;
+            }
+            if started && lookup_done && answers.is_empty() {
+                return Ok(std::ops::ControlFlow::Continue(()));
+            }
+            tokio::select! {
+                () = &mut until => {
+                    debug!(swarm = %s.name, %key, "records: the deadline passed");
+                    report.waited_out = true;
+                    for peer in waiting {
+                        report.unreachable(peer);
+                        report.failures.push(PeerFailure {
+                            peer,
+                            reason: DropReason::Unanswered,
+                        });
+                    }
+                    return Ok(std::ops::ControlFlow::Break(()));
+                }
+                () = &mut head_start, if !started => started = true,
+                // Invariant: `lookup` is `Some` until `lookup_done`, which guards this.
+                res = async { lookup.as_mut().expect("polled only while running").await },
+                    if started && !lookup_done =>
+                {
+                    lookup_done = true;
+                    lookup = None;
+                    let l = res?;
+                    for p in l.unreachable {
+                        report.unreachable(p);
+                    }
+                    // Providers sent before the lookup ended are in the channel still.
+                    while let Ok(p) = found.try_recv() {
+                        if let Some(f) = ask(p, &mut seen, &mut waiting, report) {
+                            answers.push(f);
                         }
                     }
-                    if !report.records.is_empty() && enough(&report.records) {
-                        return std::ops::ControlFlow::Break(());
+                    for p in l.providers {
+                        if let Some(f) = ask(p, &mut seen, &mut waiting, report) {
+                            answers.push(f);
+                        }
                     }
                 }
-                Err(reason) => {
-                    if matches!(reason, DropReason::Corrupt(_)) {
-                        self.ban(peer);
+                Some(p) = found.recv(), if started && !lookup_done => {
+                    if let Some(f) = ask(p, &mut seen, &mut waiting, report) {
+                        answers.push(f);
                     }
-                    report.failures.push(PeerFailure { peer, reason });
+                }
+                Some((peer, answer, whole_bound)) = answers.next(), if !answers.is_empty() => {
+                    waiting.retain(|p| *p != peer);
+                    match answer {
+                        Ok(records) => {
+                            for record in records {
+                                let enc = record.encode();
+                                if !report.records.iter().any(|r| r.record.encode() == enc) {
+                                    report.records.push(FetchedRecord {
+                                        swarm: s.name.clone(),
+                                        peer,
+                                        record,
+                                    });
+                                }
+                            }
+                            if !report.records.is_empty() && enough(&report.records) {
+                                return Ok(std::ops::ControlFlow::Break(()));
+                            }
+                        }
+                        Err(reason) => {
+                            if matches!(reason, DropReason::Corrupt(_)) {
+                                self.ban(peer);
+                            }
+                            if reason == DropReason::Unreachable {
+                                report.unreachable(peer);
+                                // Silent until the bound (not a dial refused at once).
+                                report.waited_out |= whole_bound;
+                            }
+                            report.failures.push(PeerFailure { peer, reason });
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Asks `peer` of swarm `swarm` for records of `key` within the reply bound. A peer
+    /// silent until the bound, or whose dial failed while the node has no connection to
+    /// it, is put in back-off and the answer is [`DropReason::Unreachable`]; so is the
+    /// answer of a request that failed because its peer went into back-off meanwhile.
+    async fn ask_peer(
+        self,
+        swarm: usize,
+        peer: PeerId,
+        key: BuildKey,
+    ) -> Result<Vec<BuildRecord>, DropReason> {
+        let s = &self.inner.swarms[swarm];
+        let bound = self.inner.fetch.reply_bound;
+        match tokio::time::timeout(bound, self.records_retrying(s, peer, key)).await {
+            Err(_) => {
+                self.mark_unreachable(
+                    peer,
+                    &format!("no record answer within {} ms", bound.as_millis()),
+                );
+                Err(DropReason::Unreachable)
+            }
+            Ok(Err(DropReason::Disconnected(_)))
+                if self.inner.health.backed_off(&peer, Instant::now()) =>
+            {
+                Err(DropReason::Unreachable)
+            }
+            Ok(Err(DropReason::Disconnected(why))) if !self.inner.health.connected(&peer) => {
+                // Its dial failed (refused, no route; asked once more already).
+                self.mark_unreachable(peer, &format!("record request failed: {why}"));
+                Err(DropReason::Unreachable)
+            }
+            Ok(answer) => answer,
         }
     }
 
@@ -659,7 +847,7 @@ impl NodeHandle {
         let ban = |peer: PeerId| self.ban(peer);
         let providers: Vec<PeerId> = providers
             .into_iter()
-            .filter(|p| *p != self.inner.peer_id && !self.is_banned(p))
+            .filter(|p| *p != self.inner.peer_id && !self.is_banned(p) && !self.skip_unreachable(p))
             .collect();
         let ctx = FetchCtx {
             swarm: &s.name,

@@ -1,10 +1,12 @@
 //! One libp2p swarm: transport (TCP, optional pnet, noise, yamux), behaviour (Kademlia in
-//! server mode, identify feeding Kademlia, ping, streams, block list), start-up
+//! server mode, identify feeding Kademlia, ping, streams, block list, the back-off guard
+//! of `health.rs`), start-up
 //! (listen, bootstrap) and the task that owns the `Swarm` and answers commands.
 //!
 //! Owns: [`SwarmHandle`], the command loop, serving inbound block and record streams.
 //! Does not own: fetching (see `fetch.rs`), deciding which swarm to ask (`node.rs`).
-//! Spec: `specs/swarm.md` §2 (transport), §3–§4 (serving), §6 (announce), §8 (bans).
+//! Spec: `specs/swarm.md` §2 (transport), §3–§4 (serving), §6 (announce, provider TTL,
+//! back-off), §8 (bans).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{AnnouncePolicy, SwarmConfig, TransportKind};
 use crate::error::NetError;
+use crate::health::{Guard, Health};
 use crate::source::BlockSource;
 use crate::wire::{self, Frame, ProviderKey};
 
@@ -46,6 +49,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Refuses dials to peers in back-off; learns from dial failures and connections.
+    guard: Guard,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -57,8 +62,10 @@ pub(crate) struct Behaviour {
 pub struct Lookup {
     /// The swarm asked.
     pub swarm: String,
-    /// Providers found (not us, not banned), in discovery order.
+    /// Providers found (not us, not banned, not in back-off), in discovery order.
     pub providers: Vec<PeerId>,
+    /// Providers found that are in back-off (remembered as unreachable): not dialled.
+    pub unreachable: Vec<PeerId>,
     /// Wall time of the lookup.
     pub duration: Duration,
     /// Kademlia requests sent (a proxy for hops: iterative lookups send about α per hop).
@@ -84,6 +91,8 @@ pub(crate) enum Command {
     FindProviders {
         key: ProviderKey,
         limit: usize,
+        /// Each reachable provider as soon as it is found.
+        found: Option<mpsc::UnboundedSender<PeerId>>,
         reply: oneshot::Sender<Lookup>,
     },
     Bootstrap {
@@ -98,6 +107,11 @@ pub(crate) enum Command {
     Ban {
         peer: PeerId,
         until: Instant,
+    },
+    /// The peer went into back-off: close what is left of its connections and drop it
+    /// from the routing table (it is added again when it connects).
+    Unreachable {
+        peer: PeerId,
     },
     Shutdown,
 }
@@ -130,6 +144,11 @@ impl SwarmHandle {
         // A full or closed channel means the task is busy or gone; the fetch has already
         // dropped the peer, and the node-level ban list still filters it.
         let _ = self.cmd.try_send(Command::Ban { peer, until });
+    }
+
+    pub(crate) fn unreachable(&self, peer: PeerId) {
+        // As for bans: a full or closed channel leaves the node-level memory in charge.
+        let _ = self.cmd.try_send(Command::Unreachable { peer });
     }
 
     pub(crate) async fn shutdown(&self) {
@@ -190,7 +209,7 @@ where
     .boxed()
 }
 
-fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair) -> Behaviour {
+fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) -> Behaviour {
     let peer = keypair.public().to_peer_id();
     let store = MemoryStore::with_config(
         peer,
@@ -205,10 +224,14 @@ fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair) -> Behaviour {
     let mut kcfg = kad::Config::new(wire::KAD_PROTOCOL);
     kcfg.set_query_timeout(cfg.query_timeout);
     kcfg.set_periodic_bootstrap_interval(cfg.refresh_interval);
+    // Short enough that a peer gone for the night is forgotten by morning (§6.2).
+    kcfg.set_provider_record_ttl(Some(cfg.provider_ttl));
+    kcfg.set_provider_publication_interval(Some(cfg.provider_republish));
     let mut kad = kad::Behaviour::with_config(peer, store, kcfg);
     kad.set_mode(Some(kad::Mode::Server));
     Behaviour {
         blocked: allow_block_list::Behaviour::default(),
+        guard: Guard::new(health),
         kad,
         identify: identify::Behaviour::new(identify::Config::new(
             wire::IDENTIFY_VERSION.to_string(),
@@ -223,6 +246,8 @@ struct Find {
     reply: oneshot::Sender<Lookup>,
     limit: usize,
     providers: Vec<PeerId>,
+    unreachable: Vec<PeerId>,
+    found: Option<mpsc::UnboundedSender<PeerId>>,
     started: Instant,
     /// When the first provider was found; [`LOOKUP_GRACE`] later the query ends.
     first_found: Option<Instant>,
@@ -243,6 +268,7 @@ struct Task {
     bootstraps: HashMap<kad::QueryId, oneshot::Sender<()>>,
     finds: HashMap<kad::QueryId, Find>,
     bans: HashMap<PeerId, Instant>,
+    health: Arc<Health>,
     /// Listen addresses double as external addresses (none were configured).
     advertise_listen: bool,
     boot_peers: HashSet<PeerId>,
@@ -257,10 +283,11 @@ pub(crate) async fn start(
     cfg: &SwarmConfig,
     keypair: &Keypair,
     source: Arc<dyn BlockSource>,
+    health: Arc<Health>,
 ) -> Result<SwarmHandle, NetError> {
     let span = info_span!("swarm", swarm = %cfg.name);
     let transport = build_transport(cfg, keypair)?;
-    let behaviour = build_behaviour(cfg, keypair);
+    let behaviour = build_behaviour(cfg, keypair, health.clone());
     let local = keypair.public().to_peer_id();
     let swarm = Swarm::new(
         transport,
@@ -276,6 +303,7 @@ pub(crate) async fn start(
         bootstraps: HashMap::new(),
         finds: HashMap::new(),
         bans: HashMap::new(),
+        health,
         advertise_listen: cfg.external.is_empty(),
         boot_peers: cfg.bootstrap.iter().map(|b| b.peer).collect(),
         boot_ok: false,
@@ -455,7 +483,12 @@ impl Task {
                     }
                 }
             }
-            Command::FindProviders { key, limit, reply } => {
+            Command::FindProviders {
+                key,
+                limit,
+                found,
+                reply,
+            } => {
                 let qid = self.swarm.behaviour_mut().kad.get_providers(key.kad_key());
                 self.finds.insert(
                     qid,
@@ -463,6 +496,8 @@ impl Task {
                         reply,
                         limit: limit.max(1),
                         providers: Vec::new(),
+                        unreachable: Vec::new(),
+                        found,
                         started: Instant::now(),
                         first_found: None,
                     },
@@ -489,6 +524,11 @@ impl Task {
                 let b = self.swarm.behaviour_mut();
                 b.blocked.block_peer(peer);
                 b.kad.remove_peer(&peer);
+            }
+            Command::Unreachable { peer } => {
+                debug!(%peer, "closing the connections of an unreachable peer");
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Shutdown => {}
         }
@@ -591,6 +631,7 @@ impl Task {
                     let _ = find.reply.send(Lookup {
                         swarm: self.name.clone(),
                         providers: find.providers,
+                        unreachable: find.unreachable,
                         duration: find.started.elapsed(),
                         requests: stats.num_requests(),
                         successes: stats.num_successes(),
@@ -625,10 +666,26 @@ impl Task {
         };
         let now = Instant::now();
         let mut new = Vec::new();
+        let mut forgotten = Vec::new();
         for p in found {
             let banned = self.bans.get(&p).is_some_and(|u| *u > now);
-            if p != self.local && !banned && !find.providers.contains(&p) {
+            if p == self.local
+                || banned
+                || find.providers.contains(&p)
+                || find.unreachable.contains(&p)
+            {
+                continue;
+            }
+            if self.health.forgotten(&p, now) {
+                // Unreachable for longer than the threshold: out of the local view.
+                forgotten.push(p);
+            } else if self.health.skip(&p, now) {
+                find.unreachable.push(p);
+            } else {
                 find.providers.push(p);
+                if let Some(tx) = &find.found {
+                    let _ = tx.send(p);
+                }
                 new.push(p);
             }
         }
@@ -637,6 +694,10 @@ impl Task {
         }
         let enough = find.providers.len() >= find.limit;
         let kad = &mut self.swarm.behaviour_mut().kad;
+        for p in &forgotten {
+            debug!(peer = %p, "dropping a long-unreachable provider's record");
+            kad.store_mut().remove_provider(key, p);
+        }
         let stored: Vec<kad::ProviderRecord> = kad.store_mut().providers(key);
         if enough && let Some(mut q) = kad.query_mut(&id) {
             q.finish();

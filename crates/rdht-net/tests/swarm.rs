@@ -2,7 +2,8 @@
 //!
 //! Covers DHT discovery and fetch across a 10-node swarm, failover when a provider dies
 //! mid-fetch, banning a corrupting provider, LZ4 frames, private swarms (pnet),
-//! announce isolation between swarms, and the records protocol. Does not cover: throughput (see benches).
+//! announce isolation between swarms, the records protocol, and remembering unreachable
+//! providers (back-off). Does not cover: throughput (see benches).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -627,6 +628,15 @@ async fn record_providers(
     record: &BuildRecord,
     other: Arc<dyn BlockSource>,
 ) -> (NodeHandle, NodeHandle, NodeHandle) {
+    record_providers_asked_with(record, other, fetch_config()).await
+}
+
+/// [`record_providers`] whose asker fetches with `fetch`.
+async fn record_providers_asked_with(
+    record: &BuildRecord,
+    other: Arc<dyn BlockSource>,
+    fetch: rdht_net::FetchConfig,
+) -> (NodeHandle, NodeHandle, NodeHandle) {
     let build = record.key();
     let good_store = Arc::new(MemoryBlocks::new());
     good_store.insert_record(record.clone());
@@ -636,11 +646,9 @@ async fn record_providers(
         other,
     )
     .await;
-    let asker = node(
-        vec![swarm("public", vec![addr(&good, "public").await])],
-        Arc::new(MemoryBlocks::new()),
-    )
-    .await;
+    let mut cfg = NodeConfig::new(vec![swarm("public", vec![addr(&good, "public").await])]);
+    cfg.fetch = fetch;
+    let asker = node_with(cfg, Arc::new(MemoryBlocks::new())).await;
     good.provide(ProviderKey::Build(build)).await.unwrap();
     second.provide(ProviderKey::Build(build)).await.unwrap();
     eventually(T, "both record providers to be found", || async {
@@ -807,7 +815,103 @@ async fn a_silent_record_provider_delays_the_answer_only_until_enough_or_the_dea
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     assert_eq!(report.failures[0].peer, quiet.peer_id());
     assert_eq!(report.failures[0].reason, DropReason::Unanswered);
+    assert_eq!(report.unreachable, [quiet.peer_id()]);
+    assert!(report.waited_out);
     assert!(asker.banned_peers().is_empty());
+    // Its reply bound (5 s here) had not passed: it is not remembered as unreachable.
+    assert!(asker.unreachable_peers().is_empty());
+
+    drop(release);
+    for n in [asker, quiet, good] {
+        n.shutdown().await;
+    }
+}
+
+/// Regression (issue 22): a provider that does not answer a record request within the
+/// reply bound is remembered as unreachable. The ask returns once the bound passed (not
+/// at the far deadline, nor at the stall timeout), the next ask neither dials nor waits
+/// for it, lookups list it apart, and once its back-off ends it is dialled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_silent_past_the_reply_bound_is_backed_off_and_not_dialled_again() {
+    init_tracing();
+    let build = BuildKey::from_bytes([41; 32]);
+    let record = signed(build, BlockId::from_bytes([42; 32]), 7);
+    let silent = Arc::new(SilentRecords {
+        gate: (Mutex::new(false), Condvar::new()),
+    });
+    let release = Release(silent.clone());
+    let mut fetch = fetch_config();
+    fetch.reply_bound = Duration::from_millis(300);
+    fetch.backoff.initial = Duration::from_secs(3);
+    let (good, quiet, asker) = record_providers_asked_with(&record, silent.clone(), fetch).await;
+
+    let never = |_: &[rdht_net::FetchedRecord]| false;
+    let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let started = std::time::Instant::now();
+    let report = tokio::time::timeout(T, asker.fetch_records_until(build, Some(far), &never))
+        .await
+        .expect("returned once the silent provider passed the bound")
+        .unwrap();
+    // Well before the 20 s stall timeout the request would otherwise wait for.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.records.len(), 1);
+    assert_eq!(report.records[0].peer, good.peer_id());
+    assert_eq!(report.unreachable, [quiet.peer_id()]);
+    assert_eq!(
+        report.failures,
+        [rdht_net::PeerFailure {
+            peer: quiet.peer_id(),
+            reason: DropReason::Unreachable
+        }]
+    );
+    assert!(asker.banned_peers().is_empty());
+    let marked = asker.unreachable_peers();
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    assert_eq!((marked[0].peer, marked[0].failures), (quiet.peer_id(), 1));
+    let dials = asker.dials_to(&quiet.peer_id());
+
+    // Within the back-off: skipped at once, never dialled, never waited for.
+    let again = tokio::time::timeout(T, asker.fetch_records_until(build, Some(far), &never))
+        .await
+        .expect("returned without waiting for the unreachable provider")
+        .unwrap();
+    assert_eq!(again.records.len(), 1);
+    assert_eq!(again.unreachable, [quiet.peer_id()]);
+    assert!(again.failures.is_empty(), "{:?}", again.failures);
+    let lookup = asker
+        .find_providers(ProviderKey::Build(build))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lookup.providers, [good.peer_id()]);
+    assert_eq!(lookup.unreachable, [quiet.peer_id()]);
+    let marked = asker.unreachable_peers();
+    assert!(
+        !marked[0].retry_in.is_zero(),
+        "the checks above ran inside the back-off"
+    );
+    assert!(marked[0].skipped >= 2, "{marked:?}");
+    assert_eq!(asker.dials_to(&quiet.peer_id()), dials);
+
+    // Answering again: once its back-off is over (or it has connected to us, which
+    // ends it too), it is asked and reachable.
+    release.0.release();
+    eventually(T, "the back-off to end", || async {
+        let u = asker.unreachable_peers();
+        u.first().is_none_or(|u| u.retry_in.is_zero()).then_some(())
+    })
+    .await;
+    let back = asker
+        .fetch_records_until(build, Some(far), &never)
+        .await
+        .unwrap();
+    assert!(back.unreachable.is_empty(), "{:?}", back.unreachable);
+    assert!(back.failures.is_empty(), "{:?}", back.failures);
+    assert!(asker.unreachable_peers().is_empty());
 
     drop(release);
     for n in [asker, quiet, good] {

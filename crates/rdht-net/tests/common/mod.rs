@@ -127,6 +127,10 @@ pub fn fetch_config() -> FetchConfig {
         connect_timeout: Duration::from_secs(10),
         ban_duration: Duration::from_secs(600),
         batch_bytes: 256 * 1024,
+        // Far beyond a loaded test machine's answer times: only the tests about it
+        // shorten it.
+        reply_bound: Duration::from_secs(5),
+        backoff: rdht_net::BackoffConfig::default(),
     }
 }
 
