@@ -7,6 +7,18 @@
 
 use super::*;
 
+/// A plan's entry in the set being prefetched, removed when dropped.
+struct Running {
+    shared: Arc<Shared>,
+    key: BuildKey,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.lock_prefetching().remove(&self.key);
+    }
+}
+
 impl Shared {
     /// Starts prefetching plan `key` in the background, unless it is already running.
     /// The plan's keys are looked up within the plan's `scope`.
@@ -16,6 +28,11 @@ impl Shared {
         }
         let me = self.clone();
         tokio::spawn(async move {
+            // Cleared however the task ends, a panic included.
+            let _running = Running {
+                shared: me.clone(),
+                key,
+            };
             let started = std::time::Instant::now();
             match me.run_prefetch(key, scope).await {
                 Ok((n, fetched, bytes)) => info!(
@@ -28,7 +45,6 @@ impl Shared {
                 ),
                 Err(e) => info!(plan = %key, "no build plan prefetched: {e}"),
             }
-            me.lock_prefetching().remove(&key);
         });
     }
 

@@ -64,6 +64,25 @@ pub(super) type Hint = (String, PeerId);
 /// their own, and asking again would hold them past their bound).
 pub(super) type Gate = Arc<tokio::sync::Mutex<Option<Resolution>>>;
 
+/// One resolve's place at its key's gate. Dropped — when the resolve ends, fails, or
+/// its request is cancelled — it removes the key's entry if nobody else waits there.
+struct Inflight<'a> {
+    map: &'a Mutex<HashMap<BuildKey, Gate>>,
+    key: BuildKey,
+    gate: Gate,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Clones are taken under this lock, so the count is exact: the map's reference
+        // and ours mean nobody else waits for this key.
+        if Arc::strong_count(&self.gate) == 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// [`NodeHandle::fetch_records_hinted`] (`hints` first, then the DHT; stop once
 /// `enough`, or at `deadline` with what arrived), retried while nothing came back and
 /// every failure is a lost connection.
@@ -193,34 +212,31 @@ impl Shared {
         // The bound runs from the request, so time spent waiting for another resolve
         // of the key counts against it.
         let deadline = tokio::time::Instant::now() + self.config.lookup_timeout;
-        let gate = self.lock_inflight().entry(key).or_default().clone();
-        let result = {
-            let mut turn = gate.lock().await;
-            match turn.clone() {
-                // The resolve we waited for missed just now: so do we.
-                Some(miss) => Ok((miss, Vec::new())),
-                None => {
-                    let r = match self.resolve_local(key).await {
-                        Ok(Ok(hit)) => Ok((hit, Vec::new())),
-                        Ok(Err(local)) => {
-                            self.resolve_remote(key, scope, local, hints, deadline)
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    if let Ok((m @ Resolution::Miss { .. }, _)) = &r {
-                        *turn = Some(m.clone());
-                    }
-                    r
-                }
-            }
+        let entry = Inflight {
+            map: &self.inflight,
+            key,
+            gate: self.lock_inflight().entry(key).or_default().clone(),
         };
-        let mut inflight = self.lock_inflight();
-        // The map's reference and ours: nobody else waits for this key.
-        if Arc::strong_count(&gate) == 2 {
-            inflight.remove(&key);
+        // Dropped in reverse order: the gate's lock, then our place at it.
+        let mut turn = entry.gate.lock().await;
+        match turn.clone() {
+            // The resolve we waited for missed just now: so do we.
+            Some(miss) => Ok((miss, Vec::new())),
+            None => {
+                let r = match self.resolve_local(key).await {
+                    Ok(Ok(hit)) => Ok((hit, Vec::new())),
+                    Ok(Err(local)) => {
+                        self.resolve_remote(key, scope, local, hints, deadline)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Ok((m @ Resolution::Miss { .. }, _)) = &r {
+                    *turn = Some(m.clone());
+                }
+                r
+            }
         }
-        result
     }
 
     pub(super) fn lock_inflight(&self) -> MutexGuard<'_, HashMap<BuildKey, Gate>> {
