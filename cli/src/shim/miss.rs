@@ -198,8 +198,11 @@ pub(super) async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, C
         let mkdir = |p: &Path| {
             std::fs::create_dir_all(p).map_err(|e| fail(format!("creating {}: {e}", p.display())))
         };
-        mkdir(&stage.join("out"))?;
-        mkdir(&stage.join("rdht"))?;
+        // The directories of the layout's files: `out/` and that of `rdht/std*`.
+        mkdir(&stage.join(OUT))?;
+        if let Some(messages) = stage.join(STDOUT).parent() {
+            mkdir(messages)?;
+        }
         let utf8 = |p: &Path| {
             p.to_str()
                 .map(str::to_string)
@@ -211,7 +214,7 @@ pub(super) async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, C
             let source = if name.ends_with(".d") {
                 let text = std::fs::read_to_string(o)
                     .map_err(|e| fail(format!("reading {}: {e}", o.display())))?;
-                let staged = stage.join("out").join(name);
+                let staged = stage.join(format!("{OUT}{name}"));
                 std::fs::write(&staged, unit.roots.normalize(&text))
                     .map_err(|e| fail(format!("writing {}: {e}", staged.display())))?;
                 staged
