@@ -55,11 +55,11 @@ use resolve::{Gate, fetch_artifact};
 use swarms::{reach, start_net, swarm_configs};
 
 /// Name of the private swarm.
-pub const PRIVATE_SWARM: &str = "private";
+pub(crate) const PRIVATE_SWARM: &str = "private";
 /// Name of the public swarm.
-pub const PUBLIC_SWARM: &str = "public";
+pub(crate) const PUBLIC_SWARM: &str = "public";
 /// Directory of the store inside the data directory.
-pub const STORE_DIR: &str = "store";
+pub(crate) const STORE_DIR: &str = "store";
 /// How long in-flight requests may run on after a stop is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Units of a build plan resolved at once while prefetching.
@@ -67,7 +67,7 @@ const PREFETCH_CONCURRENCY: usize = 4;
 /// Prefetched units remembered for attribution; past this the memory is cleared.
 const MAX_PREFETCHED_KEPT: usize = 100_000;
 /// The one file of a build plan artifact (specs/build-key.md §8).
-pub const PLAN_FILE: &str = "plan";
+pub(crate) const PLAN_FILE: &str = "plan";
 /// How long an announcement may hold up a put or publish.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Past the record lookup deadline, how long a retry pause may still run.
