@@ -6,7 +6,9 @@
 use indicatif::HumanBytes;
 use std::collections::BTreeMap;
 
-use rdht_api::proto::{DrainReport, JobsStatus, NodeStatus, PeerInfo, RecordView};
+use rdht_api::proto::{
+    DrainReport, JobsStatus, NodeStatus, PeerInfo, PrefetchState, PrefetchStatus, RecordView,
+};
 use rdht_core::{BuildRecord, BuilderKey};
 use serde_json::{Value, json};
 
@@ -91,6 +93,14 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
             if u.forgotten { ", forgotten" } else { "" }
         ));
     }
+    for p in &s.prefetches {
+        text.push_str(&format!(
+            "prefetch:  plan {}: {}\n",
+            p.plan,
+            prefetch_text(&p.state)
+        ));
+    }
+    let prefetches: Vec<Value> = s.prefetches.iter().map(prefetch_json).collect();
     let swarms: Vec<Value> = s
         .swarms
         .iter()
@@ -150,8 +160,37 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
             "published": jobs.published,
             "failed": jobs.failed,
         },
+        "prefetches": prefetches,
     });
     (text, v)
+}
+
+fn prefetch_text(state: &PrefetchState) -> String {
+    match state {
+        PrefetchState::Running => "running".into(),
+        PrefetchState::Done {
+            keys,
+            fetched,
+            bytes,
+            ms,
+        } => format!("{keys} keys, {fetched} fetched ({bytes} bytes) in {ms} ms"),
+        PrefetchState::Failed { reason } => format!("failed: {reason}"),
+    }
+}
+
+fn prefetch_json(p: &PrefetchStatus) -> Value {
+    let mut v = match &p.state {
+        PrefetchState::Running => json!({ "state": "running" }),
+        PrefetchState::Done {
+            keys,
+            fetched,
+            bytes,
+            ms,
+        } => json!({ "state": "done", "keys": keys, "fetched": fetched, "bytes": bytes, "ms": ms }),
+        PrefetchState::Failed { reason } => json!({ "state": "failed", "reason": reason }),
+    };
+    v["plan"] = json!(p.plan.to_string());
+    v
 }
 
 /// Parts per million as a percentage, without trailing zeros (`2%`, `0.5%`).

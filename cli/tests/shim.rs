@@ -118,9 +118,10 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
     assert!(count(&s2, "bytes_fetched") > 100_000, "{s2}");
     // A published the plan of its run; B derived the same plan key at another path
     // with another CARGO_HOME and prefetched every unit of it.
-    let prefetched = b.wait_for_log("prefetched a build plan");
-    assert!(
-        prefetched.contains(&format!(" keys={units} ")),
+    let prefetched = b.wait_for_prefetch();
+    assert_eq!(
+        (&prefetched["state"], prefetched["keys"].as_u64()),
+        (&serde_json::json!("done"), Some(units)),
         "{prefetched}"
     );
     let line = String::from_utf8_lossy(&out2.stderr)

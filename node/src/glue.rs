@@ -38,6 +38,16 @@ impl rdht_net::BlockSource for ServeStore {
     }
 }
 
+/// Runs `f`, telling a multi-threaded tokio runtime first that this worker blocks (its
+/// other tasks move to another worker). Elsewhere it just runs `f`.
+fn on_blocking_worker<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Block bytes gathered before one atomic store write.
 const SINK_BATCH: usize = 1 << 20;
 
@@ -104,7 +114,9 @@ impl rdht_net::BlockSink for FetchSink<'_> {
             p.1 >= SINK_BATCH
         };
         if full {
-            self.finish().map_err(|e| std::io::Error::other(e.1))?;
+            // A batch write can wait for the store's lock behind a whole ingest: off
+            // the runtime's workers, so the swarms and the API go on meanwhile.
+            on_blocking_worker(|| self.finish()).map_err(|e| std::io::Error::other(e.1))?;
         }
         self.total_in.fetch_add(wire, Ordering::Relaxed);
         let done = self.bytes.fetch_add(len, Ordering::Relaxed) + len;

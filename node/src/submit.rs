@@ -6,7 +6,7 @@
 //! a job's files into ingestible files: writing inline contents to a private directory
 //! and checking that each on-disk file is still the one the client described (size,
 //! modification time, inode) before and after it is read. Does not own: storing,
-//! signing or announcing (the daemon), or the queue's worker loop (the daemon).
+//! signing or announcing (the daemon), or the queue and its worker (`daemon::jobs`).
 //!
 //! Invariant: a job publishes a record only for bytes read from files whose identity
 //! matched the client's description both before and after reading, so a file rewritten

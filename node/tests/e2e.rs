@@ -408,9 +408,18 @@ fn a_build_plan_is_prefetched_from_a_trusted_builder_and_resolves_locally() {
             .unwrap();
         assert_eq!(r, Response::Prefetching);
     });
-    // The daemon logs the outcome; wait for that line rather than for time.
-    let line = b.wait_for_log("prefetched a build plan");
-    assert!(line.contains("keys=3 fetched=3"), "{line}");
+    // The daemon's status shows the outcome; poll it rather than wait for time.
+    let p = b.wait_for_prefetch();
+    assert_eq!(
+        (&p["plan"], &p["state"], &p["keys"], &p["fetched"]),
+        (
+            &serde_json::json!(plan_key.to_string()),
+            &serde_json::json!("done"),
+            &serde_json::json!(3),
+            &serde_json::json!(3)
+        ),
+        "{p}"
+    );
     let st = b.json(&["status"]);
     assert!(st["bytes_in"].as_u64().unwrap() > unit_bytes, "{st}");
     // Every unit now resolves from the local store, fetching nothing more. The first
@@ -486,8 +495,12 @@ fn a_plan_from_an_untrusted_builder_is_not_prefetched() {
         );
     });
     // B does not trust A: the plan's record is fetched and refused, nothing is stored.
-    let line = b.wait_for_log("no build plan prefetched");
-    assert!(line.contains("none from a trusted builder"), "{line}");
+    let p = b.wait_for_prefetch();
+    assert_eq!(p["state"], "failed", "{p}");
+    assert_eq!(
+        p["reason"], "1 record(s) found, none from a trusted builder",
+        "{p}"
+    );
     let st = b.json(&["status"]);
     assert_eq!(
         (st["bytes_in"].as_u64(), st["store"]["blocks"].as_u64()),

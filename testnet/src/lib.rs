@@ -188,21 +188,22 @@ impl Node {
         self.dir.with_extension("log")
     }
 
-    /// The first line of the daemon's log containing `needle`, waiting for it to appear.
+    /// The first build plan prefetch that has ended, as `rdht status --json` lists it
+    /// (`{"plan", "state": "done" | "failed", ...}`), polling until one has.
     ///
     /// # Panics
-    /// When no such line appears before [`DEADLINE`] (the log is in the message).
-    pub fn wait_for_log(&self, needle: &str) -> String {
+    /// When none has ended before [`DEADLINE`] (the last status is in the message).
+    pub fn wait_for_prefetch(&self) -> serde_json::Value {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-            if let Some(l) = log.lines().find(|l| l.contains(needle)) {
-                return l.to_string();
+            let status = self.json(&["status"]);
+            let ended = status["prefetches"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["state"] != "running"));
+            if let Some(p) = ended {
+                return p.clone();
             }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?}: {log}"
-            );
+            assert!(Instant::now() < deadline, "no prefetch ended: {status}");
             std::thread::sleep(POLL);
         }
     }

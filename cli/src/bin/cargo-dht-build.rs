@@ -8,15 +8,18 @@
 //!   for the daemon to share the run's misses and publishes the run's plan
 //!   (specs/build-key.md §8).
 //! - As a wrapper (`cargo-dht-build /path/to/rustc ARGS`, what cargo runs when
-//!   `RUSTC_WRAPPER` points here): see `rdht_cli::shim::unit`.
+//!   `RUSTC_WRAPPER` points here): see `rdht_cli::shim::unit`. Exits 0 on a hit,
+//!   with rustc's exit code when rustc ran, as rustc itself (exec) when the unit is
+//!   not for the cache, and 1 when rustc cannot be run.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use rdht_cli::shim::plan;
 use rdht_cli::shim::session::{self, SESSION_LOG_ENV};
-use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV, VERIFY_ENV};
+use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV, Ended, VERIFY_ENV};
 
 const HELP: &str = "\
 cargo dht-build: build with the rdht peer-to-peer cache of Rust build artifacts
@@ -192,6 +195,12 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         );
         code = 1;
     }
+    rustc_exit(code)
+}
+
+/// A child's exit code as ours; one that does not fit a byte (or a signal, given as
+/// 101 by the caller) is 101, rustc's own code for an internal failure.
+fn rustc_exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(101))
 }
 
@@ -262,8 +271,20 @@ fn main() -> ExitCode {
         }
         Some(first) if is_rustc(first) => {
             let rustc = PathBuf::from(args.remove(0));
-            let code = unit::run(rustc, args);
-            ExitCode::from(u8::try_from(code).unwrap_or(101))
+            match unit::run(&rustc, &args) {
+                Ended::Hit => ExitCode::SUCCESS,
+                Ended::Built(code) => rustc_exit(code),
+                Ended::Passthrough => {
+                    // Returns only if rustc could not be started.
+                    let err = Command::new(&rustc).args(&args).exec();
+                    eprintln!("rdht: error: cannot run {}: {err}", rustc.display());
+                    ExitCode::FAILURE
+                }
+                Ended::CannotRun(e) => {
+                    eprintln!("rdht: error: running {}: {e}", rustc.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
         _ => subcommand(args),
     }

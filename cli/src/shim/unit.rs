@@ -8,9 +8,7 @@
 //! warnings. Does not own: the key (`inputs.rs`), the daemon calls (`cache.rs`) or what
 //! each path does.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::cache::Severity;
@@ -55,8 +53,22 @@ fn first_in_session(class: &str) -> bool {
     }
 }
 
-/// Runs the wrapper for `rustc args`; returns the process exit code.
-pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
+/// How a wrapped unit ended; the binary's `main` turns it into the process's exit.
+#[derive(Debug)]
+pub enum Ended {
+    /// Served from the cache: rustc's outputs and messages are in place.
+    Hit,
+    /// rustc ran here and exited with this code.
+    Built(i32),
+    /// Not for the cache (or the cache cannot be used at all): the process is to
+    /// become rustc.
+    Passthrough,
+    /// rustc could not be run.
+    CannotRun(std::io::Error),
+}
+
+/// Runs the wrapper for `rustc args`.
+pub fn run(rustc: &Path, args: &[String]) -> Ended {
     let start = Instant::now();
     let env: Env = std::env::vars().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
@@ -66,7 +78,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| "unit".into());
-    let planned = plan(&rustc, &args, &env, &cwd);
+    let planned = plan(rustc, args, &env, &cwd);
     let key_ms = start.elapsed().as_millis() as u64;
     let planned = match planned {
         Ok(p) => p,
@@ -76,7 +88,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         }
     };
     let unit = match planned {
-        Plan::Passthrough => return exec(&rustc, &args),
+        Plan::Passthrough => return Ended::Passthrough,
         Plan::Uncacheable(reason) => {
             session::append(&UnitLog {
                 crate_name,
@@ -92,7 +104,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 not_shared: None,
                 unreachable: Vec::new(),
             });
-            return exec(&rustc, &args);
+            return Ended::Passthrough;
         }
         Plan::Cacheable(u) => u,
     };
@@ -103,7 +115,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         Ok(r) => r,
         Err(e) => {
             warn(&crate_name, &format!("cannot start the async runtime: {e}"));
-            return exec(&rustc, &args);
+            return Ended::Passthrough;
         }
     };
     let daemon_down = env.get(DAEMON_DOWN_ENV).is_some_and(|v| v == "1");
@@ -122,11 +134,11 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         unreachable: Vec::new(),
     };
     if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
-        return verify::verify(&runtime, &rustc, &args, &unit, log, start);
+        return verify::verify(&runtime, rustc, args, &unit, log, start);
     }
     let mut publish = !daemon_down;
     if !daemon_down {
-        match runtime.block_on(hit::try_hit(&rustc, &args, &unit)) {
+        match runtime.block_on(hit::try_hit(rustc, args, &unit)) {
             Ok(hit) => {
                 log.kind = Kind::Hit;
                 log.reason.clear();
@@ -136,7 +148,7 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
                 log.verify = hit.sample.map(str::to_string);
                 log.wall_ms = start.elapsed().as_millis() as u64;
                 session::append(&log);
-                return 0;
+                return Ended::Hit;
             }
             Err(f) => {
                 let shown = match f.severity {
@@ -160,12 +172,9 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
         }
     }
     let compile_start = Instant::now();
-    let (code, captured) = match miss::run_rustc(&rustc, &args, &unit) {
+    let (code, captured) = match miss::run_rustc(rustc, args, &unit) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("rdht: error: running {}: {e}", rustc.display());
-            return 1;
-        }
+        Err(e) => return Ended::CannotRun(e),
     };
     log.compile_ms = compile_start.elapsed().as_millis() as u64;
     if code == 0 && publish {
@@ -188,12 +197,5 @@ pub fn run(rustc: PathBuf, args: Vec<String>) -> i32 {
     }
     log.wall_ms = start.elapsed().as_millis() as u64;
     session::append(&log);
-    code
-}
-
-/// Replaces this process with rustc.
-fn exec(rustc: &Path, args: &[String]) -> i32 {
-    let err = Command::new(rustc).args(args).exec();
-    eprintln!("rdht: error: cannot run {}: {err}", rustc.display());
-    1
+    Ended::Built(code)
 }

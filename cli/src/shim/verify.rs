@@ -20,7 +20,7 @@ use super::inputs::Unit;
 use super::layout::scratch;
 use super::miss::{Captured, artifacts, publish_record, run_rustc, store};
 use super::session::{self, UnitLog};
-use super::unit::{RESOLVE_TIMEOUT, warn};
+use super::unit::{Ended, RESOLVE_TIMEOUT, warn};
 
 /// What `--verify` found for one unit (its label goes in the session log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub(super) fn verify(
     unit: &Unit,
     mut log: UnitLog,
     start: Instant,
-) -> i32 {
+) -> Ended {
     let name = log.crate_name.clone();
     let claimed = match runtime.block_on(records_for(unit)) {
         Ok(c) => c,
@@ -67,10 +67,7 @@ pub(super) fn verify(
     let compile_start = Instant::now();
     let (code, captured) = match run_rustc(rustc, args, unit) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("rdht: error: running {}: {e}", rustc.display());
-            return 1;
-        }
+        Err(e) => return Ended::CannotRun(e),
     };
     log.compile_ms = compile_start.elapsed().as_millis() as u64;
     log.reason = "verify".into();
@@ -78,7 +75,7 @@ pub(super) fn verify(
     if code != 0 {
         log.wall_ms = start.elapsed().as_millis() as u64;
         session::append(&log);
-        return code;
+        return Ended::Built(code);
     }
     let outcome = runtime.block_on(async {
         let local = store(unit, &captured).await?;
@@ -123,7 +120,7 @@ pub(super) fn verify(
     });
     log.wall_ms = start.elapsed().as_millis() as u64;
     session::append(&log);
-    code
+    Ended::Built(code)
 }
 
 /// Roots claimed for the unit's key by each builder's records.

@@ -14,7 +14,7 @@ use rdht_core::{BlockId, BuildKey, BuilderKey, Labels};
 use serde::{Deserialize, Serialize};
 
 /// The API version this build speaks.
-pub const API_VERSION: u16 = 2;
+pub const API_VERSION: u16 = 3;
 
 /// One file to put into an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +328,44 @@ pub struct NodeStatus {
     /// Resolves whose record phase lasted the whole bound (`lookup_timeout_ms`): a
     /// provider was silent until it, or the deadline passed.
     pub bound_waits: u64,
+    /// The latest build plans prefetched (at most [`MAX_PREFETCHES_SHOWN`]), oldest
+    /// first.
+    pub prefetches: Vec<PrefetchStatus>,
+}
+
+/// Build plans a status lists at most.
+pub const MAX_PREFETCHES_SHOWN: usize = 16;
+
+/// A build plan's prefetch, for [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchStatus {
+    /// The plan's build key.
+    pub plan: BuildKey,
+    /// Where it stands.
+    pub state: PrefetchState,
+}
+
+/// Where a prefetch stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrefetchState {
+    /// Its units are being resolved.
+    Running,
+    /// Every key of the plan was resolved (hit or miss).
+    Done {
+        /// Keys in the plan.
+        keys: u32,
+        /// Artifacts fetched for them (the others were held, or missed).
+        fetched: u32,
+        /// Bytes fetched.
+        bytes: u64,
+        /// How long it took.
+        ms: u64,
+    },
+    /// The plan itself could not be had or read.
+    Failed {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A peer remembered as unreachable, for [`NodeStatus`].

@@ -66,6 +66,8 @@ pub(crate) struct FetchCtx<'a> {
     pub(crate) source: &'a dyn BlockSource,
     pub(crate) cfg: &'a FetchConfig,
     pub(crate) ban: &'a (dyn Fn(PeerId) + Sync),
+    /// Called for every block a peer sent (it is alive).
+    pub(crate) heard: &'a (dyn Fn(PeerId) + Sync),
 }
 
 /// One DAG being verified, and, for the manifest, its blocks.
@@ -536,6 +538,7 @@ async fn fetch_batch(
             let frame = read(&mut r, stall, watch).await?;
             match frame {
                 Frame::Block(encoded) => {
+                    (ctx.heard)(watch.peer);
                     let wire = encoded.stored_len() as u64;
                     let block = unit
                         .accept(encoded)

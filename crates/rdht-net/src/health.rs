@@ -90,6 +90,8 @@ struct State {
     dials: HashMap<PeerId, u64>,
     /// Open connections per peer, over all swarms.
     connections: HashMap<PeerId, u32>,
+    /// When each connected peer last sent us a block or a record answer.
+    heard: HashMap<PeerId, Instant>,
 }
 
 /// The node-wide reachability memory, shared by every swarm of a node.
@@ -183,8 +185,25 @@ impl Health {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 st.connections.remove(&peer);
+                st.heard.remove(&peer);
             }
         }
+    }
+
+    /// `peer` sent us a block or a record answer at `now`: it is alive, however busy.
+    pub fn heard(&self, peer: PeerId, now: Instant) {
+        let mut st = self.lock();
+        // Kept for connected peers only, so the map is bounded by the connections.
+        if st.connections.contains_key(&peer) {
+            st.heard.insert(peer, now);
+        }
+    }
+
+    /// Whether `peer` sent us something at or after `since`: a request it left
+    /// unanswered until the bound then means a busy peer (or a busy us), not an
+    /// unreachable one.
+    pub fn heard_since(&self, peer: &PeerId, since: Instant) -> bool {
+        self.lock().heard.get(peer).is_some_and(|t| *t >= since)
     }
 
     /// Whether `peer` is in back-off now (not to be dialled or waited for).
@@ -414,6 +433,21 @@ mod tests {
         assert_eq!(h.totals(), (3, 2, 1));
         let u = h.unreachable(t0);
         assert_eq!((u[0].peer, u[0].dials, u[0].skipped), (p, 1, 2));
+    }
+
+    #[test]
+    fn a_peer_is_heard_only_while_connected_and_from_then_on() {
+        let h = Health::new(cfg());
+        let p = PeerId::random();
+        let t0 = Instant::now();
+        h.heard(p, t0);
+        assert!(!h.heard_since(&p, t0), "not connected: not remembered");
+        h.connection_opened(p);
+        h.heard(p, t0 + Duration::from_millis(5));
+        assert!(h.heard_since(&p, t0));
+        assert!(!h.heard_since(&p, t0 + Duration::from_millis(6)));
+        h.connection_closed(p);
+        assert!(!h.heard_since(&p, t0), "forgotten with its last connection");
     }
 
     #[test]

@@ -300,14 +300,20 @@ impl NodeHandle {
     }
 
     /// Re-announces everything the node holds (after a restart), with bounded
-    /// concurrency, following each swarm's policy as [`NodeHandle::provide`] does.
-    /// Returns how many keys were announced.
+    /// concurrency: in `swarm` when given, else following each swarm's policy as
+    /// [`NodeHandle::provide`] does. Returns how many keys were announced.
     pub async fn reannounce(
         &self,
+        swarm: Option<&str>,
         keys: impl IntoIterator<Item = ProviderKey>,
     ) -> Result<usize, NetError> {
-        let results: Vec<Result<Vec<String>, NetError>> = futures::stream::iter(keys)
-            .map(|k| self.provide(k))
+        let results: Vec<Result<(), NetError>> = futures::stream::iter(keys)
+            .map(|k| async move {
+                match swarm {
+                    Some(name) => self.provide_in(name, k).await,
+                    None => self.provide(k).await.map(drop),
+                }
+            })
             .buffer_unordered(REANNOUNCE_CONCURRENCY)
             .collect()
             .await;
@@ -701,7 +707,13 @@ impl NodeHandle {
     ) -> Result<Vec<BuildRecord>, DropReason> {
         let s = &self.inner.swarms[swarm];
         let bound = self.inner.fetch.reply_bound;
+        let asked = Instant::now();
         match tokio::time::timeout(bound, self.records_retrying(s, peer, key)).await {
+            Err(_) if self.inner.health.heard_since(&peer, asked) => {
+                // It sent us blocks or answers meanwhile: busy (or we are), not gone.
+                debug!(%peer, "no record answer within {} ms from a peer that is sending; not backing off", bound.as_millis());
+                Err(DropReason::Unanswered)
+            }
             Err(_) => {
                 self.mark_unreachable(
                     peer,
@@ -784,6 +796,7 @@ impl NodeHandle {
                 DropReason::Disconnected(e.to_string())
             }
         })?;
+        self.inner.health.heard(peer, Instant::now());
         let mut records = Vec::with_capacity(raw.len());
         for bytes in raw {
             // Signature, version and labels are checked, and the record must be for `key`
@@ -845,6 +858,7 @@ impl NodeHandle {
         sink: &dyn BlockSink,
     ) -> Result<FetchReport, FetchError> {
         let ban = |peer: PeerId| self.ban(peer);
+        let heard = |peer: PeerId| self.inner.health.heard(peer, Instant::now());
         let providers: Vec<PeerId> = providers
             .into_iter()
             .filter(|p| *p != self.inner.peer_id && !self.is_banned(p) && !self.skip_unreachable(p))
@@ -855,6 +869,7 @@ impl NodeHandle {
             source: &*self.inner.source,
             cfg: &self.inner.fetch,
             ban: &ban,
+            heard: &heard,
         };
         fetch::fetch_artifact(&ctx, root, providers, sink).await
     }

@@ -1100,7 +1100,7 @@ async fn a_full_provider_store_is_an_error_not_a_silent_drop() {
     }
     // Re-announcing a held key is fine; a third key is refused with context.
     let again = ProviderKey::Artifact(BlockId::from_bytes([0; 32]));
-    assert_eq!(n.reannounce([again]).await.unwrap(), 1);
+    assert_eq!(n.reannounce(None, [again]).await.unwrap(), 1);
     match n
         .provide(ProviderKey::Artifact(BlockId::from_bytes([9; 32])))
         .await

@@ -14,6 +14,7 @@
 //! | `u`    | artifact root               | last use, u64 (store clock)             |
 //! | `k`    | build key, builder, root    | record encoding                         |
 //! | `m`    | name                        | store metadata                          |
+//! | `n`    | kind u8, id                 | a mark: one byte of the caller's flags  |
 
 use rdht_core::{BlockId, BuildKey, BuilderKey};
 
@@ -31,6 +32,8 @@ pub const BLOCK_LIST: u8 = b's';
 pub const USED: u8 = b'u';
 /// Prefix of build records.
 pub const RECORD: u8 = b'k';
+/// Prefix of marks (`crate::marks`).
+pub const MARK: u8 = b'n';
 /// Key of the format version (u32 LE).
 pub const META_FORMAT: &[u8] = b"mformat";
 /// Key of the open counter (u64 LE).

@@ -12,6 +12,8 @@
 //!   [`Session::register`] / [`Store::add_artifact`] make fetched DAGs visible once
 //!   complete.
 //! - Build records: [`Store::put_record`], [`Store::records`], [`Store::build_keys`].
+//! - Marks ([`Store::add_mark`], [`Store::marks`]): a byte of flags per id, opaque to
+//!   the store.
 //! - Pins and GC: [`Store::pin`], [`Store::gc`]; an optional size cap
 //!   ([`Config::max_bytes`]) evicts unpinned artifacts least recently used first.
 //! - [`Stats`].
@@ -39,6 +41,7 @@ pub mod backend;
 pub mod error;
 pub mod gc;
 pub mod keys;
+pub mod marks;
 pub mod packs;
 pub mod records;
 pub mod store;

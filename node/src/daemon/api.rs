@@ -139,16 +139,18 @@ impl Shared {
                 self.stop.notify_one();
                 Ok(Response::ShuttingDown)
             }
-            Request::Submit(job) => self.submit(job).await,
+            Request::Submit(job) => Ok(Response::Submitted {
+                pending: self.jobs.submit(job).await?,
+            }),
             Request::Prefetch { key, scope } => {
                 self.prefetch(key, scope);
                 Ok(Response::Prefetching)
             }
             Request::Drain { session } => Ok(Response::Drained(
-                self.tally.drain(session.as_deref()).await,
+                self.jobs.tally.drain(session.as_deref()).await,
             )),
             Request::Jobs => {
-                let (pending, published, failed) = self.tally.status();
+                let (pending, published, failed) = self.jobs.tally.status();
                 Ok(Response::Jobs(JobsStatus {
                     pending,
                     published,
@@ -235,6 +237,7 @@ impl Shared {
             reach_failures,
             unreachable,
             bound_waits: self.bound_waits.load(Ordering::Relaxed),
+            prefetches: self.lock_prefetches().list(),
         })))
     }
 

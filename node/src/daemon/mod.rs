@@ -5,8 +5,11 @@
 //! - `resolve`: resolving a key (store, then swarms, under the trust policy) and
 //!   `Records`;
 //! - `prefetch`: build plans fetched ahead of their units;
-//! - `artifacts`: `Put`, `Export`, `Publish` and the `Submit` job queue;
-//! - `swarms`: swarm configuration, start-up and announcements.
+//! - `artifacts`: `Put`, `Export` and `Publish`;
+//! - `jobs`: the `Submit` job queue, a worker task and its handle;
+//! - `fetch`: fetching an artifact into the store, registering and announcing it;
+//! - `announce`: where each held key is announced, and re-announcing after a restart;
+//! - `swarms`: swarm configuration and start-up.
 //!
 //! Owns: [`run`], the state every connection shares (`Shared`) and the error type.
 //! Does not own: storage layout (rdht-store), protocols (rdht-net, rdht-api) or formats
@@ -21,8 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rdht_api::proto::{
-    BlockedBuilder, ExportedFile, JobsStatus, MissCause, NodeStatus, PeerInfo, RecordView,
-    Resolution, Scope, StoreStatus, SwarmStatus, UnreachableStatus,
+    BlockedBuilder, ExportedFile, JobsStatus, MAX_PREFETCHES_SHOWN, MissCause, NodeStatus,
+    PeerInfo, PrefetchState, PrefetchStatus, RecordView, Resolution, Scope, StoreStatus,
+    SwarmStatus, UnreachableStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, plan};
@@ -43,15 +47,17 @@ use crate::lock::{DataDirLock, LockError};
 use crate::submit::{self, Job, Tally};
 use crate::trust::{Policy, TrustError};
 
+mod announce;
 mod api;
 mod artifacts;
+mod fetch;
+mod jobs;
 mod prefetch;
 mod resolve;
 mod swarms;
 
 use api::serve;
-use artifacts::run_jobs;
-use resolve::{Gate, fetch_artifact};
+use resolve::Gate;
 use swarms::{reach, start_net, swarm_configs};
 
 /// Name of the private swarm.
@@ -143,17 +149,18 @@ struct Shared {
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     stop: Notify,
-    /// Queue of submitted jobs; `None` once the daemon stops accepting them.
-    jobs: Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
-    tally: Tally,
-    /// Numbers the scratch directories of jobs.
-    job_seq: AtomicU64,
+    /// The queue of submitted jobs.
+    jobs: jobs::Jobs,
+    /// Numbers the daemon's scratch directories.
+    scratch_seq: AtomicU64,
     /// Build keys being resolved from the swarm; a second resolve of the same key waits
     /// for the first instead of fetching again, and takes its miss, when it missed,
     /// instead of asking again.
     inflight: Mutex<HashMap<BuildKey, Gate>>,
-    /// Plans being prefetched.
-    prefetching: Mutex<HashSet<BuildKey>>,
+    /// Announces what this node fetched, one key at a time.
+    announcer: announce::Announcer,
+    /// The latest plans prefetched, running ones included.
+    prefetches: Mutex<prefetch::Prefetches>,
     /// Units a prefetch fetched and no client has resolved yet: where from and how many
     /// bytes, reported by the first `Resolve` so a build's summary counts them.
     prefetched: Mutex<HashMap<BuildKey, (String, u64)>>,
@@ -275,7 +282,8 @@ pub async fn run(
         },
     )?;
 
-    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(submit::QUEUE_LEN);
+    let (jobs, jobs_rx) = jobs::Jobs::new();
+    let announcer = announce::Announcer::start(net.clone(), config.public);
     let shared = Arc::new(Shared {
         config,
         identity,
@@ -290,14 +298,14 @@ pub async fn run(
         bytes_in: Arc::new(AtomicU64::new(0)),
         bytes_out,
         stop: Notify::new(),
-        jobs: Mutex::new(Some(jobs_tx)),
-        tally: Tally::default(),
-        job_seq: AtomicU64::new(0),
+        jobs,
+        scratch_seq: AtomicU64::new(0),
         inflight: Mutex::new(HashMap::new()),
-        prefetching: Mutex::new(HashSet::new()),
+        prefetches: Mutex::default(),
+        announcer,
         prefetched: Mutex::new(HashMap::new()),
     });
-    let worker = tokio::spawn(run_jobs(shared.clone(), jobs_rx));
+    jobs::Jobs::start(&shared, jobs_rx);
     let listen = shared.listen_addrs().await;
     let stats = shared.store.stats().ok();
     info!(
@@ -341,13 +349,7 @@ pub async fn run(
         );
         conns.shutdown().await;
     }
-    // Queued jobs finish (their wrappers already returned to cargo), within the limit.
-    shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let worker_abort = worker.abort_handle();
-    if tokio::time::timeout(DRAIN_TIMEOUT, worker).await.is_err() {
-        warn!("submitted jobs still running after {DRAIN_TIMEOUT:?}; dropping them");
-        worker_abort.abort();
-    }
+    shared.jobs.close(DRAIN_TIMEOUT).await;
     if let Some(net) = &shared.net {
         net.shutdown().await;
     }
@@ -362,6 +364,15 @@ pub async fn run(
 }
 
 impl Shared {
+    /// A fresh path under the data directory's `tmp` for the daemon's own files.
+    pub(super) fn scratch_dir(&self, what: &str) -> PathBuf {
+        let n = self.scratch_seq.fetch_add(1, Ordering::Relaxed);
+        self.config
+            .data_dir
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
     fn trust(&self) -> MutexGuard<'_, Policy> {
         self.trust.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -2,20 +2,72 @@
 //! it, and resolve its keys a few at a time in the background, asking the plan's
 //! builders first.
 //!
-//! Owns: the set of plans being prefetched and the units fetched ahead of their
-//! resolves. Does not own: resolving one key (`resolve.rs`).
+//! Owns: the latest prefetches and where each stands (shown by `Status`), and the
+//! units fetched ahead of their resolves. Does not own: resolving one key (`resolve.rs`).
 
 use super::*;
 
-/// A plan's entry in the set being prefetched, removed when dropped.
+/// The latest prefetches and where each stands, newest last (what `Status` shows).
+#[derive(Default)]
+pub(super) struct Prefetches(std::collections::VecDeque<PrefetchStatus>);
+
+impl Prefetches {
+    /// Enters `plan` as running, unless it already is.
+    fn start(&mut self, plan: BuildKey) -> bool {
+        if self
+            .0
+            .iter()
+            .any(|p| p.plan == plan && p.state == PrefetchState::Running)
+        {
+            return false;
+        }
+        self.0.retain(|p| p.plan != plan);
+        self.0.push_back(PrefetchStatus {
+            plan,
+            state: PrefetchState::Running,
+        });
+        // Only finished entries are let go: a running one is how `start` knows.
+        while self.0.len() > MAX_PREFETCHES_SHOWN {
+            match self
+                .0
+                .iter()
+                .position(|p| p.state != PrefetchState::Running)
+            {
+                Some(i) => {
+                    self.0.remove(i);
+                }
+                None => break,
+            }
+        }
+        true
+    }
+
+    fn end(&mut self, plan: BuildKey, state: PrefetchState) {
+        if let Some(p) = self.0.iter_mut().find(|p| p.plan == plan) {
+            p.state = state;
+        }
+    }
+
+    /// Every entry, oldest first.
+    pub(super) fn list(&self) -> Vec<PrefetchStatus> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+/// A running plan's entry. Dropped without an outcome (the task panicked), it ends the
+/// entry as failed, so the plan can be prefetched again.
 struct Running {
     shared: Arc<Shared>,
     key: BuildKey,
+    state: Option<PrefetchState>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.shared.lock_prefetching().remove(&self.key);
+        let state = self.state.take().unwrap_or_else(|| PrefetchState::Failed {
+            reason: "the prefetch task ended early".into(),
+        });
+        self.shared.lock_prefetches().end(self.key, state);
     }
 }
 
@@ -23,28 +75,34 @@ impl Shared {
     /// Starts prefetching plan `key` in the background, unless it is already running.
     /// The plan's keys are looked up within the plan's `scope`.
     pub(super) fn prefetch(self: &Arc<Self>, key: BuildKey, scope: Scope) {
-        if self.net.is_none() || !self.lock_prefetching().insert(key) {
+        if self.net.is_none() || !self.lock_prefetches().start(key) {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
-            // Cleared however the task ends, a panic included.
-            let _running = Running {
+            let mut running = Running {
                 shared: me.clone(),
                 key,
+                state: None,
             };
             let started = std::time::Instant::now();
-            match me.run_prefetch(key, scope).await {
-                Ok((n, fetched, bytes)) => info!(
-                    plan = %key,
-                    keys = n,
-                    fetched,
-                    bytes,
-                    ms = started.elapsed().as_millis() as u64,
-                    "prefetched a build plan"
-                ),
-                Err(e) => info!(plan = %key, "no build plan prefetched: {e}"),
-            }
+            let state = match me.run_prefetch(key, scope).await {
+                Ok((n, fetched, bytes)) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    info!(plan = %key, keys = n, fetched, bytes, ms, "prefetched a build plan");
+                    PrefetchState::Done {
+                        keys: n as u32,
+                        fetched: fetched as u32,
+                        bytes,
+                        ms,
+                    }
+                }
+                Err(reason) => {
+                    info!(plan = %key, "no build plan prefetched: {reason}");
+                    PrefetchState::Failed { reason }
+                }
+            };
+            running.state = Some(state);
         });
     }
 
@@ -52,8 +110,8 @@ impl Shared {
         self.prefetched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn lock_prefetching(&self) -> MutexGuard<'_, HashSet<BuildKey>> {
-        self.prefetching.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn lock_prefetches(&self) -> MutexGuard<'_, Prefetches> {
+        self.prefetches.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves plan `key`, reads the plan, and resolves its keys in order, a few at a

@@ -6,54 +6,22 @@
 //! it, sampling, and why a resolve missed. Does not own: the policy itself
 //! (`crate::trust`) or the swarms (`rdht-net`).
 
+use super::announce::{self, Places};
 use super::*;
 
 pub(super) fn only_disconnects<'a>(mut reasons: impl Iterator<Item = &'a DropReason>) -> bool {
     reasons.all(|r| matches!(r, DropReason::Disconnected(_)))
 }
 
-/// Fetches artifact `root` into `sink`: first from `hint` (peers in a swarm that just
-/// sent records naming it, which saves a DHT lookup), then through the DHT, retried
-/// while every failure is a lost connection (a closed connection is replaced by a fresh
-/// dial on the next attempt; blocks already received are kept, so the fetch resumes).
-pub(super) async fn fetch_artifact(
-    net: &NodeHandle,
-    root: BlockId,
-    sink: &FetchSink<'_>,
-    hint: Option<(&str, &[PeerId])>,
-) -> Result<rdht_net::FetchReport, FetchError> {
-    let flushed = |r: Result<rdht_net::FetchReport, FetchError>| match sink.finish() {
-        Ok(()) => r,
-        Err(e) => {
-            let (block, e) = *e;
-            Err(FetchError::Sink {
-                root,
-                block,
-                source: std::io::Error::other(e),
-            })
-        }
-    };
-    if let Some((swarm, peers)) = hint.filter(|(_, p)| !p.is_empty()) {
-        match flushed(net.fetch_artifact_from(swarm, root, peers, sink).await) {
-            Ok(r) => return Ok(r),
-            Err(e @ FetchError::Sink { .. }) => return Err(e),
-            Err(e) => {
-                debug!(%root, "fetching from the record providers failed ({e}); looking up providers")
-            }
+/// Touches `activity` again when dropped: a resolve is activity until it ends.
+fn scopeguard_touch(activity: &announce::Activity) -> impl Drop + '_ {
+    struct Touch<'a>(&'a announce::Activity);
+    impl Drop for Touch<'_> {
+        fn drop(&mut self) {
+            self.0.touch();
         }
     }
-    let mut attempt = 1;
-    loop {
-        match flushed(net.fetch_artifact(root, sink).await) {
-            Err(FetchError::AllProvidersFailed { ref last, .. })
-                if attempt < NET_ATTEMPTS && only_disconnects(std::iter::once(last)) =>
-            {
-                debug!(%root, attempt, "every provider's connection failed; fetching again");
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    Touch(activity)
 }
 
 /// A peer to ask for records first, and the swarm to ask it in.
@@ -209,6 +177,9 @@ impl Shared {
         scope: Scope,
         hints: &[Hint],
     ) -> Result<(Resolution, Vec<Hint>), ApiError> {
+        // Fetched keys are announced only once resolves pause (`announce::Announcer`).
+        self.announcer.activity.touch();
+        let _touch = scopeguard_touch(&self.announcer.activity);
         // The bound runs from the request, so time spent waiting for another resolve
         // of the key counts against it.
         let deadline = tokio::time::Instant::now() + self.config.lookup_timeout;
@@ -366,6 +337,7 @@ impl Shared {
             }
         }
         let Some((root, records)) = self.choose(key, &all) else {
+            self.announce_later(vec![ProviderKey::Build(key)], Places::NOWHERE);
             return miss(
                 self.untrusted_reason(all.len()),
                 MissCause::Untrusted,
@@ -382,8 +354,6 @@ impl Shared {
         {
             Some(_) => ("local".to_string(), 0),
             None => {
-                let session = self.store.session();
-                let sink = FetchSink::new(&session, self.bytes_in.clone(), None);
                 let hint = report
                     .records
                     .iter()
@@ -395,15 +365,9 @@ impl Shared {
                     .filter(|f| f.record.root() == root && Some(&f.swarm) == hint.as_ref())
                     .map(|f| f.peer)
                     .collect();
-                let report = match fetch_artifact(
-                    net,
-                    root,
-                    &sink,
-                    hint.as_deref().map(|s| (s, peers.as_slice())),
-                )
-                .await
-                {
-                    Ok(r) => r,
+                let hint = hint.as_deref().map(|s| (s, peers.as_slice()));
+                match self.fetch_and_register(net, root, hint, None).await? {
+                    Ok(r) => (r.swarm, r.bytes_fetched),
                     Err(e) => {
                         return miss(
                             format!("fetching artifact {root} failed: {e}"),
@@ -411,14 +375,13 @@ impl Shared {
                             &unreachable,
                         );
                     }
-                };
-                tokio::task::spawn_blocking(move || session.register(root, false))
-                    .await
-                    .map_err(|e| api_err(ErrorKind::Internal, format!("store task failed: {e}")))?
-                    .map_err(store_err)?;
-                (report.swarm, report.bytes_fetched)
+                }
             }
         };
+        // The key's accepted records are held now: announced where they came from.
+        if let Some((origin, _)) = holders.first() {
+            self.announce_later(vec![ProviderKey::Build(key)], Places::origin(origin));
+        }
         debug!(%key, %root, records_ms, total_ms = started.elapsed().as_millis(), bytes_fetched, "resolved from the swarm");
         let hit = Resolution::Hit {
             root,

@@ -1,9 +1,8 @@
 //! The swarms of the daemon: their configuration from `config.toml` (private swarm from
-//! the key and bootstrap file, the public one), start-up, and announcements, each key
-//! only where its scope allows.
+//! the key and bootstrap file, the public one), start-up, and the reach of a scope.
 //!
-//! Owns: `SwarmConfig`s, the announce rule and re-announcing after a restart. Does not
-//! own: the libp2p behaviour (`rdht-net`).
+//! Owns: `SwarmConfig`s and their start. Does not own: the libp2p behaviour
+//! (`rdht-net`) or where keys are announced (`announce`).
 
 use super::*;
 
@@ -119,59 +118,5 @@ pub(super) fn reach(scope: Scope) -> Reach {
     match scope {
         Scope::Private => Reach::Automatic,
         Scope::Everywhere => Reach::All,
-    }
-}
-
-/// Announces `keys`; failures only cost findability, so they are logged, not returned.
-pub(super) async fn announce(
-    net: NodeHandle,
-    keys: Vec<ProviderKey>,
-    also_in: Option<&'static str>,
-) {
-    for key in keys {
-        let work = async {
-            net.provide(key).await?;
-            if let Some(swarm) = also_in {
-                net.provide_in(swarm, key).await?;
-            }
-            Ok::<(), NetError>(())
-        };
-        match tokio::time::timeout(ANNOUNCE_TIMEOUT, work).await {
-            Ok(Ok(())) => debug!(%key, "announced"),
-            Ok(Err(e)) => warn!(%key, "announcing failed: {e}"),
-            Err(_) => warn!(%key, "announcing timed out after {ANNOUNCE_TIMEOUT:?}"),
-        }
-    }
-}
-
-impl Shared {
-    /// Announces everything the store holds, after a (re)start.
-    pub(super) async fn reannounce(&self) {
-        let Some(net) = &self.net else { return };
-        let held = blocking(&self.store, |s| Ok((s.artifact_roots()?, s.build_keys()?))).await;
-        let (roots, keys) = match held {
-            Ok(v) => v,
-            Err(e) => {
-                warn!("listing what to re-announce: {e}");
-                return;
-            }
-        };
-        let all = roots
-            .into_iter()
-            .map(ProviderKey::Artifact)
-            .chain(keys.into_iter().map(ProviderKey::Build));
-        match net.reannounce(all).await {
-            Ok(n) => info!(keys = n, "re-announced the store's contents"),
-            Err(e) => warn!("re-announcing: {e}"),
-        }
-    }
-
-    /// Announces `keys` in the automatic swarms, plus `also_in` when given, in the
-    /// background: the local provider entry exists as soon as the swarm task takes the
-    /// command, and a build must not wait for DHT round trips.
-    pub(super) fn announce(&self, keys: Vec<ProviderKey>, also_in: Option<&'static str>) {
-        if let Some(net) = &self.net {
-            tokio::spawn(announce(net.clone(), keys, also_in));
-        }
     }
 }
