@@ -665,4 +665,79 @@ mod tests {
         assert!(!features.is_empty(), "the features it enables: {arg}");
         assert_ne!(native.key, unit(&fx, &[], &[]).key);
     }
+
+    /// The same unit under another CARGO_HOME and target dir has the same key: nothing
+    /// machine-local is in it.
+    #[test]
+    fn the_same_unit_elsewhere_has_the_same_key() {
+        let (a, b) = (fixture(), fixture());
+        assert_ne!(a.home, b.home);
+        assert_eq!(unit(&a, &[], &[]).key, unit(&b, &[], &[]).key);
+        // Remapping is what keeps the paths out of the outputs; its argument is not in
+        // the key, and both runs get one for their own roots.
+        let u = unit(&a, &[], &[]);
+        assert!(
+            u.inputs
+                .args
+                .iter()
+                .all(|x| !x.contains(a.home.to_str().unwrap())),
+            "{:?}",
+            u.inputs.args
+        );
+    }
+
+    /// An `--extern` counts by its file's content, not by where it is.
+    #[test]
+    fn an_extern_counts_by_content_not_path() {
+        let (a, b) = (fixture(), fixture());
+        let lib = |fx: &Fixture, bytes: &[u8]| {
+            let p = fx.out.join("libdep-0123456789abcdef.rlib");
+            fs::write(&p, bytes).unwrap();
+            format!("dep={}", p.display())
+        };
+        let (ea, eb) = (lib(&a, b"dep v1"), lib(&b, b"dep v1"));
+        let ka = unit(&a, &["--extern", &ea], &[]).key;
+        assert_eq!(ka, unit(&b, &["--extern", &eb], &[]).key);
+        let changed = lib(&b, b"dep v2");
+        assert_ne!(ka, unit(&b, &["--extern", &changed], &[]).key);
+        assert_ne!(ka, unit(&a, &[], &[]).key);
+    }
+
+    /// What cannot be cached is said, with the reason; what is not a unit passes.
+    #[test]
+    fn cacheability_rules() {
+        let fx = fixture();
+        let reason = |extra_args: &[&str], extra_env: &[(&str, &str)]| match plan(
+            Path::new("rustc"),
+            &args(&fx, extra_args),
+            &env(&fx, extra_env),
+            &fx.pkg,
+        )
+        .unwrap()
+        {
+            Plan::Uncacheable(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(&[], &[("RDHT_DISABLE", "1")]), "RDHT_DISABLE=1");
+        assert_eq!(
+            reason(&["-o", "/tmp/x"], &[]),
+            "explicit output path (-o or --emit=kind=path)"
+        );
+        let mut no_manifest = env(&fx, &[]);
+        no_manifest.remove("CARGO_MANIFEST_DIR");
+        match plan(Path::new("rustc"), &args(&fx, &[]), &no_manifest, &fx.pkg).unwrap() {
+            Plan::Uncacheable(r) => {
+                assert_eq!(r, "CARGO_MANIFEST_DIR is not set (not run by cargo)")
+            }
+            other => panic!("{other:?}"),
+        }
+        let probe: Vec<String> = ["-", "--crate-name", "___", "--print=file-names"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(matches!(
+            plan(Path::new("rustc"), &probe, &env(&fx, &[]), &fx.pkg).unwrap(),
+            Plan::Passthrough
+        ));
+    }
 }
