@@ -188,6 +188,7 @@ fn submitted_outputs_are_stored_and_published_in_the_background_unless_they_real
             labels: labels.clone(),
             scope: Scope::Private,
             build_ms: 1234,
+            needs: Default::default(),
             session: "s1".into(),
         })
     };
@@ -313,6 +314,20 @@ async fn put_and_publish(
     data: &[u8],
     labels: &rdht_core::Labels,
 ) {
+    put_and_publish_needing(c, dir, key, name, data, labels, Default::default()).await;
+}
+
+/// [`put_and_publish`] with a record saying the artifact needs `needs` of the C
+/// runtime; returns the root.
+async fn put_and_publish_needing(
+    c: &mut rdht_api::Client,
+    dir: &Path,
+    key: rdht_core::BuildKey,
+    name: &str,
+    data: &[u8],
+    labels: &rdht_core::Labels,
+    needs: rdht_core::Needs,
+) -> rdht_core::BlockId {
     use rdht_api::proto::{PutFile, Scope};
     use rdht_api::{Request, Response};
     let file = dir.join(name);
@@ -338,10 +353,12 @@ async fn put_and_publish(
             labels: labels.clone(),
             scope: Scope::Private,
             build_ms: 10,
+            needs,
         })
         .await
         .unwrap();
     assert!(matches!(r, Response::Published { .. }), "{r:?}");
+    root
 }
 
 /// Publishes the plan listing `keys` as `plan_key`.
@@ -507,4 +524,87 @@ fn a_plan_from_an_untrusted_builder_is_not_prefetched() {
         (Some(0), Some(0)),
         "{st}"
     );
+}
+
+/// Records say what an artifact needs of the C runtime (specs/records.md §2.1): among
+/// trusted roots the daemon takes one that can load here, even when more trusted
+/// builders claim another; and when none can, it misses with the reason, fetching
+/// nothing.
+#[test]
+fn a_root_that_cannot_load_here_is_skipped_before_fetching() {
+    use rdht_api::proto::{MissCause, Resolution, Scope};
+    use rdht_api::{Client, Request, Response};
+    use rdht_core::{BuildKey, Labels, Needs};
+
+    let swarm = Swarm::new();
+    let a = swarm.node("a");
+    let c = swarm.node("c");
+    let b = swarm.node("b");
+    b.rdht(&["trust", "add", &a.builder_key()]);
+    b.rdht(&["trust", "add", &c.builder_key()]);
+    let labels = Labels {
+        crate_name: "pm".into(),
+        ..Labels::default()
+    };
+    let newer: Needs = [("libc.so.6".to_string(), ["GLIBC_9.99".to_string()].into())].into();
+    let (key, only_newer) = (BuildKey::from_bytes([5; 32]), BuildKey::from_bytes([6; 32]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = swarm.tmp.path();
+    let fits = rt.block_on(async {
+        let mut ca = Client::connect(&rdht_api::socket_path(&a.dir))
+            .await
+            .unwrap();
+        let mut cc = Client::connect(&rdht_api::socket_path(&c.dir))
+            .await
+            .unwrap();
+        let new = content("built on a newer machine", 100_000);
+        let old = content("built on an older machine", 100_000);
+        // Two trusted builders claim the root that needs GLIBC_9.99, one the other.
+        for client in [&mut ca, &mut cc] {
+            put_and_publish_needing(client, dir, key, "libpm.so", &new, &labels, newer.clone())
+                .await;
+        }
+        put_and_publish_needing(
+            &mut ca,
+            dir,
+            only_newer,
+            "libpm.so",
+            &new,
+            &labels,
+            newer.clone(),
+        )
+        .await;
+        put_and_publish_needing(&mut ca, dir, key, "libpm.so", &old, &labels, Needs::new()).await
+    });
+    rt.block_on(async {
+        let mut cb = Client::connect(&rdht_api::socket_path(&b.dir))
+            .await
+            .unwrap();
+        let resolve = |key| Request::Resolve {
+            key,
+            scope: Scope::Private,
+        };
+        match cb.call(resolve(key)).await.unwrap() {
+            Response::Resolved(Resolution::Hit { root, .. }) => assert_eq!(root, fits),
+            other => panic!("{other:?}"),
+        }
+        let fetched = b.json(&["status"])["bytes_in"].as_u64().unwrap();
+        assert!(fetched >= 100_000, "{fetched}");
+        match cb.call(resolve(only_newer)).await.unwrap() {
+            Response::Resolved(Resolution::Miss { reason, cause, .. }) => {
+                assert_eq!(cause, MissCause::DoesNotFit);
+                assert!(
+                    reason
+                        .starts_with("needs GLIBC_9.99 from libc.so.6; this machine has GLIBC_2."),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            b.json(&["status"])["bytes_in"].as_u64().unwrap(),
+            fetched,
+            "nothing fetched for a root that cannot load here"
+        );
+    });
 }

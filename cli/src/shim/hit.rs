@@ -10,18 +10,18 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rdht_api::proto::Resolution;
+use rdht_api::proto::{MissCause, Resolution};
 use rdht_api::{Client, Request, Response};
 use rdht_core::{BlockId, BuildRecord, BuilderKey};
 
 use super::cache::{CacheFailure, Severity, call, connect, fail, unexpected};
 use super::filehash::remember;
-use super::fit::Machine;
 use super::inputs::Unit;
 use super::layout::{OUT, STDERR, STDOUT, scratch};
 use super::miss::settle;
 use super::unit::RESOLVE_TIMEOUT;
 use super::verify::rebuild_roots;
+use rdht_fit::Machine;
 
 pub(super) struct Hit {
     pub(super) bytes_fetched: u64,
@@ -69,9 +69,15 @@ pub(super) async fn try_hit(
             cause,
             unreachable,
         }) => {
+            // A misfit the daemon saw in the records is counted as one found in the
+            // files is: by what the artifact needs (its reason).
+            let counted = match cause {
+                MissCause::DoesNotFit => reason.clone(),
+                other => other.label().into(),
+            };
             let mut f = fail(reason);
+            f.cause = counted;
             f.severity = Severity::Miss;
-            f.cause = cause.label().into();
             f.unreachable = unreachable;
             return Err(f);
         }

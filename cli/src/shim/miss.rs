@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use rdht_api::proto::{FileSource, MAX_INLINE_BYTES, PutFile, Submission, SubmitFile};
 use rdht_api::{Request, Response};
-use rdht_core::BlockId;
+use rdht_core::{BlockId, Needs};
 
 use super::cache::{CacheFailure, call, connect, fail, unexpected};
 use super::inputs::Unit;
@@ -168,12 +168,28 @@ pub(super) async fn submit(
         scope: unit.scope(),
         build_ms,
         session: std::env::var(session::SESSION_LOG_ENV).unwrap_or_default(),
+        needs: needs(unit, &outputs),
     });
     let mut client = connect().await?;
     match call(&mut client, submit, PUBLISH_TIMEOUT, "submitting").await? {
         Response::Submitted { .. } => Ok(Submitted::Queued),
         other => Err(unexpected(&other)),
     }
+}
+
+/// What the unit's outputs that are loaded or run here need of the C runtime, for its
+/// record (specs/records.md §2.1): nothing for a unit of a `--target` this machine only
+/// cross-compiles, and nothing for outputs that are not dynamic ELF files.
+pub(super) fn needs(unit: &Unit, outputs: &[PathBuf]) -> Needs {
+    let mut needs = Needs::new();
+    if unit.loaded_here().is_some() {
+        for o in outputs {
+            if let Some(more) = rdht_fit::file_requirements(o) {
+                rdht_fit::add(&mut needs, more);
+            }
+        }
+    }
+    needs
 }
 
 /// The file name of output `o`, which must be directly in the unit's output directory.
@@ -256,11 +272,13 @@ pub(super) async fn store(unit: &Unit, captured: &Captured) -> Result<BlockId, C
     result
 }
 
-/// Asks the daemon to sign and announce "this unit's key built into `root`".
+/// Asks the daemon to sign and announce "this unit's key built into `root`", whose
+/// outputs need `needs` of the C runtime.
 pub(super) async fn publish_record(
     unit: &Unit,
     root: BlockId,
     build_ms: u64,
+    needs: Needs,
 ) -> Result<(), CacheFailure> {
     let publish = Request::Publish {
         key: unit.key,
@@ -268,6 +286,7 @@ pub(super) async fn publish_record(
         labels: unit.labels.clone(),
         scope: unit.scope(),
         build_ms,
+        needs,
     };
     let mut client = connect().await?;
     match call(&mut client, publish, PUBLISH_TIMEOUT, "publishing").await? {

@@ -6,8 +6,8 @@
 //! [`filehash`] content roots with sidecars, [`inputs`] decides cacheability and
 //! collects key inputs, [`session`] writes and
 //! summarises one build's outcomes, [`plan`] prefetches and publishes build plans,
-//! [`stamp`] gives a check unit's outputs the modification time cargo will, [`fit`]
-//! checks that a hit's loadable outputs can run on this machine's C runtime.
+//! [`stamp`] gives a check unit's outputs the modification time cargo will. Whether a
+//! hit's loadable outputs can run on this machine's C runtime is `rdht-fit`'s.
 //!
 //! Owns: everything between cargo and rustc. Does not own: the daemon (reached only
 //! through `rdht-api`) or formats (`rdht-core`).
@@ -15,7 +15,6 @@
 pub mod args;
 mod cache;
 pub mod filehash;
-pub mod fit;
 mod hit;
 pub mod inputs;
 pub mod layout;

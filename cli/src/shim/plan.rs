@@ -144,6 +144,7 @@ pub async fn publish(
             labels,
             scope: Scope::Private,
             build_ms: 0,
+            needs: Default::default(),
         })
         .await
         .map_err(|e| e.to_string())?

@@ -183,7 +183,8 @@ pub fn run(rustc: &Path, args: &[String]) -> Ended {
                 miss::Submitted::Queued => Ok(()),
                 miss::Submitted::TooLarge => {
                     let root = miss::store(&unit, &captured).await?;
-                    miss::publish_record(&unit, root, log.compile_ms).await
+                    let needs = miss::needs(&unit, &miss::artifacts(&captured.stderr));
+                    miss::publish_record(&unit, root, log.compile_ms, needs).await
                 }
             }
         });

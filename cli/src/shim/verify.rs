@@ -18,7 +18,7 @@ use super::cache::{CacheFailure, call, connect, fail, unexpected};
 use super::filehash::hash_file;
 use super::inputs::Unit;
 use super::layout::scratch;
-use super::miss::{Captured, artifacts, publish_record, run_rustc, store};
+use super::miss::{Captured, artifacts, needs, publish_record, run_rustc, store};
 use super::session::{self, UnitLog};
 use super::unit::{Ended, RESOLVE_TIMEOUT, warn};
 
@@ -107,7 +107,8 @@ pub(super) fn verify(
         };
         eprintln!("rdht: verify {}: {line}", log.crate_name);
         if outcome != Verdict::NotReproducible {
-            publish_record(unit, local, log.compile_ms).await?;
+            let needs = needs(unit, &artifacts(&captured.stderr));
+            publish_record(unit, local, log.compile_ms, needs).await?;
         }
         Ok::<_, CacheFailure>(outcome)
     });

@@ -31,6 +31,7 @@ pub fn publish_claim(data_dir: &Path, key: BuildKey, root: &str, scope: Scope) {
                 labels: Labels::default(),
                 scope,
                 build_ms: 0,
+                needs: Default::default(),
             })
             .await
             .unwrap();

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use rdht_core::{BlockId, BuildKey, BuilderKey, Labels};
+use rdht_core::{BlockId, BuildKey, BuilderKey, Labels, Needs};
 use serde::{Deserialize, Serialize};
 
 /// The API version this build speaks.
@@ -53,6 +53,8 @@ pub struct Submission {
     pub build_ms: u64,
     /// Groups jobs for [`Request::Drain`] (e.g. one `cargo dht-build` run).
     pub session: String,
+    /// What the outputs need of the C runtime (signed into the record).
+    pub needs: Needs,
 }
 
 /// Where a submitted file's contents come from.
@@ -162,6 +164,8 @@ pub enum Request {
         scope: Scope,
         /// How long the build took, in milliseconds (signed into the record).
         build_ms: u64,
+        /// What the outputs need of the C runtime (signed into the record).
+        needs: Needs,
     },
     /// Every known record for a key, with the trust decision for each.
     Records {
@@ -482,6 +486,9 @@ pub enum MissCause {
     /// Providers were found, but every one is unreachable (in back-off, or silent past
     /// the bound).
     Unreachable,
+    /// Every trusted artifact needs more of the C runtime than this machine has
+    /// (specs/records.md §2.1); the reason names what.
+    DoesNotFit,
 }
 
 impl MissCause {
@@ -494,6 +501,7 @@ impl MissCause {
             MissCause::LookupFailed => "lookup failed",
             MissCause::FetchFailed => "fetch failed",
             MissCause::Unreachable => "unreachable",
+            MissCause::DoesNotFit => "does not fit",
         }
     }
 }

@@ -12,9 +12,10 @@ use rdht_testkit::pattern;
 use std::fmt::Write as _;
 
 use rdht_core::block::{INTERIOR_CONTEXT, LEAF_CONTEXT};
-use rdht_core::record::{RECORD_DOMAIN, signing_message};
+use rdht_core::record::{RECORD_DOMAIN, RECORD_DOMAIN_1, signing_message};
 use rdht_core::{
-    Block, BlockKind, BuildKey, BuildRecord, DagBuilder, FileEntry, Labels, Manifest, SigningKey,
+    Block, BlockKind, BuildKey, BuildRecord, BuilderKey, DagBuilder, FileEntry, Labels, Manifest,
+    Needs, RecordBody, SigningKey,
 };
 
 fn hex(b: &[u8]) -> String {
@@ -194,24 +195,30 @@ fn manifest_toml() -> String {
     out
 }
 
-fn records_toml() -> String {
+/// One record vector: `version` 1 (no needs) or 2 (with `needs`).
+fn record_vector(version: u8, needs: &Needs) -> String {
     let seed = [7u8; 32];
     let signer = SigningKey::from_bytes(&seed);
     let key = BuildKey::from_bytes(*blake3::hash(b"example build key").as_bytes());
     let (artifact, _) = manifest().to_dag();
-    let r = BuildRecord::sign_timed(
-        key,
-        artifact.id,
-        20_018,
-        1_764_000_000,
-        1_234,
-        labels(),
+    let r = BuildRecord::sign_body(
+        RecordBody {
+            version,
+            key,
+            root: artifact.id,
+            size: 20_018,
+            time: 1_764_000_000,
+            build_ms: 1_234,
+            labels: labels(),
+            builder: BuilderKey::from_bytes([0; 32]),
+            needs: needs.clone(),
+        },
         &signer,
     )
     .unwrap();
     let b = r.body();
     let mut body = Annotated::default();
-    body.raw(&[b.version], "version = 1");
+    body.raw(&[b.version], &format!("version = {version}"));
     body.raw(b.key.as_bytes(), "key: build key");
     body.raw(
         b.root.as_bytes(),
@@ -222,8 +229,26 @@ fn records_toml() -> String {
     body.varint(b.build_ms, "build_ms");
     body.labels(&b.labels);
     body.raw(b.builder.as_bytes(), "builder: ed25519 public key");
+    if version >= 2 {
+        body.varint(b.needs.len() as u64, "needs: count of libraries");
+        for (i, (lib, versions)) in b.needs.iter().enumerate() {
+            body.string(lib, &format!("needs[{i}].library"));
+            body.varint(
+                versions.len() as u64,
+                &format!("needs[{i}]: count of versions"),
+            );
+            for (j, v) in versions.iter().enumerate() {
+                body.string(v, &format!("needs[{i}].versions[{j}]"));
+            }
+        }
+    }
+    let (domain, shown) = if version >= 2 {
+        (RECORD_DOMAIN, "domain: \"rdht/build-record/v2\\0\"")
+    } else {
+        (RECORD_DOMAIN_1, "domain: \"rdht/build-record/v1\\0\"")
+    };
     let mut msg = Annotated::default();
-    msg.raw(RECORD_DOMAIN, "domain: \"rdht/build-record/v1\\0\"");
+    msg.raw(domain, shown);
     msg.bytes.extend_from_slice(&body.bytes);
     msg.text.push_str(&body.text);
     assert_eq!(
@@ -238,14 +263,28 @@ fn records_toml() -> String {
     enc.raw(&r.signature()[..32], "signature: R");
     enc.raw(&r.signature()[32..], "signature: S");
     assert_eq!(enc.bytes, r.encode(), "record annotation drifted");
-    let mut out = String::from(
-        "# Build record vector (specs/records.md). Checked by crates/rdht-core/tests/vectors.rs.\n\
-         # ed25519 signatures are deterministic: the same seed and message give the same bytes.\n\n[record]\n",
-    );
+    let mut out = String::new();
     writeln!(out, "signing_seed = \"{}\"", hex(&seed)).unwrap();
     writeln!(out, "signing_message = '''\n{}'''", msg.text).unwrap();
     writeln!(out, "encoding = '''\n{}'''", enc.text).unwrap();
     out
+}
+
+fn records_toml() -> String {
+    let mut needs = Needs::new();
+    needs.insert(
+        "libc.so.6".into(),
+        ["GLIBC_2.2.5", "GLIBC_2.34"].map(String::from).into(),
+    );
+    needs.insert("libgcc_s.so.1".into(), ["GCC_3.0"].map(String::from).into());
+    format!(
+        "# Build record vectors (specs/records.md). Checked by crates/rdht-core/tests/vectors.rs.\n\
+         # ed25519 signatures are deterministic: the same seed and message give the same bytes.\n\
+         # [record] is format version 1 (still read); [record_v2] is what this build writes.\n\n\
+         [record]\n{}\n[record_v2]\n{}",
+        record_vector(1, &Needs::new()),
+        record_vector(2, &needs)
+    )
 }
 
 fn main() {

@@ -45,4 +45,4 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use id::{BlockId, BuildKey, BuilderKey, ParseIdError};
 pub use manifest::{FileEntry, Labels, Manifest, ManifestError};
 pub use packed::Encoded;
-pub use record::{BuildRecord, RecordBody, RecordError};
+pub use record::{BuildRecord, Needs, RecordBody, RecordError};

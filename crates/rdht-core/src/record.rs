@@ -16,11 +16,27 @@ use crate::codec::{self, DecodeError};
 use crate::id::{BlockId, BuildKey, BuilderKey};
 use crate::manifest::{Labels, ManifestError};
 
-/// The record format version this crate writes and reads.
-pub const RECORD_VERSION: u8 = 1;
-/// Prefix of every signed message, so a record signature can never be taken for a
-/// signature over anything else.
-pub const RECORD_DOMAIN: &[u8] = b"rdht/build-record/v1\0";
+/// The record format version this crate writes (it also reads [`RECORD_VERSION_1`]).
+pub const RECORD_VERSION: u8 = 2;
+/// The first format: no `needs` (what the artifact needs of the C runtime is unknown).
+pub const RECORD_VERSION_1: u8 = 1;
+/// Prefix of every signed message of a version-2 record, so a record signature can
+/// never be taken for a signature over anything else.
+pub const RECORD_DOMAIN: &[u8] = b"rdht/build-record/v2\0";
+/// The prefix of a version-1 record's signed message.
+pub const RECORD_DOMAIN_1: &[u8] = b"rdht/build-record/v1\0";
+/// Most runtime libraries a record's `needs` may name.
+pub const MAX_NEEDS_LIBS: usize = 16;
+/// Most versions it may name per library.
+pub const MAX_NEEDS_VERSIONS: usize = 128;
+/// Longest library or version name in `needs`.
+pub const MAX_NEED_NAME: usize = 64;
+
+/// What an artifact's loaded outputs need of the machine's C runtime libraries: each
+/// library (`libc.so.6`) with the symbol versions needed from it (`GLIBC_2.34`),
+/// the union over the artifact's ELF files that are loaded or run where they are
+/// built (specs/records.md §2.1). Empty when there are none.
+pub type Needs = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
 /// Longest encoded record.
 pub const MAX_RECORD_LEN: usize = 4096;
 
@@ -44,11 +60,62 @@ pub struct RecordBody {
     pub labels: Labels,
     /// Who built it and signs this.
     pub builder: BuilderKey,
+    /// What its loaded outputs need of the C runtime (version 2; empty, and unknown,
+    /// in version 1).
+    pub needs: Needs,
+}
+
+/// The body of a version-1 record: a version-2 body without `needs`.
+#[derive(Serialize, Deserialize)]
+struct BodyV1 {
+    version: u8,
+    key: BuildKey,
+    root: BlockId,
+    size: u64,
+    time: u64,
+    build_ms: u64,
+    labels: Labels,
+    builder: BuilderKey,
+}
+
+impl BodyV1 {
+    fn of(b: &RecordBody) -> BodyV1 {
+        BodyV1 {
+            version: b.version,
+            key: b.key,
+            root: b.root,
+            size: b.size,
+            time: b.time,
+            build_ms: b.build_ms,
+            labels: b.labels.clone(),
+            builder: b.builder,
+        }
+    }
+
+    fn upgraded(self) -> RecordBody {
+        RecordBody {
+            version: self.version,
+            key: self.key,
+            root: self.root,
+            size: self.size,
+            time: self.time,
+            build_ms: self.build_ms,
+            labels: self.labels,
+            builder: self.builder,
+            needs: Needs::new(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
     body: RecordBody,
+    signature: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireV1 {
+    body: BodyV1,
     signature: Vec<u8>,
 }
 
@@ -67,7 +134,7 @@ pub enum RecordError {
     Decode(#[from] DecodeError),
     /// A record version this build does not read.
     #[error(
-        "build record format version {version} is not supported (this build reads {RECORD_VERSION})"
+        "build record format version {version} is not supported (this build reads {RECORD_VERSION_1} and {RECORD_VERSION})"
     )]
     UnsupportedVersion {
         /// The version found.
@@ -96,6 +163,12 @@ pub enum RecordError {
     /// A label breaks the format's rules.
     #[error(transparent)]
     Labels(#[from] ManifestError),
+    /// `needs` is out of bounds.
+    #[error("build record needs {what}")]
+    Needs {
+        /// What is out of bounds.
+        what: String,
+    },
     /// A valid record for another build key than the one looked up (a replay).
     #[error("record by builder {builder} is for build key {actual}, not {expected}")]
     WrongKey {
@@ -108,11 +181,44 @@ pub enum RecordError {
     },
 }
 
-/// The exact bytes a builder signs for `body`.
+/// The exact bytes a builder signs for `body` (each version under its own domain).
 pub fn signing_message(body: &RecordBody) -> Vec<u8> {
-    let mut msg = RECORD_DOMAIN.to_vec();
-    msg.extend_from_slice(&codec::encode(body));
+    let (mut msg, encoded) = if body.version == RECORD_VERSION_1 {
+        (RECORD_DOMAIN_1.to_vec(), codec::encode(&BodyV1::of(body)))
+    } else {
+        (RECORD_DOMAIN.to_vec(), codec::encode(body))
+    };
+    msg.extend_from_slice(&encoded);
     msg
+}
+
+/// Checks the bounds of `needs`.
+fn check_needs(needs: &Needs) -> Result<(), RecordError> {
+    let bad = |what: String| Err(RecordError::Needs { what });
+    if needs.len() > MAX_NEEDS_LIBS {
+        return bad(format!(
+            "{} libraries (at most {MAX_NEEDS_LIBS})",
+            needs.len()
+        ));
+    }
+    for (lib, versions) in needs {
+        if lib.is_empty() || lib.len() > MAX_NEED_NAME {
+            return bad(format!("a library name of {} bytes", lib.len()));
+        }
+        if versions.len() > MAX_NEEDS_VERSIONS {
+            return bad(format!(
+                "{} versions of {lib} (at most {MAX_NEEDS_VERSIONS})",
+                versions.len()
+            ));
+        }
+        if let Some(v) = versions
+            .iter()
+            .find(|v| v.is_empty() || v.len() > MAX_NEED_NAME)
+        {
+            return bad(format!("a version name of {} bytes for {lib}", v.len()));
+        }
+    }
+    Ok(())
 }
 
 impl BuildRecord {
@@ -139,17 +245,36 @@ impl BuildRecord {
         labels: Labels,
         signer: &SigningKey,
     ) -> Result<BuildRecord, RecordError> {
-        labels.validate()?;
-        let body = RecordBody {
-            version: RECORD_VERSION,
-            key,
-            root,
-            size,
-            time,
-            build_ms,
-            labels,
-            builder: BuilderKey::from_bytes(signer.verifying_key().to_bytes()),
-        };
+        Self::sign_body(
+            RecordBody {
+                version: RECORD_VERSION,
+                key,
+                root,
+                size,
+                time,
+                build_ms,
+                labels,
+                builder: BuilderKey::from_bytes(signer.verifying_key().to_bytes()),
+                needs: Needs::new(),
+            },
+            signer,
+        )
+    }
+
+    /// Signs `body` as it is, its `builder` set to the signer's key. A version other
+    /// than [`RECORD_VERSION`] is only for tests and vectors of older formats.
+    pub fn sign_body(
+        mut body: RecordBody,
+        signer: &SigningKey,
+    ) -> Result<BuildRecord, RecordError> {
+        body.labels.validate()?;
+        check_needs(&body.needs)?;
+        if body.version == RECORD_VERSION_1 && !body.needs.is_empty() {
+            return Err(RecordError::Needs {
+                what: "a version-2 record (version 1 has no needs)".into(),
+            });
+        }
+        body.builder = BuilderKey::from_bytes(signer.verifying_key().to_bytes());
         let signature = signer.sign(&signing_message(&body)).to_bytes();
         Ok(BuildRecord { body, signature })
     }
@@ -158,12 +283,13 @@ impl BuildRecord {
     /// malleable signatures, no small-order keys).
     pub fn verify(&self) -> Result<(), RecordError> {
         let body = &self.body;
-        if body.version != RECORD_VERSION {
+        if body.version != RECORD_VERSION && body.version != RECORD_VERSION_1 {
             return Err(RecordError::UnsupportedVersion {
                 version: body.version,
             });
         }
         body.labels.validate()?;
+        check_needs(&body.needs)?;
         let vk = VerifyingKey::from_bytes(body.builder.as_bytes()).map_err(|_| {
             RecordError::BadBuilderKey {
                 builder: body.builder,
@@ -181,7 +307,21 @@ impl BuildRecord {
 
     /// Decodes a canonical encoding of at most [`MAX_RECORD_LEN`] bytes and verifies it.
     pub fn decode(bytes: &[u8]) -> Result<BuildRecord, RecordError> {
-        let wire: Wire = codec::decode("build record", bytes, MAX_RECORD_LEN)?;
+        // The version is the body's first byte, and the body the record's first field.
+        let wire: Wire = match bytes.first() {
+            Some(&RECORD_VERSION_1) => {
+                let w: WireV1 = codec::decode("build record", bytes, MAX_RECORD_LEN)?;
+                Wire {
+                    body: w.body.upgraded(),
+                    signature: w.signature,
+                }
+            }
+            Some(&RECORD_VERSION) | None => codec::decode("build record", bytes, MAX_RECORD_LEN)?,
+            Some(&version) if bytes.len() <= MAX_RECORD_LEN => {
+                return Err(RecordError::UnsupportedVersion { version });
+            }
+            Some(_) => codec::decode("build record", bytes, MAX_RECORD_LEN)?,
+        };
         let signature: [u8; 64] =
             wire.signature
                 .as_slice()
@@ -211,12 +351,24 @@ impl BuildRecord {
         Ok(record)
     }
 
-    /// The canonical encoding.
+    /// The canonical encoding (in the record's own version's layout).
     pub fn encode(&self) -> Vec<u8> {
+        if self.body.version == RECORD_VERSION_1 {
+            return codec::encode(&WireV1 {
+                body: BodyV1::of(&self.body),
+                signature: self.signature.to_vec(),
+            });
+        }
         codec::encode(&Wire {
             body: self.body.clone(),
             signature: self.signature.to_vec(),
         })
+    }
+
+    /// What the artifact's loaded outputs need of the C runtime; `None` for a
+    /// version-1 record, which does not say.
+    pub fn needs(&self) -> Option<&Needs> {
+        (self.body.version != RECORD_VERSION_1).then_some(&self.body.needs)
     }
 
     /// The signed fields.
@@ -298,11 +450,45 @@ mod tests {
             );
         }
         let mut v = r.clone();
-        v.body.version = 2;
+        v.body.version = 3;
         assert_eq!(
             v.verify(),
-            Err(RecordError::UnsupportedVersion { version: 2 })
+            Err(RecordError::UnsupportedVersion { version: 3 })
         );
+        let mut n = r.clone();
+        n.body
+            .needs
+            .insert("libc.so.6".into(), ["GLIBC_2.34".into()].into());
+        assert!(
+            matches!(n.verify(), Err(RecordError::BadSignature { .. })),
+            "needs are signed"
+        );
+    }
+
+    #[test]
+    fn needs_out_of_bounds_are_refused_with_what_was_wrong() {
+        let body = record().body().clone();
+        let sign = |needs: Needs| {
+            let mut b = body.clone();
+            b.needs = needs;
+            BuildRecord::sign_body(b, &signer(1)).map(|_| ())
+        };
+        let many: Needs = (0..17)
+            .map(|i| (format!("lib{i}.so"), Default::default()))
+            .collect();
+        assert_eq!(
+            sign(many).unwrap_err().to_string(),
+            "build record needs 17 libraries (at most 16)"
+        );
+        let long: Needs = [("libc.so.6".to_string(), ["G".repeat(65)].into())].into();
+        assert_eq!(
+            sign(long).unwrap_err().to_string(),
+            "build record needs a version name of 65 bytes for libc.so.6"
+        );
+        let mut v1 = body.clone();
+        v1.version = RECORD_VERSION_1;
+        v1.needs.insert("libc.so.6".into(), Default::default());
+        assert!(BuildRecord::sign_body(v1, &signer(1)).is_err());
     }
 
     #[test]

@@ -99,7 +99,11 @@ impl Shared {
                 labels,
                 scope,
                 build_ms,
-            } => self.publish(key, root, labels, scope, build_ms).await,
+                needs,
+            } => {
+                self.publish(key, root, labels, scope, build_ms, needs)
+                    .await
+            }
             Request::Records { key } => self.records(key).await,
             Request::Gc => {
                 let report = blocking(&self.store, |s| s.gc()).await?;

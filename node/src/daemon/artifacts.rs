@@ -114,6 +114,7 @@ impl Shared {
         labels: Labels,
         scope: Scope,
         build_ms: u64,
+        needs: Needs,
     ) -> Result<Response, ApiError> {
         let info = blocking(&self.store, move |s| s.artifact(&root))
             .await?
@@ -123,13 +124,18 @@ impl Shared {
                     format!("artifact {root} is not in the store; put it first"),
                 )
             })?;
-        let record = BuildRecord::sign_timed(
-            key,
-            root,
-            info.file_bytes,
-            now(),
-            build_ms,
-            labels,
+        let record = BuildRecord::sign_body(
+            RecordBody {
+                version: rdht_core::record::RECORD_VERSION,
+                key,
+                root,
+                size: info.file_bytes,
+                time: now(),
+                build_ms,
+                labels,
+                builder: self.identity.builder_key(),
+                needs,
+            },
             self.identity.signing_key(),
         )
         .map_err(|e| api_err(ErrorKind::BadRequest, e))?;

@@ -105,9 +105,16 @@ impl Shared {
         .await;
         let _ = tokio::fs::remove_dir_all(&scratch).await;
         let root = stored.map_err(|e| submit::JobError::Store(e.message))??;
-        self.publish(job.key, root, job.labels, job.scope, job.build_ms)
-            .await
-            .map_err(|e| submit::JobError::Publish(e.message))?;
+        self.publish(
+            job.key,
+            root,
+            job.labels,
+            job.scope,
+            job.build_ms,
+            job.needs,
+        )
+        .await
+        .map_err(|e| submit::JobError::Publish(e.message))?;
         Ok(())
     }
 }

@@ -29,7 +29,7 @@ use rdht_api::proto::{
     SwarmStatus, UnreachableStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
-use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, plan};
+use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, Needs, RecordBody, plan};
 use rdht_net::{
     AnnouncePolicy, DropReason, FetchError, Keypair, Multiaddr, NetError, NodeConfig, NodeHandle,
     PeerId, ProviderKey, Reach, SwarmConfig, SwarmKey,
@@ -157,6 +157,8 @@ struct Shared {
     /// for the first instead of fetching again, and takes its miss, when it missed,
     /// instead of asking again.
     inflight: Mutex<HashMap<BuildKey, Gate>>,
+    /// This machine's C runtime, read once per library (which candidates can load).
+    machine: Mutex<rdht_fit::Machine>,
     /// Announces what this node fetched, one key at a time.
     announcer: announce::Announcer,
     /// The latest plans prefetched, running ones included.
@@ -303,6 +305,7 @@ pub async fn run(
         inflight: Mutex::new(HashMap::new()),
         prefetches: Mutex::default(),
         announcer,
+        machine: Mutex::new(rdht_fit::Machine::this_process()),
         prefetched: Mutex::new(HashMap::new()),
     });
     jobs::Jobs::start(&shared, jobs_rx);

@@ -78,14 +78,36 @@ pub(super) async fn fetch_records(
 }
 
 impl Shared {
-    /// The root the policy accepts for `key` among `records`, with its supporting
-    /// records. Disagreement is logged and counted.
+    /// The records whose artifact can load on this machine (specs/records.md §2.1): a
+    /// version-1 record does not say, and is kept (its files are checked on arrival).
+    /// Also the misfit of the first record left out.
+    pub(super) fn fitting(&self, records: &[BuildRecord]) -> (Vec<BuildRecord>, Option<String>) {
+        let mut machine = self.machine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut misfit = None;
+        let kept = records
+            .iter()
+            .filter(|r| match r.needs().map(|n| machine.fits(n)) {
+                Some(Err(m)) => {
+                    misfit.get_or_insert_with(|| m.to_string());
+                    false
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        (kept, misfit)
+    }
+
+    /// The root the policy accepts for `key` among those of `records` that can load
+    /// here, with its supporting records: a root that fits is preferred to one that
+    /// does not, which is never fetched. Disagreement is logged and counted.
     pub(super) fn choose(
         &self,
         key: BuildKey,
         records: &[BuildRecord],
     ) -> Option<(BlockId, Vec<BuildRecord>)> {
-        let e = self.trust().evaluate(key, records);
+        let (records, _) = self.fitting(records);
+        let e = self.trust().evaluate(key, &records);
         if e.conflict {
             self.conflicts.fetch_add(1, Ordering::Relaxed);
             let roots: std::collections::BTreeSet<String> = e
@@ -106,23 +128,27 @@ impl Shared {
         rate > 0.0 && !records.iter().any(|r| r.builder() == own) && rand::random::<f64>() < rate
     }
 
-    /// Why records known for `key` gave no usable root: untrusted when there are any.
-    pub(super) fn miss_cause(&self, key: BuildKey, records: &[BuildRecord]) -> MissCause {
-        if self.trust().evaluate(key, records).untrusted {
-            MissCause::Untrusted
-        } else {
-            MissCause::NoRecord
+    /// Why `records`, which exist for `key`, gave no usable root, and the reason to
+    /// give: the policy accepts a root, but none that can load here; or the records
+    /// are not from (enough) trusted builders.
+    pub(super) fn unusable(&self, key: BuildKey, records: &[BuildRecord]) -> (String, MissCause) {
+        let accepted = self.trust().evaluate(key, records).root.is_some();
+        if accepted && let (_, Some(misfit)) = self.fitting(records) {
+            return (misfit, MissCause::DoesNotFit);
         }
-    }
-
-    /// The miss reason for records that exist but name no usable root.
-    pub(super) fn untrusted_reason(&self, found: usize) -> String {
-        match self.trust().required() {
+        let found = records.len();
+        let reason = match self.trust().required() {
             1 => format!("{found} record(s) found, none from a trusted builder"),
             n => format!(
                 "{found} record(s) found, but no artifact is claimed by {n} of the trusted builders"
             ),
-        }
+        };
+        let cause = if self.trust().evaluate(key, records).untrusted {
+            MissCause::Untrusted
+        } else {
+            MissCause::NoRecord
+        };
+        (reason, cause)
     }
 
     /// A hit from the local store (a trusted root whose artifact is held), or else the
@@ -236,11 +262,14 @@ impl Shared {
             ))
         };
         let Some(net) = &self.net else {
-            return miss(
-                "no trusted record in the local store and no swarm is configured".into(),
-                self.miss_cause(key, &local),
-                &unreachable,
-            );
+            let (reason, cause) = match self.unusable(key, &local) {
+                (r, c @ MissCause::DoesNotFit) => (r, c),
+                (_, c) => (
+                    "no trusted record in the local store and no swarm is configured".into(),
+                    c,
+                ),
+            };
+            return miss(reason, cause, &unreachable);
         };
         // A private key is never asked for where it must not be revealed.
         let net = &net.within(reach(scope));
@@ -251,7 +280,8 @@ impl Shared {
         let enough = |received: &[rdht_net::FetchedRecord]| {
             let mut all = local.clone();
             all.extend(received.iter().map(|f| f.record.clone()));
-            self.trust().evaluate(key, &all).root.is_some()
+            let (fit, _) = self.fitting(&all);
+            self.trust().evaluate(key, &fit).root.is_some()
         };
         // The deadline bounds the lookup and the answers; this guard only catches a
         // retry pause running past it.
@@ -310,11 +340,10 @@ impl Shared {
                     MissCause::LookupFailed,
                     &unreachable,
                 ),
-                None if !local.is_empty() => miss(
-                    self.untrusted_reason(local.len()),
-                    self.miss_cause(key, &local),
-                    &unreachable,
-                ),
+                None if !local.is_empty() => {
+                    let (reason, cause) = self.unusable(key, &local);
+                    miss(reason, cause, &unreachable)
+                }
                 None => miss(
                     "no provider has a record for this key".into(),
                     MissCause::NoRecord,
@@ -338,11 +367,11 @@ impl Shared {
         }
         let Some((root, records)) = self.choose(key, &all) else {
             self.announce_later(vec![ProviderKey::Build(key)], Places::NOWHERE);
-            return miss(
-                self.untrusted_reason(all.len()),
-                MissCause::Untrusted,
-                &unreachable,
-            );
+            let (reason, cause) = match self.unusable(key, &all) {
+                (r, c @ MissCause::DoesNotFit) => (r, c),
+                (r, _) => (r, MissCause::Untrusted),
+            };
+            return miss(reason, cause, &unreachable);
         };
         let holders: Vec<Hint> = report
             .records

@@ -1,6 +1,8 @@
-//! Whether a hit's outputs can run on this machine (specs/build-key.md §6.2): the
-//! dynamic requirements of an ELF file (`DT_NEEDED` and its `verneed` entries) against
-//! the version definitions of this machine's C runtime libraries.
+//! rdht-fit: whether an artifact's outputs can run on this machine (specs/build-key.md
+//! §6.2): the dynamic requirements of an ELF file (`DT_NEEDED` and its `verneed`
+//! entries) against the version definitions of this machine's C runtime libraries.
+//! The shim uses it to check a hit's files and to say in a record what a miss's
+//! outputs need; the daemon to skip, before fetching, a candidate that cannot load.
 //!
 //! A proc macro, build script, host binary or cdylib linked against a newer glibc (or
 //! libstdc++, libgcc_s) than this machine has fails to load here; rustc or cargo then
@@ -8,12 +10,13 @@
 //! runs on newer ones, and keying by version would split the cache for nothing), so the
 //! check runs on every hit, before its files are used.
 //!
-//! Owns: reading requirements ([`requirements`]), finding and reading this machine's
-//! runtime libraries ([`Machine`]), and the verdict ([`Misfit`]). Does not own: which
-//! outputs are loaded here (the caller: not for a `--target` this machine only
-//! cross-compiles) or what a misfit leads to (a local build: `hit.rs`, `unit.rs`).
+//! Owns: reading requirements ([`requirements`], [`file_requirements`]), finding and
+//! reading this machine's runtime libraries ([`Machine`]), and the verdict
+//! ([`Misfit`]). Does not own: which outputs are loaded here (the caller: not for a
+//! `--target` this machine only cross-compiles), what a misfit leads to (a local build
+//! or another candidate), or the record format (`rdht-core`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use goblin::elf::Elf;
@@ -35,8 +38,9 @@ const RUNTIME_LIBS: &[&str] = &[
 const MAX_ELF: u64 = 1 << 30;
 
 /// What an ELF file needs of the runtime libraries: each library it names, with the
-/// symbol versions it needs from it (empty when none are named).
-pub type Needs = BTreeMap<String, BTreeSet<String>>;
+/// symbol versions it needs from it (empty when none are named). The type records
+/// carry (specs/records.md §2.1).
+pub use rdht_core::Needs;
 
 /// Why an output cannot run here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,10 +201,34 @@ impl Machine {
 
     /// [`Machine::fits`] for the file at `path` (not an ELF file: it fits).
     pub fn file_fits(&mut self, path: &Path) -> Result<(), Misfit> {
-        match read_bounded(path).as_deref().and_then(requirements) {
+        match file_requirements(path) {
             Some(needs) => self.fits(&needs),
             None => Ok(()),
         }
+    }
+
+    /// The machine this process runs on (its own architecture's library directories).
+    pub fn this_process() -> Machine {
+        Machine::here(&format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+    }
+}
+
+/// [`requirements`] of the file at `path`; `None` when it is not a dynamic ELF file or
+/// cannot be read.
+pub fn file_requirements(path: &Path) -> Option<Needs> {
+    // Most outputs (rlibs, rmeta) are not ELF: four bytes tell, not the whole file.
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut magic).ok()?;
+    if &magic != b"\x7fELF" {
+        return None;
+    }
+    read_bounded(path).as_deref().and_then(requirements)
+}
+
+/// Adds `more` to `needs` (the union of what several files need).
+pub fn add(needs: &mut Needs, more: Needs) {
+    for (lib, versions) in more {
+        needs.entry(lib).or_default().extend(versions);
     }
 }
 
