@@ -258,7 +258,7 @@ fn private_keys_are_never_looked_up_in_the_public_swarm() {
     let both = NodeOpts {
         private: true,
         public: true,
-        config: "",
+        ..NodeOpts::default()
     };
     // A peer in both swarms, so that lookups have someone to ask and are answered.
     let _q = swarm.node_with("q", both.clone());

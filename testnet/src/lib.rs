@@ -11,8 +11,12 @@
 //!   and later stop, kill, restart, partition or heal them. With `netns`, each daemon
 //!   runs in its own network namespace behind a private bridge ([`netns`]).
 //!
+//! Beside them, [`chroot::Root`] is another machine's C runtime on this one: a Debian
+//! root made with debootstrap, where a daemon ([`Launch`], [`Node::start_with`]) or a
+//! build ([`dht_build_with`]) runs with the host's toolchain bound in.
+//!
 //! Owns: finding the built binaries, starting, stopping and killing daemons, private
-//! swarms, namespaces, and the tests' shared helpers (deterministic file contents, tree
+//! swarms, namespaces, Debian roots, and the tests' shared helpers (deterministic file contents, tree
 //! snapshots, project copies, a `cargo dht-build --json` run and a plain cargo run with
 //! the wrapper). Does not own: any daemon behaviour. Waits poll with deadlines;
 //! loopback ports are chosen by the OS.
@@ -31,12 +35,14 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod chroot;
 mod net;
 pub mod netns;
 
@@ -110,6 +116,14 @@ pub enum Error {
     /// The request does not make sense in this state.
     #[error("{0}")]
     Usage(String),
+    /// A Debian root ([`chroot::Root`]) cannot be made or used.
+    #[error("root {}: {message}", dir.display())]
+    Root {
+        /// The root directory.
+        dir: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Error {
@@ -119,6 +133,17 @@ impl Error {
             source,
         }
     }
+}
+
+/// Whether this process runs as root (real uid 0), as network namespaces, mounts and
+/// chroots need.
+pub(crate) fn running_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string));
+    uid.as_deref() == Some("0")
 }
 
 /// The directory holding `rdht-node` and `rdht`: `$RDHT_BIN_DIR`, else the running
@@ -162,11 +187,43 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// How a program is started: the command line that runs it (the program itself, or a
+/// wrapper such as [`chroot::Root::launch`] followed by it) and the environment it gets.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The command line before the program's own arguments.
+    pub argv: Vec<OsString>,
+    /// When set, the whole environment: nothing else is inherited.
+    pub env: Option<Vec<(OsString, OsString)>>,
+}
+
+impl Launch {
+    /// The program at `path`, run directly with the caller's environment.
+    pub fn direct(path: &Path) -> Launch {
+        Launch {
+            argv: vec![path.into()],
+            env: None,
+        }
+    }
+
+    /// A command for this launch; add the program's arguments, more environment and a
+    /// working directory to it as usual.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]);
+        if let Some(env) = &self.env {
+            cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        cmd
+    }
+}
+
 /// A running daemon, killed when dropped.
 #[derive(Debug)]
 pub struct Node {
     /// Its data directory.
     pub dir: PathBuf,
+    launch: Launch,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -174,8 +231,16 @@ pub struct Node {
 impl Node {
     /// Starts `rdht-node --data-dir DIR ARGS` and waits until its API answers.
     pub fn start(dir: &Path, args: &[&str]) -> Node {
+        Node::start_with(Launch::direct(&bin("rdht-node")), dir, args)
+    }
+
+    /// [`Node::start`] with the daemon program started by `launch` (another build of
+    /// it, or one run inside a [`chroot::Root`]). `dir` must be the same path for the
+    /// daemon as for this process, since the API socket is reached there.
+    pub fn start_with(launch: Launch, dir: &Path, args: &[&str]) -> Node {
         let mut n = Node {
             dir: dir.to_path_buf(),
+            launch,
             args: args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
@@ -218,7 +283,9 @@ impl Node {
             .append(true)
             .open(self.log())
             .expect("log file");
-        let child = Command::new(bin("rdht-node"))
+        let child = self
+            .launch
+            .command()
             .arg("--data-dir")
             .arg(&self.dir)
             .args(&self.args)
@@ -341,6 +408,8 @@ pub struct NodeOpts<'a> {
     pub public: bool,
     /// More `config.toml` lines, e.g. `required_signatures = 2`.
     pub config: &'a str,
+    /// How the daemon is started, when not as this build's `rdht-node` on this machine.
+    pub launch: Option<Launch>,
 }
 
 impl Default for Swarm {
@@ -408,7 +477,10 @@ impl Swarm {
             "/ip4/127.0.0.1/tcp/0",
         ];
         let args: &[&str] = if opts.private { &private_args } else { &[] };
-        let n = Node::start(&dir, args);
+        let launch = opts
+            .launch
+            .unwrap_or_else(|| Launch::direct(&bin("rdht-node")));
+        let n = Node::start_with(launch, &dir, args);
         // One loopback address per swarm, the private swarm's first.
         let addrs = n.json(&["swarm", "bootstrap-line", "--all"]);
         let addrs: Vec<&str> = addrs
@@ -494,7 +566,28 @@ pub fn dht_build_env(
     data_dir: &Path,
     env: &[(&str, &str)],
 ) -> (std::process::Output, serde_json::Value) {
-    let out = Command::new(bin("cargo-dht-build"))
+    dht_build_with(
+        Command::new(bin("cargo-dht-build")),
+        project,
+        cargo_home,
+        data_dir,
+        env,
+    )
+}
+
+/// [`dht_build_env`] with `cargo_dht_build` as the command that runs the wrapper (for
+/// example [`chroot::Root::command`] of a build of it inside a root).
+///
+/// # Panics
+/// When the build fails or prints no JSON summary (stderr is in the message).
+pub fn dht_build_with(
+    mut cargo_dht_build: Command,
+    project: &Path,
+    cargo_home: &Path,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Output, serde_json::Value) {
+    let out = cargo_dht_build
         .args(["dht-build", "--json"])
         .current_dir(project)
         .env("CARGO_HOME", cargo_home)

@@ -124,12 +124,7 @@ impl Netns {
 /// Why network namespaces cannot be used here, or `None` when they can: needs root,
 /// `ip`, and permission to create a namespace (tried with a throw-away one).
 pub fn unavailable() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().next().map(str::to_string));
-    if uid.as_deref() != Some("0") {
+    if !crate::running_as_root() {
         return Some("network namespaces need root (this process is not uid 0)".into());
     }
     if Command::new("ip").arg("-V").output().is_err() {
