@@ -17,9 +17,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use rdht_cli::shim::plan;
 use rdht_cli::shim::session::{self, SESSION_LOG_ENV};
 use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV, Ended, VERIFY_ENV};
+use rdht_cli::shim::{inputs, plan};
 
 const HELP: &str = "\
 cargo dht-build: build with the rdht peer-to-peer cache of Rust build artifacts
@@ -95,6 +95,13 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         .args(&cargo_args)
         .env("RUSTC_WRAPPER", &me)
         .env(SESSION_LOG_ENV, &log);
+    // Cargo sets these itself for the units that get them; inherited, they would reach
+    // the others too, and change their keys.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(inputs::set_by_cargo) {
+            cmd.env_remove(&name);
+        }
+    }
     if verify {
         cmd.env(VERIFY_ENV, "1");
         if !cargo_args

@@ -14,6 +14,9 @@
 //! the file system's clock, a few milliseconds, keeps every stamp; people's edits of
 //! unpacked packages are not that fast.)
 //!
+//! A proc macro's sidecar also names the build key of the unit it came from
+//! ([`remember_origin`], [`origin_key`]).
+//!
 //! Owns: hashing files and directory trees, the sidecars and tree caches. Does not own:
 //! which files matter (callers).
 
@@ -22,7 +25,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rdht_core::{BlockId, BlockRef, DagBuilder};
+use rdht_core::{BlockId, BlockRef, BuildKey, DagBuilder};
 
 /// Directory of sidecars next to outputs.
 pub const SIDECAR_DIR: &str = ".rdht";
@@ -61,6 +64,17 @@ fn stamp(meta: &fs::Metadata) -> (u64, i128) {
 
 /// Records that `path` (as it is now) has root `root`.
 pub fn remember(path: &Path, root: BlockId) -> std::io::Result<()> {
+    write_sidecar(path, root, None)
+}
+
+/// Records that `path` (as it is now) has root `root` and is the output of the unit
+/// with build key `key` (a proc macro the shim built or fetched: its dependents count
+/// it by that key, specs/build-key.md §4).
+pub fn remember_origin(path: &Path, root: BlockId, key: BuildKey) -> std::io::Result<()> {
+    write_sidecar(path, root, Some(key))
+}
+
+fn write_sidecar(path: &Path, root: BlockId, key: Option<BuildKey>) -> std::io::Result<()> {
     let Some(side) = sidecar(path) else {
         return Ok(());
     };
@@ -69,30 +83,45 @@ pub fn remember(path: &Path, root: BlockId) -> std::io::Result<()> {
     if let Some(dir) = side.parent() {
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     }
-    fs::write(&side, format!("{root} {size} {mtime}\n")).map_err(|e| io_err(&side, e))
+    let origin = key.map(|k| format!(" {k}")).unwrap_or_default();
+    fs::write(&side, format!("{root} {size} {mtime}{origin}\n")).map_err(|e| io_err(&side, e))
+}
+
+/// The root of `path` and, when the shim recorded one, the build key of the unit it is
+/// the output of, from a sidecar that still matches the file.
+fn from_sidecar(path: &Path, meta: &fs::Metadata) -> Option<(BlockId, Option<BuildKey>)> {
+    let text = fs::read_to_string(sidecar(path)?).ok()?;
+    let mut parts = text.split_whitespace();
+    let (size, mtime) = stamp(meta);
+    let (root, s, m) = (parts.next()?, parts.next()?, parts.next()?);
+    if s != size.to_string() || m != mtime.to_string() {
+        return None;
+    }
+    let key = match parts.next() {
+        Some(k) => Some(k.parse().ok()?),
+        None => None,
+    };
+    Some((root.parse().ok()?, key))
 }
 
 /// The root of `path`: from its sidecar when still valid, else by hashing (and then
 /// remembered).
 pub fn file_root(path: &Path) -> std::io::Result<BlockId> {
     let meta = fs::metadata(path).map_err(|e| io_err(path, e))?;
-    if let Some(side) = sidecar(path)
-        && let Ok(text) = fs::read_to_string(&side)
-    {
-        let mut parts = text.split_whitespace();
-        let (size, mtime) = stamp(&meta);
-        if let (Some(root), Some(s), Some(m)) = (parts.next(), parts.next(), parts.next())
-            && s == size.to_string()
-            && m == mtime.to_string()
-            && let Ok(root) = root.parse()
-        {
-            return Ok(root);
-        }
+    if let Some((root, _)) = from_sidecar(path, &meta) {
+        return Ok(root);
     }
     let root = hash_file(path)?;
     // A read-only target dir only costs the cache.
     let _ = remember(path, root);
     Ok(root)
+}
+
+/// The build key the shim recorded for `path` ([`remember_origin`]), if its sidecar
+/// still matches the file.
+pub fn origin_key(path: &Path) -> Option<BuildKey> {
+    let meta = fs::metadata(path).ok()?;
+    from_sidecar(path, &meta)?.1
 }
 
 /// A file found by [`walk_tree`]: relative `/` path, absolute path, metadata.

@@ -15,7 +15,7 @@ use rdht_api::{Client, Request, Response};
 use rdht_core::{BlockId, BuildRecord, BuilderKey};
 
 use super::cache::{CacheFailure, Severity, call, connect, fail, unexpected};
-use super::filehash::remember;
+use super::filehash::{remember, remember_origin};
 use super::inputs::Unit;
 use super::layout::{OUT, STDERR, STDOUT, scratch};
 use super::miss::settle;
@@ -71,9 +71,15 @@ pub(super) async fn try_hit(
         }) => {
             // A misfit the daemon saw in the records is counted as one found in the
             // files is: by what the artifact needs (its reason).
-            let counted = match cause {
-                MissCause::DoesNotFit => reason.clone(),
-                other => other.label().into(),
+            let (counted, reason) = match cause {
+                MissCause::DoesNotFit => (
+                    reason.clone(),
+                    format!(
+                        "trusted artifact of {} does not fit this machine: {reason}",
+                        unit.describe()
+                    ),
+                ),
+                other => (other.label().into(), reason),
             };
             let mut f = fail(reason);
             f.cause = counted;
@@ -301,9 +307,14 @@ fn place(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
     }
     // As after a compile: cargo's check-mode time first, so the sidecars stay valid.
     settle(unit, &placed);
+    let proc_macro = unit.is_proc_macro();
     for (to, o) in placed.iter().zip(outputs) {
         if !o.is_dep_info() {
-            let _ = remember(to, o.root);
+            let _ = if proc_macro {
+                remember_origin(to, o.root, unit.key)
+            } else {
+                remember(to, o.root)
+            };
         }
     }
     Ok(())

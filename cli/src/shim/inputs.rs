@@ -69,6 +69,15 @@ fn in_key(name: &str) -> bool {
     KEY_ENV.contains(&name) || name.starts_with(KEY_ENV_PREFIX)
 }
 
+/// Whether `name` is one of the key's variables that cargo itself sets for the units
+/// that get it (all but those rustc reads, which a user sets). Inherited by `cargo
+/// dht-build` from its caller (say, a `cargo test` that runs it), such a variable would
+/// reach every unit cargo does not set it for (`CARGO_BIN_EXE_*` outside integration
+/// tests), and change their keys: `cargo dht-build` removes them before it runs cargo.
+pub fn set_by_cargo(name: &str) -> bool {
+    in_key(name) && !name.starts_with("RUSTC_")
+}
+
 /// What to do with an invocation.
 #[derive(Debug)]
 pub enum Plan {
@@ -104,6 +113,23 @@ pub struct Unit {
 }
 
 impl Unit {
+    /// The unit as a person names it: `build script of PACKAGE` for a build script,
+    /// else the crate's name.
+    pub fn describe(&self) -> String {
+        let pkg = self.inputs.env.iter().find(|(k, _)| k == "CARGO_PKG_NAME");
+        match pkg {
+            Some((_, p)) if self.labels.crate_name.starts_with("build_script_") => {
+                format!("build script of {p}")
+            }
+            _ => self.labels.crate_name.clone(),
+        }
+    }
+
+    /// Whether the unit is a proc macro (its dependents count it by its key).
+    pub fn is_proc_macro(&self) -> bool {
+        self.labels.crate_types.iter().any(|t| t == "proc-macro")
+    }
+
     /// This machine's host triple, when its outputs are loaded or run here (proc macros,
     /// build scripts, host binaries, cdylibs): `None` for a `--target` this machine only
     /// cross-compiles.
@@ -299,6 +325,17 @@ fn native_libs(inv: &Invocation, roots: &Roots) -> std::io::Result<Vec<(String, 
     Ok(out)
 }
 
+/// What an `--extern` file contributes to the key: the build key of the proc macro it
+/// is, when the shim recorded one that still matches the file (a proc macro's bytes
+/// depend on the C runtime it was linked against, its behaviour only on its key);
+/// else its content root.
+fn extern_input(path: &Path) -> std::io::Result<String> {
+    match super::filehash::origin_key(path) {
+        Some(key) => Ok(format!("key:{key}")),
+        None => Ok(file_root(path)?.to_string()),
+    }
+}
+
 /// The plan for running `rustc args` in `cwd` with environment `env`.
 pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Result<Plan> {
     let inv = super::args::parse(args);
@@ -423,7 +460,10 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
             }
             Arg::Flag(f, Some(v)) if f == "--extern" => match v.split_once('=') {
                 Some((name, path)) => {
-                    key_args.push(format!("--extern={name}={}", file_root(Path::new(path))?));
+                    key_args.push(format!(
+                        "--extern={name}={}",
+                        extern_input(Path::new(path))?
+                    ));
                 }
                 None => key_args.push(format!("--extern={v}")),
             },
@@ -739,5 +779,22 @@ mod tests {
             plan(Path::new("rustc"), &probe, &env(&fx, &[]), &fx.pkg).unwrap(),
             Plan::Passthrough
         ));
+    }
+
+    /// Regression (issue 23): a `cargo dht-build` run from inside `cargo test`
+    /// inherited `CARGO_BIN_EXE_*` and got 0 hits; it drops what cargo sets itself.
+    #[test]
+    fn variables_cargo_sets_itself_are_told_apart_from_the_users() {
+        for name in [
+            "CARGO_BIN_EXE_rdht",
+            "OUT_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_TARGET_TMPDIR",
+        ] {
+            assert!(set_by_cargo(name), "{name}");
+        }
+        for name in ["RUSTC_BOOTSTRAP", "CARGO_HOME", "CARGO_NET_RETRY", "PATH"] {
+            assert!(!set_by_cargo(name), "{name}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use rdht_api::{Request, Response};
 use rdht_core::{BlockId, Needs};
 
 use super::cache::{CacheFailure, call, connect, fail, unexpected};
+use super::filehash::{hash_file, remember_origin};
 use super::inputs::Unit;
 use super::layout::{OUT, STDERR, STDOUT, scratch};
 use super::session;
@@ -190,6 +191,23 @@ pub(super) fn needs(unit: &Unit, outputs: &[PathBuf]) -> Needs {
         }
     }
     needs
+}
+
+/// After a successful compile of a proc macro: records its build key beside each
+/// output, so that its dependents count it by key, not by bytes (specs/build-key.md §4).
+/// A failure only costs that: the dependents then count its bytes.
+pub(super) fn remember_origins(unit: &Unit, outputs: &[PathBuf]) {
+    if !unit.is_proc_macro() {
+        return;
+    }
+    for o in outputs
+        .iter()
+        .filter(|o| o.extension().is_none_or(|e| e != "d"))
+    {
+        if let Ok(root) = hash_file(o) {
+            let _ = remember_origin(o, root, unit.key);
+        }
+    }
 }
 
 /// The file name of output `o`, which must be directly in the unit's output directory.

@@ -177,6 +177,9 @@ pub fn run(rustc: &Path, args: &[String]) -> Ended {
         Err(e) => return Ended::CannotRun(e),
     };
     log.compile_ms = compile_start.elapsed().as_millis() as u64;
+    if code == 0 {
+        miss::remember_origins(&unit, &miss::artifacts(&captured.stderr));
+    }
     if code == 0 && publish {
         let shared = runtime.block_on(async {
             match miss::submit(&unit, &captured, log.compile_ms).await? {

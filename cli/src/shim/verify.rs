@@ -77,6 +77,7 @@ pub(super) fn verify(
         session::append(&log);
         return Ended::Built(code);
     }
+    super::miss::remember_origins(unit, &artifacts(&captured.stderr));
     let outcome = runtime.block_on(async {
         let local = store(unit, &captured).await?;
         let liars: Vec<(BlockId, &Vec<BuilderKey>)> =

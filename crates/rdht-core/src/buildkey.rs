@@ -15,9 +15,9 @@ use crate::codec;
 use crate::id::{BlockId, BuildKey};
 
 /// Version of the key derivation; part of the hashed inputs.
-pub const KEY_VERSION: u32 = 2;
+pub const KEY_VERSION: u32 = 3;
 /// BLAKE3 derive-key context of build keys.
-pub const KEY_CONTEXT: &str = "rdht 2026-12-01 build key v2";
+pub const KEY_CONTEXT: &str = "rdht 2026-12-01 build key v3";
 
 /// Where a unit's sources come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
