@@ -118,17 +118,63 @@ pub fn check_request(files: &[SubmitFile]) -> Result<(), String> {
 /// A file's identity: (size, modification time in ns, inode).
 type Identity = (u64, i128, u64);
 
+/// Submitted files the daemon opened while answering `Submit`, by their index in the
+/// job's files: an open descriptor keeps a file readable after its directory entry is
+/// removed (`cargo install` deletes its target dir as soon as cargo exits). `None` for
+/// inline files and for files that could not be opened (they are read by path later,
+/// and a missing one fails the job as it always did).
+#[derive(Debug, Default)]
+pub struct Held(Vec<Option<std::fs::File>>);
+
+impl Held {
+    /// Opens each on-disk file of `files`, at most `budget` of them.
+    pub fn open(files: &[SubmitFile], budget: usize) -> Held {
+        let mut left = budget;
+        Held(
+            files
+                .iter()
+                .map(|f| match &f.source {
+                    FileSource::Disk { path, .. } if left > 0 => {
+                        let file = std::fs::File::open(path).ok();
+                        left -= usize::from(file.is_some());
+                        file
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// How many files are held.
+    pub fn count(&self) -> usize {
+        self.0.iter().filter(|f| f.is_some()).count()
+    }
+
+    /// The path through which file `n` is read: its descriptor's, when held.
+    fn path(&self, n: usize, given: &Path) -> PathBuf {
+        match self.0.get(n).and_then(Option::as_ref) {
+            Some(file) => PathBuf::from(format!("/proc/self/fd/{}", fd(file))),
+            None => given.to_path_buf(),
+        }
+    }
+}
+
+fn fd(file: &std::fs::File) -> i32 {
+    std::os::fd::AsRawFd::as_raw_fd(file)
+}
+
 /// A job's files, ready to ingest; inline ones written under `scratch`.
 pub struct Prepared {
     /// What to ingest.
     pub files: Vec<IngestFile>,
-    /// On-disk files with the identity the client gave, to check again after reading.
-    checks: Vec<(PathBuf, Identity)>,
+    /// On-disk files with the identity the client gave, to check again after reading:
+    /// (the path named in errors, the path read, the identity).
+    checks: Vec<(PathBuf, PathBuf, Identity)>,
 }
 
 /// Writes inline contents under `scratch` (created) and checks on-disk files against
-/// the client's description.
-pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, JobError> {
+/// the client's description; `held` files are read through their descriptors.
+pub fn prepare(files: &[SubmitFile], scratch: &Path, held: &Held) -> Result<Prepared, JobError> {
     std::fs::create_dir_all(scratch).map_err(|source| JobError::Scratch {
         path: scratch.to_path_buf(),
         source,
@@ -159,16 +205,17 @@ pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, JobErro
                 executable,
             } => {
                 let p = PathBuf::from(path);
+                let read = held.path(n, &p);
                 let want = (*len, *mtime_ns, *ino);
-                if let Some(differs) = differs(&p, want)? {
+                if let Some(differs) = differs(&p, &read, want)? {
                     return Err(JobError::Changed { path: p, differs });
                 }
                 out.files.push(IngestFile {
                     path: f.path.clone(),
-                    source: p.clone(),
+                    source: read.clone(),
                     executable: *executable,
                 });
-                out.checks.push((p, want));
+                out.checks.push((p, read, want));
             }
         }
     }
@@ -178,8 +225,8 @@ pub fn prepare(files: &[SubmitFile], scratch: &Path) -> Result<Prepared, JobErro
 impl Prepared {
     /// Checks, after reading, that no on-disk file changed.
     pub fn recheck(&self) -> Result<(), JobError> {
-        for (p, want) in &self.checks {
-            if let Some(differs) = differs(p, *want)? {
+        for (p, read, want) in &self.checks {
+            if let Some(differs) = differs(p, read, *want)? {
                 return Err(JobError::ChangedWhileStoring {
                     path: p.clone(),
                     differs,
@@ -190,9 +237,9 @@ impl Prepared {
     }
 }
 
-/// What of `p`'s identity differs from `want`, if anything.
-fn differs(p: &Path, want: Identity) -> Result<Option<String>, JobError> {
-    let have = file_identity(p).map_err(|source| JobError::Unreadable {
+/// What of the identity of `p`, read through `read`, differs from `want`, if anything.
+fn differs(p: &Path, read: &Path, want: Identity) -> Result<Option<String>, JobError> {
+    let have = file_identity(read).map_err(|source| JobError::Unreadable {
         path: p.to_path_buf(),
         source,
     })?;
@@ -341,7 +388,7 @@ mod tests {
         let f = d.path().join("lib.rlib");
         std::fs::write(&f, b"first").unwrap();
         let job = vec![disk(&f)];
-        let p = prepare(&job, &d.path().join("s1")).unwrap();
+        let p = prepare(&job, &d.path().join("s1"), &Held::default()).unwrap();
         assert_eq!(p.files[0].source, f);
         p.recheck().unwrap();
         // Rewritten by a later compile: a new file, another size.
@@ -353,7 +400,9 @@ mod tests {
             matches!(&err, JobError::ChangedWhileStoring { differs, .. } if differs.starts_with("size")),
             "{err}"
         );
-        let err = prepare(&job, &d.path().join("s2")).err().unwrap();
+        let err = prepare(&job, &d.path().join("s2"), &Held::default())
+            .err()
+            .unwrap();
         assert_eq!(err.reason(), "changed after the compile");
         assert!(
             err.to_string().starts_with(&format!(
@@ -369,7 +418,9 @@ mod tests {
             .unwrap()
             .set_times(std::fs::FileTimes::new().set_modified(later))
             .unwrap();
-        let err = prepare(&job, &d.path().join("s3")).err().unwrap();
+        let err = prepare(&job, &d.path().join("s3"), &Held::default())
+            .err()
+            .unwrap();
         assert_eq!(
             err.to_string(),
             format!(
@@ -378,9 +429,45 @@ mod tests {
             )
         );
         std::fs::remove_file(&f).unwrap();
-        let err = prepare(&job, &d.path().join("s4")).err().unwrap();
+        let err = prepare(&job, &d.path().join("s4"), &Held::default())
+            .err()
+            .unwrap();
         assert_eq!(err.reason(), "output missing or unreadable");
         assert!(err.to_string().contains("No such file"), "{err}");
+    }
+
+    /// Regression (issue 16): `cargo install` removes its target dir as soon as cargo
+    /// exits, before the job runs. A file held open since `Submit` is still read, and
+    /// still checked: rewritten in place, it is refused.
+    #[test]
+    fn a_held_file_is_read_after_it_is_deleted_and_still_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("rg");
+        std::fs::write(&f, b"the binary").unwrap();
+        let job = vec![disk(&f)];
+        let held = Held::open(&job, 8);
+        assert_eq!(held.count(), 1);
+        assert_eq!(
+            Held::open(&job, 0).count(),
+            0,
+            "the budget bounds descriptors"
+        );
+        std::fs::remove_file(&f).unwrap();
+        let p = prepare(&job, &d.path().join("s1"), &held).unwrap();
+        assert_eq!(std::fs::read(&p.files[0].source).unwrap(), b"the binary");
+        p.recheck().unwrap();
+        // Unheld, the same job fails as it always did.
+        let err = prepare(&job, &d.path().join("s2"), &Held::default())
+            .err()
+            .unwrap();
+        assert_eq!(err.reason(), "output missing or unreadable");
+        // A held file rewritten in place (same inode, other size) is refused.
+        std::fs::write(&f, b"v1").unwrap();
+        let job = vec![disk(&f)];
+        let held = Held::open(&job, 8);
+        std::fs::write(&f, b"version two").unwrap();
+        let err = prepare(&job, &d.path().join("s3"), &held).err().unwrap();
+        assert_eq!(err.reason(), "changed after the compile");
     }
 
     #[test]
@@ -391,7 +478,7 @@ mod tests {
             source: FileSource::Inline(b"warning: x\n".to_vec()),
         }];
         check_request(&files).unwrap();
-        let p = prepare(&files, &d.path().join("s")).unwrap();
+        let p = prepare(&files, &d.path().join("s"), &Held::default()).unwrap();
         assert_eq!(std::fs::read(&p.files[0].source).unwrap(), b"warning: x\n");
         let big = vec![SubmitFile {
             path: "rdht/stderr".into(),

@@ -6,10 +6,23 @@
 
 use super::*;
 
+/// A queued job and the files the daemon opened for it when it was submitted.
+type Queued = (Job, submit::Held);
+
+/// Files the queue holds open at most (half the open-file limit, which the daemon
+/// raises at start): past it, files are read by path, as they were before.
+fn held_budget() -> usize {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft / 2).unwrap_or(usize::MAX).min(1 << 16)
+}
+
 /// The job queue's handle, held by `Shared`.
 pub(super) struct Jobs {
     /// `None` once the daemon stops accepting jobs.
-    tx: Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
+    tx: Mutex<Option<tokio::sync::mpsc::Sender<Queued>>>,
+    /// Submitted files held open now, and the most that may be.
+    held: Arc<AtomicUsize>,
+    max_held: usize,
     /// The worker, taken by [`Jobs::close`].
     worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Per-session counts of queued, published and failed jobs.
@@ -17,7 +30,7 @@ pub(super) struct Jobs {
 }
 
 /// The receiving end, until [`Jobs::start`] hands it to the worker.
-pub(super) struct JobsRx(tokio::sync::mpsc::Receiver<Job>);
+pub(super) struct JobsRx(tokio::sync::mpsc::Receiver<Queued>);
 
 impl Jobs {
     /// A queue with no worker yet (it needs the `Shared` that will hold this handle).
@@ -25,6 +38,8 @@ impl Jobs {
         let (tx, rx) = tokio::sync::mpsc::channel(submit::QUEUE_LEN);
         let jobs = Jobs {
             tx: Mutex::new(Some(tx)),
+            held: Arc::new(AtomicUsize::new(0)),
+            max_held: held_budget(),
             worker: Mutex::new(None),
             tally: Tally::default(),
         };
@@ -37,11 +52,13 @@ impl Jobs {
         let me = shared.clone();
         let mut rx = rx.0;
         let worker = tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
+            while let Some((job, held)) = rx.recv().await {
                 let session = job.session.clone();
                 let name = job.labels.crate_name.clone();
                 let key = job.key;
-                let outcome = me.run_job(job).await;
+                let n = held.count();
+                let outcome = me.run_job(job, held).await;
+                me.jobs.held.fetch_sub(n, Ordering::Relaxed);
                 if let Err(e) = &outcome {
                     warn!(%key, crate_name = %name, reason = e.reason(), "not shared: {e}");
                 }
@@ -51,15 +68,28 @@ impl Jobs {
         *lock(&shared.jobs.worker) = Some(worker);
     }
 
-    /// Queues `job`; returns how many of its session's jobs are pending.
+    /// Opens the job's files (before answering: the client may delete them as soon
+    /// as it has its answer) and queues it; returns how many of its session's jobs are
+    /// pending.
     pub(super) async fn submit(&self, job: Job) -> Result<u32, ApiError> {
         submit::check_request(&job.files).map_err(|e| api_err(ErrorKind::BadRequest, e))?;
         let stopping = || api_err(ErrorKind::Unavailable, "the daemon is stopping");
         let tx = lock(&self.tx).clone().ok_or_else(stopping)?;
+        let budget = self
+            .max_held
+            .saturating_sub(self.held.load(Ordering::Relaxed));
+        let (job, held) = tokio::task::spawn_blocking(move || {
+            let held = submit::Held::open(&job.files, budget);
+            (job, held)
+        })
+        .await
+        .map_err(|e| api_err(ErrorKind::Internal, format!("opening submitted files: {e}")))?;
+        self.held.fetch_add(held.count(), Ordering::Relaxed);
         let session = job.session.clone();
         let pending = self.tally.queued(&session);
         let name = job.labels.crate_name.clone();
-        if tx.send(job).await.is_err() {
+        if let Err(e) = tx.send((job, held)).await {
+            self.held.fetch_sub(e.0.1.count(), Ordering::Relaxed);
             self.tally
                 .finished(&session, &name, Err(submit::JobError::Stopping));
             return Err(stopping());
@@ -89,13 +119,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Stores a job's files (unpinned until the record is published), checks they did
     /// not change while being read, then publishes.
-    async fn run_job(&self, job: Job) -> Result<(), submit::JobError> {
+    async fn run_job(&self, job: Job, held: submit::Held) -> Result<(), submit::JobError> {
         let scratch = self.scratch_dir("job");
         let files = job.files;
         let labels = job.labels.clone();
         let dir = scratch.clone();
         let stored = blocking(&self.store, move |s| {
-            let prepared = match submit::prepare(&files, &dir) {
+            let prepared = match submit::prepare(&files, &dir, &held) {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
             };

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -227,6 +227,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let dir = config.data_dir.clone();
     prepare_dir(&dir)?;
+    // Submitted files are held open until stored (`jobs`): as many as the system allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => debug!(limit = n, "open-file limit"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
     let _lock = DataDirLock::acquire(&dir)?;
     // Scratch files of jobs and prefetches a previous daemon left behind (we hold the
     // lock, so nobody else uses them).
