@@ -116,15 +116,13 @@ fn a_debian_11_root_builds_the_sample_from_this_machines_artifacts_missing_only_
     let swarm = Swarm::new();
     let tmp = swarm.tmp.path();
     let a = swarm.node("a");
-    // B's settings make its counts exact on a loaded machine: no sampled rebuilds, and
-    // a decision bound that A's answers meet even while A streams B megabytes of
-    // prefetched artifacts and both cores compile (at the default 300 ms, A was once
-    // backed off as unreachable mid-build).
+    // No sampled rebuilds, so B's counts are exact (the harness already widens the
+    // decision bound for a loaded machine).
     let b = swarm.node_with(
         "b",
         NodeOpts {
             private: true,
-            config: "verify_sample_rate = 0.0\nlookup_timeout_ms = 10000\n",
+            config: "verify_sample_rate = 0.0\n",
             launch: Some(root.launch(&bins.join("rdht-node"))),
             ..NodeOpts::default()
         },

@@ -19,7 +19,7 @@ use std::process::{Command, ExitCode};
 
 use rdht_cli::shim::session::{self, SESSION_LOG_ENV};
 use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV, Ended, VERIFY_ENV};
-use rdht_cli::shim::{inputs, plan};
+use rdht_cli::shim::{cflags, inputs, plan};
 
 const HELP: &str = "\
 cargo dht-build: build with the rdht peer-to-peer cache of Rust build artifacts
@@ -101,6 +101,14 @@ fn subcommand(args: Vec<String>) -> ExitCode {
         if name.to_str().is_some_and(inputs::set_by_cargo) {
             cmd.env_remove(&name);
         }
+    }
+    // C objects name placeholders, not this machine's paths (specs/build-key.md §9).
+    let env = |k: &str| std::env::var(k).ok();
+    if cflags::compiler_supports_prefix_map(&env) {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let roots = cflags::build_roots(&cargo_args, &cwd, &env);
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        cmd.envs(cflags::prefix_map_env(&roots, &vars));
     }
     if verify {
         cmd.env(VERIFY_ENV, "1");

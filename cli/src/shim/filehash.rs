@@ -174,6 +174,47 @@ pub fn hash_tree(
         .collect()
 }
 
+/// Largest file whose text is normalised before hashing ([`hash_tree_normalized`]).
+const MAX_NORMALIZED: u64 = 1 << 20;
+
+/// Files by relative path with their roots, and the paths of those hashed normalised.
+pub type NormalizedTree = (Vec<(String, BlockId)>, Vec<String>);
+
+/// [`hash_tree`] where each UTF-8 text file of at most 1 MiB that `normalize` changes
+/// (it names a machine-local root) is hashed as normalised; those are also returned
+/// by relative path. Other files are hashed as they are.
+pub fn hash_tree_normalized(
+    dir: &Path,
+    normalize: &dyn Fn(&str) -> String,
+) -> std::io::Result<NormalizedTree> {
+    let mut named = Vec::new();
+    let mut out = Vec::new();
+    for (rel, path, meta) in walk_tree(dir, &|_| false)? {
+        let text = (meta.len() <= MAX_NORMALIZED)
+            .then(|| fs::read(&path).ok())
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok());
+        let root = match text.map(|t| (normalize(&t), t)) {
+            Some((n, t)) if n != t => {
+                named.push(rel.clone());
+                hash_bytes(n.as_bytes())
+            }
+            _ => hash_file(&path)?,
+        };
+        out.push((rel, root));
+    }
+    Ok((out, named))
+}
+
+/// The DAG root of `bytes`.
+fn hash_bytes(bytes: &[u8]) -> BlockId {
+    let mut builder = DagBuilder::new();
+    let mut emit = |_: BlockRef<'_>| Ok::<(), std::convert::Infallible>(());
+    let Ok(()) = builder.update(bytes, &mut emit);
+    let Ok(root) = builder.finish(&mut emit);
+    root.id
+}
+
 /// Header of a tree cache file; the tree's directory follows it on the same line.
 const TREE_CACHE_HEADER: &str = "rdht-tree-cache v1 ";
 /// Largest tree cache file read; a larger one is ignored (and rewritten).

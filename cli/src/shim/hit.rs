@@ -191,10 +191,20 @@ async fn export(
 }
 
 /// The environment the compile read (dep-info's `# env-dep` lines) must be the same
-/// here.
+/// here, and it must not have read a generated file that names a machine-local path
+/// (its outputs would name the builder's).
 fn check_env(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
     for o in outputs.iter().filter(|o| o.is_dep_info()) {
         let text = std::fs::read_to_string(&o.at).unwrap_or_default();
+        // Stored dep-info is normalised, like the names it is compared with.
+        if let Some(named) = unit.reads_local_named(&text) {
+            let mut f = fail(format!(
+                "the cached build read {named}, which names this machine's paths"
+            ));
+            f.severity = Severity::Miss;
+            f.cause = "reads a generated file naming local paths".into();
+            return Err(f);
+        }
         for line in text.lines() {
             let Some(dep) = line.strip_prefix("# env-dep:") else {
                 continue;

@@ -16,7 +16,7 @@ use rdht_core::buildkey::{KEY_VERSION, KeyInputs, SourceInputs};
 use rdht_core::{BlockId, BuildKey, Labels};
 
 use super::args::{Arg, Invocation};
-use super::filehash::{file_root, hash_tree, hash_tree_cached};
+use super::filehash::{file_root, hash_tree, hash_tree_cached, hash_tree_normalized};
 use super::roots::{Roots, target_dir};
 use super::stamp::stamp_file;
 
@@ -110,6 +110,10 @@ pub struct Unit {
     /// For a cargo check unit, the file whose modification time cargo gives its outputs
     /// after the compile ([`super::stamp`]).
     pub check_stamp: Option<PathBuf>,
+    /// Files in `OUT_DIR` that name a machine-local root, as their normalised paths
+    /// (`/rdht/target/debug/build/x-…/out/x.pc`): keyed as normalised, so a unit whose
+    /// dep-info lists one is path-dependent, never shared nor used from the cache.
+    pub out_dir_named: Vec<String>,
 }
 
 impl Unit {
@@ -123,6 +127,22 @@ impl Unit {
             }
             _ => self.labels.crate_name.clone(),
         }
+    }
+
+    /// The first generated file naming a machine-local root ([`Unit::out_dir_named`])
+    /// that the normalised dep-info `text` lists as read: the unit's outputs then
+    /// depend on this machine's paths.
+    pub fn reads_local_named<'a>(&'a self, text: &str) -> Option<&'a str> {
+        let read: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .flat_map(str::split_whitespace)
+            .map(|t| t.trim_end_matches(':'))
+            .collect();
+        self.out_dir_named
+            .iter()
+            .map(String::as_str)
+            .find(|p| read.contains(p))
     }
 
     /// Whether the unit is a proc macro (its dependents count it by its key).
@@ -434,9 +454,19 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
         ),
     };
 
-    let out_dir_files = match env.get("OUT_DIR") {
-        Some(d) if Path::new(d).is_dir() => Some(hash_tree(Path::new(d), &|_| false)?),
-        _ => None,
+    // A generated text file that names a local root counts as normalised, so that it
+    // does not split the key across paths; a unit that reads one is path-dependent,
+    // which dep-info tells after the compile (`out_dir_named`, hit.rs and unit.rs).
+    let (out_dir_files, out_dir_named) = match env.get("OUT_DIR") {
+        Some(d) if Path::new(d).is_dir() => {
+            let (files, named) = hash_tree_normalized(Path::new(d), &|t| roots.normalize(t))?;
+            let base = roots.normalize(d.trim_end_matches('/'));
+            (
+                Some(files),
+                named.iter().map(|r| format!("{base}/{r}")).collect(),
+            )
+        }
+        _ => (None, Vec::new()),
     };
 
     let mut env_inputs: Vec<(String, String)> = env
@@ -521,6 +551,7 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
         key,
         labels,
         public,
+        out_dir_named,
     })))
 }
 
@@ -796,5 +827,35 @@ mod tests {
         for name in ["RUSTC_BOOTSTRAP", "CARGO_HOME", "CARGO_NET_RETRY", "PATH"] {
             assert!(!set_by_cargo(name), "{name}");
         }
+    }
+
+    /// A generated text file naming the build's own `OUT_DIR` (libz-sys's `zlib.pc`)
+    /// does not split the key across paths; a compile that read it is told apart.
+    #[test]
+    fn generated_files_naming_local_paths_count_as_normalised() {
+        let (a, b) = (fixture(), fixture());
+        let with_out_dir = |fx: &Fixture, pc: &str| {
+            let out = fx.out.parent().unwrap().join("build/demo-1/out");
+            fs::create_dir_all(&out).unwrap();
+            let pc = pc.replace("OUT", out.to_str().unwrap());
+            fs::write(out.join("zlib.pc"), pc).unwrap();
+            fs::write(out.join("libz.a"), b"!<arch>\n").unwrap();
+            out.to_str().unwrap().to_string()
+        };
+        let (oa, ob) = (
+            with_out_dir(&a, "prefix=OUT\n"),
+            with_out_dir(&b, "prefix=OUT\n"),
+        );
+        let ua = unit(&a, &[], &[("OUT_DIR", &oa)]);
+        let ub = unit(&b, &[], &[("OUT_DIR", &ob)]);
+        assert_eq!(ua.key, ub.key);
+        let named = "/rdht/target/debug/build/demo-1/out/zlib.pc";
+        assert_eq!(ua.out_dir_named, vec![named.to_string()]);
+        let dep_info = format!("/rdht/target/debug/deps/demo.d: src/lib.rs {named}\n\n{named}:\n");
+        assert_eq!(ua.reads_local_named(&dep_info), Some(named));
+        assert_eq!(ua.reads_local_named("x.d: src/lib.rs\n"), None);
+        // Other contents still count.
+        let oc = with_out_dir(&b, "prefix=OUT\nother\n");
+        assert_ne!(unit(&b, &[], &[("OUT_DIR", &oc)]).key, ua.key);
     }
 }

@@ -210,6 +210,22 @@ pub(super) fn remember_origins(unit: &Unit, outputs: &[PathBuf]) {
     }
 }
 
+/// The first generated file naming a machine-local root that the compile read, from
+/// its dep-info ([`Unit::reads_local_named`]).
+pub(super) fn reads_local_named(unit: &Unit, captured: &Captured) -> Option<String> {
+    if unit.out_dir_named.is_empty() {
+        return None;
+    }
+    artifacts(&captured.stderr)
+        .iter()
+        .filter(|o| o.extension().is_some_and(|e| e == "d"))
+        .filter_map(|o| std::fs::read_to_string(o).ok())
+        .find_map(|t| {
+            unit.reads_local_named(&unit.roots.normalize(&t))
+                .map(str::to_string)
+        })
+}
+
 /// The file name of output `o`, which must be directly in the unit's output directory.
 pub(super) fn output_name<'a>(unit: &Unit, o: &'a Path) -> Result<&'a str, CacheFailure> {
     let (Some(parent), Some(name)) = (o.parent(), o.file_name().and_then(|n| n.to_str())) else {

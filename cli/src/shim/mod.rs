@@ -6,7 +6,8 @@
 //! [`filehash`] content roots with sidecars, [`inputs`] decides cacheability and
 //! collects key inputs, [`session`] writes and
 //! summarises one build's outcomes, [`plan`] prefetches and publishes build plans,
-//! [`stamp`] gives a check unit's outputs the modification time cargo will. Whether a
+//! [`stamp`] gives a check unit's outputs the modification time cargo will;
+//! [`cflags`] keeps machine-local paths out of what build scripts compile. Whether a
 //! hit's loadable outputs can run on this machine's C runtime is `rdht-fit`'s.
 //!
 //! Owns: everything between cargo and rustc. Does not own: the daemon (reached only
@@ -14,6 +15,7 @@
 
 pub mod args;
 mod cache;
+pub mod cflags;
 pub mod filehash;
 mod hit;
 pub mod inputs;

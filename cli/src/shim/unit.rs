@@ -180,6 +180,20 @@ pub fn run(rustc: &Path, args: &[String]) -> Ended {
     if code == 0 {
         miss::remember_origins(&unit, &miss::artifacts(&captured.stderr));
     }
+    // A unit that read a generated file naming this machine's paths is path-dependent:
+    // built here, never shared.
+    if code == 0
+        && let Some(named) = miss::reads_local_named(&unit, &captured)
+    {
+        warn(
+            &crate_name,
+            &format!(
+                "built locally, not shared: it read {named}, which names this machine's paths"
+            ),
+        );
+        log.not_shared = Some("reads a generated file naming local paths".into());
+        publish = false;
+    }
     if code == 0 && publish {
         let shared = runtime.block_on(async {
             match miss::submit(&unit, &captured, log.compile_ms).await? {
