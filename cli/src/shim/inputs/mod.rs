@@ -69,6 +69,29 @@ fn in_key(name: &str) -> bool {
     KEY_ENV.contains(&name) || name.starts_with(KEY_ENV_PREFIX)
 }
 
+/// Whether key variable `name` (with `value`) can have been set by cargo for this unit.
+/// Cargo sets some only for some units; one that reaches another unit was inherited
+/// from whatever ran cargo (a `cargo test` gives its test processes
+/// `CARGO_BIN_EXE_*`, and a plain `cargo build` run from one passes them on), and
+/// would split keys between machines that ran cargo from different places.
+/// `CARGO_BIN_EXE_*` and `CARGO_TARGET_TMPDIR` are set only for integration tests and
+/// benches (compiled with `--test`), `CARGO_BIN_NAME` only for binaries, and `OUT_DIR`
+/// only under this build's own target dir.
+fn set_for(name: &str, value: &str, inv: &Invocation, target_root: Option<&Path>) -> bool {
+    let test = inv
+        .args
+        .iter()
+        .any(|a| matches!(a, Arg::Flag(f, None) if f == "--test"));
+    if name.starts_with(KEY_ENV_PREFIX) || name == "CARGO_TARGET_TMPDIR" {
+        return test;
+    }
+    match name {
+        "CARGO_BIN_NAME" => inv.crate_types.iter().any(|t| t == "bin"),
+        "OUT_DIR" => target_root.is_some_and(|t| Path::new(value).starts_with(t)),
+        _ => true,
+    }
+}
+
 /// Whether `name` is one of the key's variables that cargo itself sets for the units
 /// that get it (all but those rustc reads, which a user sets). Inherited by `cargo
 /// dht-build` from its caller (say, a `cargo test` that runs it), such a variable would
@@ -471,7 +494,7 @@ pub fn plan(rustc: &Path, args: &[String], env: &Env, cwd: &Path) -> std::io::Re
 
     let mut env_inputs: Vec<(String, String)> = env
         .iter()
-        .filter(|(k, _)| in_key(k))
+        .filter(|(k, v)| in_key(k) && set_for(k, v, &inv, target_root.as_deref()))
         .map(|(k, v)| (k.clone(), roots.normalize(v)))
         .collect();
     env_inputs.sort();

@@ -335,3 +335,19 @@ fn path_crates_count_by_their_tree_and_stay_private() {
     assert!(!path.public);
     assert_ne!(registry.key, path.key);
 }
+
+/// Regression (issue 16): a plain `cargo build` run from inside `cargo test` inherits
+/// `CARGO_BIN_EXE_*`, which cargo sets only for integration tests: it must not change
+/// a library's key, so that a `cargo dht-build` elsewhere (which drops it) hits.
+#[test]
+fn variables_cargo_sets_only_for_some_units_count_only_there() {
+    let fx = fixture();
+    let plain = unit(&fx, &[], &[]).key;
+    let leaked = [
+        ("CARGO_BIN_EXE_tool", "/elsewhere/target/debug/tool"),
+        ("OUT_DIR", "/elsewhere/out"),
+    ];
+    assert_eq!(unit(&fx, &[], &leaked).key, plain);
+    let test = unit(&fx, &["--test"], &[]).key;
+    assert_ne!(unit(&fx, &["--test"], &leaked[..1]).key, test);
+}
