@@ -47,7 +47,7 @@ pub use fetch::FetchReport;
 pub use health::{BackoffConfig, UnreachablePeer};
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{FetchedRecord, NodeHandle, Reach, RecordsReport};
+pub use node::{Announcement, FetchedRecord, NodeHandle, Reach, RecordsReport};
 pub use source::{BlockSink, BlockSource, MemoryBlocks};
 pub use swarm::Lookup;
 pub use wire::ProviderKey;

@@ -279,24 +279,49 @@ impl NodeHandle {
     }
 
     async fn provide_via(&self, s: &SwarmHandle, key: ProviderKey) -> Result<(), NetError> {
-        let res = s.request(|reply| Command::Provide { key, reply }).await?;
-        match res {
-            Ok(()) => {}
-            Err(ProvideFailure::StoreFull) => {
-                return Err(NetError::ProviderStoreFull {
-                    swarm: s.name.clone(),
-                    key: key.to_string(),
-                });
-            }
-            Err(ProvideFailure::TimedOut) => {
-                return Err(NetError::AnnounceTimedOut {
-                    swarm: s.name.clone(),
-                    key: key.to_string(),
-                });
+        self.start_via(s, key).await?.done().await
+    }
+
+    /// Starts announcing `key` in `s`: returns once the key is in that swarm's local
+    /// provider store, so peers that ask this node find it from then on; the DHT query
+    /// that spreads the announcement runs on, and [`Announcement::done`] waits for it.
+    async fn start_via(&self, s: &SwarmHandle, key: ProviderKey) -> Result<Announcement, NetError> {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let reply = s
+            .request_later(|reply| Command::Provide {
+                key,
+                started: started_tx,
+                reply,
+            })
+            .await?;
+        started.await.map_err(|_| NetError::Stopped)?;
+        Ok(Announcement {
+            swarm: s.name.clone(),
+            key,
+            reply,
+        })
+    }
+
+    /// Starts announcing `key` in every automatic swarm, or in `swarm` only when given:
+    /// returns once the key is in each one's local provider store (see
+    /// [`Announcement`]).
+    pub async fn start_providing(
+        &self,
+        key: ProviderKey,
+        swarm: Option<&str>,
+    ) -> Result<Vec<Announcement>, NetError> {
+        let mut started = Vec::new();
+        match swarm {
+            Some(name) => started.push(self.start_via(self.swarm(name)?, key).await?),
+            None => {
+                for s in &self.inner.swarms {
+                    if s.announce == AnnouncePolicy::Automatic {
+                        started.push(self.start_via(s, key).await?);
+                    }
+                }
             }
         }
-        debug!(swarm = %s.name, %key, "announced");
-        Ok(())
+        Ok(started)
     }
 
     /// Re-announces everything the node holds (after a restart), with bounded
@@ -872,5 +897,35 @@ impl NodeHandle {
             heard: &heard,
         };
         fetch::fetch_artifact(&ctx, root, providers, sink).await
+    }
+}
+
+/// An announcement whose key is already in the local provider store, with its DHT
+/// query still running.
+#[derive(Debug)]
+pub struct Announcement {
+    swarm: String,
+    key: ProviderKey,
+    reply: tokio::sync::oneshot::Receiver<Result<(), ProvideFailure>>,
+}
+
+impl Announcement {
+    /// Waits for the DHT query to end; fails if it timed out (the key stays in the local
+    /// provider store and Kademlia republishes it later) or the store was full.
+    pub async fn done(self) -> Result<(), NetError> {
+        match self.reply.await.map_err(|_| NetError::Stopped)? {
+            Ok(()) => {
+                debug!(swarm = %self.swarm, key = %self.key, "announced");
+                Ok(())
+            }
+            Err(ProvideFailure::StoreFull) => Err(NetError::ProviderStoreFull {
+                swarm: self.swarm,
+                key: self.key.to_string(),
+            }),
+            Err(ProvideFailure::TimedOut) => Err(NetError::AnnounceTimedOut {
+                swarm: self.swarm,
+                key: self.key.to_string(),
+            }),
+        }
     }
 }

@@ -86,6 +86,8 @@ pub(crate) enum ProvideFailure {
 pub(crate) enum Command {
     Provide {
         key: ProviderKey,
+        /// Sent once the key is in the local provider store (or refused).
+        started: oneshot::Sender<()>,
         reply: oneshot::Sender<Result<(), ProvideFailure>>,
     },
     FindProviders {
@@ -138,6 +140,20 @@ impl SwarmHandle {
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Sends the command made by `make` and returns the receiver of its reply without
+    /// waiting for it.
+    pub(crate) async fn request_later<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<oneshot::Receiver<T>, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        Ok(rx)
     }
 
     pub(crate) fn ban(&self, peer: PeerId, until: Instant) {
@@ -467,7 +483,11 @@ impl Task {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Provide { key, reply } => {
+            Command::Provide {
+                key,
+                started,
+                reply,
+            } => {
                 match self
                     .swarm
                     .behaviour_mut()
@@ -482,6 +502,7 @@ impl Task {
                         let _ = reply.send(Err(ProvideFailure::StoreFull));
                     }
                 }
+                let _ = started.send(());
             }
             Command::FindProviders {
                 key,

@@ -183,15 +183,49 @@ impl Announcer {
 }
 
 impl Shared {
-    /// Marks `keys` as announced in `places`, then announces them there, in the
-    /// background: a build never waits for DHT round trips. The local provider entry
-    /// exists as soon as the swarm task takes the command. For what this node built or
-    /// put.
-    pub(super) fn announce(&self, keys: Vec<ProviderKey>, places: Places) {
+    /// Marks `keys` as announced in `places` and announces them there. Returns once
+    /// every key is in the local provider store of each of those swarms (a peer that
+    /// asks this node finds it from then on, so a `Publish` answered is findable), at
+    /// most [`ANNOUNCE_TIMEOUT`] later; the DHT queries that spread the announcements
+    /// finish in the background. For what this node built or put.
+    pub(super) async fn announce(&self, keys: Vec<ProviderKey>, places: Places) {
         self.mark(&keys, places);
-        if let Some(net) = self.net.clone() {
-            tokio::spawn(announce_now(net, keys, places, self.config.public));
+        let Some(net) = self.net.clone() else { return };
+        let mut swarms: Vec<Option<&'static str>> = Vec::new();
+        if places.has(Places::AUTOMATIC) {
+            swarms.push(None);
         }
+        if places.has(Places::PUBLIC) && self.config.public {
+            swarms.push(Some(PUBLIC_SWARM));
+        }
+        let start = async {
+            let mut running = Vec::new();
+            for key in &keys {
+                for swarm in &swarms {
+                    match net.start_providing(*key, *swarm).await {
+                        Ok(a) => running.extend(a),
+                        Err(e) => warn!(%key, "announcing failed: {e}"),
+                    }
+                }
+            }
+            running
+        };
+        let running = match tokio::time::timeout(ANNOUNCE_TIMEOUT, start).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!("starting announcements took over {ANNOUNCE_TIMEOUT:?}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            for a in running {
+                match tokio::time::timeout(ANNOUNCE_TIMEOUT, a.done()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("announcing failed: {e}"),
+                    Err(_) => warn!("announcing timed out after {ANNOUNCE_TIMEOUT:?}"),
+                }
+            }
+        });
     }
 
     /// [`Self::announce`] for what this node fetched: marked at once, announced in

@@ -36,7 +36,8 @@ impl Shared {
             s.ingest(labels, files, pin)
         })
         .await?;
-        self.announce(vec![ProviderKey::Artifact(info.root)], Places::AUTOMATIC);
+        self.announce(vec![ProviderKey::Artifact(info.root)], Places::AUTOMATIC)
+            .await;
         Ok(Response::Put {
             root: info.root,
             files: info.files,
@@ -152,7 +153,8 @@ impl Shared {
         self.announce(
             vec![ProviderKey::Build(key), ProviderKey::Artifact(root)],
             places,
-        );
+        )
+        .await;
         Ok(Response::Published {
             record: record.encode(),
         })
