@@ -205,16 +205,9 @@ fn check_env(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
             f.cause = "reads a generated file naming local paths".into();
             return Err(f);
         }
-        for line in text.lines() {
-            let Some(dep) = line.strip_prefix("# env-dep:") else {
-                continue;
-            };
-            let (name, want) = match dep.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_string())),
-                None => (dep, None),
-            };
+        for (name, want) in env_deps(&text) {
             let have = std::env::var(name).ok().map(|v| unit.roots.normalize(&v));
-            if have != want {
+            if have.as_deref() != want {
                 let mut f = fail(format!(
                     "environment variable {name} differs from the cached build"
                 ));
@@ -225,6 +218,18 @@ fn check_env(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
         }
     }
     Ok(())
+}
+
+/// The variables named by dep-info's `# env-dep:NAME=VALUE` lines (`# env-dep:NAME`:
+/// read while unset), in order.
+pub(super) fn env_deps(dep_info: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    dep_info.lines().filter_map(|line| {
+        let dep = line.strip_prefix("# env-dep:")?;
+        Some(match dep.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (dep, None),
+        })
+    })
 }
 
 /// Outputs this machine loads or runs must fit its C runtime (specs/build-key.md §6.2);

@@ -27,3 +27,30 @@ pub mod session;
 pub mod stamp;
 pub mod unit;
 mod verify;
+
+/// The shim's private parsers, for the fuzz targets of `crates/rdht-fuzz` only; not
+/// part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::PathBuf;
+
+    /// `miss::artifacts`: the output files named by rustc's artifact notifications.
+    pub fn artifacts(stderr: &[u8]) -> Vec<PathBuf> {
+        super::miss::artifacts(stderr)
+    }
+
+    /// `miss::forward`: copies rustc's output to `to` line by line with local paths,
+    /// returning what was read.
+    pub fn forward(
+        from: impl std::io::Read,
+        to: impl std::io::Write,
+        roots: &super::roots::Roots,
+    ) -> Vec<u8> {
+        super::miss::forward(from, to, roots)
+    }
+
+    /// `hit::env_deps`: the variables named by dep-info's `# env-dep` lines.
+    pub fn env_deps(dep_info: &str) -> Vec<(&str, Option<&str>)> {
+        super::hit::env_deps(dep_info).collect()
+    }
+}

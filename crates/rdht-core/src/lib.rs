@@ -35,6 +35,29 @@ pub mod packed;
 pub mod plan;
 pub mod record;
 
+/// The crate-private canonical postcard codec, for the fuzz targets of `crates/rdht-fuzz`
+/// only. Not part of the API: formats decode through their own types
+/// ([`Manifest::decode`], [`BuildRecord::decode`], ...).
+#[doc(hidden)]
+pub mod fuzzing {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    /// `codec::encode`: the postcard encoding of `value`.
+    pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+        crate::codec::encode(value)
+    }
+
+    /// `codec::decode`: one canonical value of at most `max` bytes filling `bytes`.
+    pub fn decode<T: Serialize + DeserializeOwned>(
+        what: &'static str,
+        bytes: &[u8],
+        max: usize,
+    ) -> Result<T, crate::DecodeError> {
+        crate::codec::decode(what, bytes, max)
+    }
+}
+
 pub use block::{Block, BlockError, BlockKind, BlockRef, Link, MAX_BLOCK_LEN, MAX_LEAF_DATA};
 pub use codec::DecodeError;
 pub use dag::{

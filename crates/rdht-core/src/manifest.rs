@@ -129,6 +129,13 @@ pub enum ManifestError {
         /// The file under it.
         other: String,
     },
+    /// File sizes whose sum does not fit in 64 bits: no store or transfer could hold
+    /// the artifact, and its total size would overflow.
+    #[error("file sizes add up to more than 2^64 - 1 bytes at {path:?}")]
+    SizeOverflow {
+        /// The file whose size makes the sum overflow.
+        path: String,
+    },
     /// More than [`MAX_FILES`] files.
     #[error("{count} files, more than the limit of {MAX_FILES}")]
     TooManyFiles {
@@ -224,8 +231,12 @@ impl Manifest {
             });
         }
         let mut seen = HashSet::with_capacity(self.files.len());
+        let mut total = 0u64;
         for (i, f) in self.files.iter().enumerate() {
             validate_path(&f.path)?;
+            total = total
+                .checked_add(f.size)
+                .ok_or_else(|| ManifestError::SizeOverflow { path: cut(&f.path) })?;
             if i > 0 {
                 let prev = &self.files[i - 1].path;
                 if prev == &f.path {
@@ -269,7 +280,11 @@ impl Manifest {
 
     /// Sum of file sizes.
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        // Invariant: `validate` (which every constructor runs) refused a manifest whose
+        // sizes overflow; saturating keeps this a number even if that ever changed.
+        self.files
+            .iter()
+            .fold(0u64, |sum, f| sum.saturating_add(f.size))
     }
 
     /// The canonical encoding.
@@ -395,6 +410,33 @@ mod tests {
         let paths: Vec<_> = m.files().iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["a/b", "a/c", "z"]);
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    /// Fuzzing (issue 19, `manifest` target) found that a manifest whose file sizes add
+    /// up past `u64::MAX` decoded, and `total_size` then overflowed (a panic in debug
+    /// builds, a wrapped size in release).
+    #[test]
+    fn file_sizes_overflowing_u64_are_rejected_not_summed() {
+        let mut a = entry("a");
+        a.size = u64::MAX;
+        let mut b = entry("b");
+        b.size = 1;
+        let over = Manifest {
+            version: 1,
+            labels: Labels::default(),
+            files: vec![a.clone(), b.clone()],
+        };
+        assert_eq!(
+            Manifest::decode(&over.encode()),
+            Err(ManifestError::SizeOverflow { path: "b".into() })
+        );
+        assert_eq!(
+            Manifest::new(Labels::default(), vec![b, a.clone()]),
+            Err(ManifestError::SizeOverflow { path: "b".into() })
+        );
+        let max = Manifest::new(Labels::default(), vec![a]).unwrap();
+        assert_eq!(max.total_size(), u64::MAX);
+        assert_eq!(Manifest::decode(&max.encode()).unwrap(), max);
     }
 
     #[test]
