@@ -1,26 +1,29 @@
-//! `-sys` crates whose build scripts compile C (issue 16, part 2): with the C flags
-//! `cargo dht-build` adds (`-ffile-prefix-map` for each machine-local root), the static
-//! libraries `zstd-sys` and `libz-sys` build have the same bytes at any path, so a copy
-//! of the project at another path, with another CARGO_HOME, through another daemon,
-//! hits every rustc unit, and its binary is byte-identical.
+//! `-sys` crates whose build scripts compile C, and build-script runs as cache units
+//! (issue 16).
 //!
-//! `libz-sys` writes `zlib.pc` into `OUT_DIR` naming that directory: generated text
-//! files count in keys as normalised (nothing reads zlib.pc). Build-script runs
-//! themselves are not cached yet: B still runs them (and compiles the C); what this
-//! test pins is that their outputs no longer split the keys.
+//! - With the C flags `cargo dht-build` adds (`-ffile-prefix-map` for each
+//!   machine-local root), the static libraries `zstd-sys` and `libz-sys` build have
+//!   the same bytes at any path; and with build-script runs cached, a copy of the
+//!   project at another path, with another CARGO_HOME, through another daemon, hits
+//!   every rustc unit and every run, compiles no C, and links a byte-identical binary.
+//! - A path crate's own build script: a run misses exactly when a file it names in
+//!   `rerun-if-changed` or a variable it names in `rerun-if-env-changed` changed.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use rdht_testnet::{Swarm, copy_project, dht_build};
+use rdht_testnet::{Swarm, copy_project, dht_build_env};
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
 
 fn write_project(dir: &Path) {
-    let write = |rel: &str, text: &str| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
     write(
+        dir,
         "Cargo.toml",
         "[package]\nname = \"sysproj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
          [dependencies]\nzstd = { version = \"=0.13.3\", default-features = false }\n\
@@ -28,6 +31,7 @@ fn write_project(dir: &Path) {
          [profile.dev]\nincremental = false\n",
     );
     write(
+        dir,
         "src/main.rs",
         "fn main() {\n    let packed = zstd::encode_all(&b\"rdht rdht rdht rdht\"[..], 3).unwrap();\n    \
          let v = unsafe { std::ffi::CStr::from_ptr(libz_sys::zlibVersion()) };\n    \
@@ -40,27 +44,166 @@ fn totals(s: &serde_json::Value) -> (u64, u64, u64) {
     (n("units"), n("hits"), n("misses"))
 }
 
+/// Build-script runs: (runs, hits, misses, never cached).
+fn runs(s: &serde_json::Value) -> (u64, u64, u64, u64) {
+    let r = &s["runs"];
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("runs.{k} in {s}"));
+    let never = r["never_cached"]
+        .as_object()
+        .unwrap_or_else(|| panic!("runs.never_cached in {s}"))
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    (n("runs"), n("hits"), n("misses"), never)
+}
+
+/// A directory holding `cc`, a wrapper of the system's C compiler that appends one
+/// line to `$RDHT_TEST_CC_LOG` for every compile (`-c`) it runs. Its bytes are the same
+/// for every build, so it is the same toolchain to the run keys.
+fn counting_cc(dir: &Path) -> String {
+    let real = ["/usr/bin/cc", "/usr/bin/gcc"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a C compiler in /usr/bin");
+    let cc = dir.join("cc");
+    write(
+        dir,
+        "cc",
+        &format!(
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -c ] && echo \"$*\" >> \"$RDHT_TEST_CC_LOG\" && break; done\nexec {real} \"$@\"\n"
+        ),
+    );
+    std::fs::set_permissions(&cc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
+fn compiles(log: &Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
+
 #[test]
-fn c_built_by_build_scripts_is_the_same_at_any_path() {
+fn c_built_by_build_scripts_is_built_once_and_hits_at_any_path() {
     let swarm = Swarm::new();
     let root = swarm.tmp.path();
     let a = swarm.node("a");
     let b = swarm.node("b");
     b.rdht(&["trust", "add", &a.builder_key()]);
+    let path = counting_cc(&root.join("tools"));
+    let (log_a, log_b) = (root.join("cc-a.log"), root.join("cc-b.log"));
     let pa = root.join("a/sysproj");
     write_project(&pa);
-    let (_, sa) = dht_build(&pa, &root.join("home-a"), &a.dir);
+    let (log_a_s, log_b_s) = (log_a.display().to_string(), log_b.display().to_string());
+    let env_a = [
+        ("PATH", path.as_str()),
+        ("RDHT_TEST_CC_LOG", log_a_s.as_str()),
+    ];
+    let env_b = [
+        ("PATH", path.as_str()),
+        ("RDHT_TEST_CC_LOG", log_b_s.as_str()),
+    ];
+    let (_, sa) = dht_build_env(&pa, &root.join("home-a"), &a.dir, &env_a);
     a.rdht(&["sync"]);
     let units = totals(&sa).0;
     assert_eq!(totals(&sa), (units, 0, units), "{sa}");
+    let n = runs(&sa).0;
+    // zstd-sys, zstd-safe, libz-sys and libc have build scripts.
+    assert_eq!(runs(&sa), (4, 0, 4, 0), "{sa}");
+    assert!(compiles(&log_a) > 0, "A compiled the C code");
+
     let pb = root.join("elsewhere/b/sysproj");
     copy_project(&pa, &pb);
-    let (_, sb) = dht_build(&pb, &root.join("home-b"), &b.dir);
+    let (_, sb) = dht_build_env(&pb, &root.join("home-b"), &b.dir, &env_b);
     assert_eq!(totals(&sb), (units, units, 0), "{sb}");
+    assert_eq!(runs(&sb), (n, n, 0, 0), "{sb}");
+    assert_eq!(compiles(&log_b), 0, "B ran no C compile");
     let bin = |p: &Path| std::fs::read(p.join("target/debug/sysproj")).unwrap();
     assert!(bin(&pa) == bin(&pb), "the binaries are byte-identical");
     let out = std::process::Command::new(pb.join("target/debug/sysproj"))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "20 1.3.1\n");
+    // Everything is fresh for cargo: no unit compiles and no script runs again.
+    let (_, again) = dht_build_env(&pb, &root.join("home-b"), &b.dir, &env_b);
+    assert_eq!(
+        (totals(&again), runs(&again)),
+        ((0, 0, 0), (0, 0, 0, 0)),
+        "{again}"
+    );
+}
+
+/// A path crate `gen` whose build script declares `data.txt` and `RDHT_TEST_FLAVOUR`
+/// and writes both into `OUT_DIR/gen.rs`, and a binary printing them.
+fn write_gen_project(dir: &Path) {
+    write(
+        dir,
+        "Cargo.toml",
+        "[package]\nname = \"genproj\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\ngen = { path = \"gen\" }\n",
+    );
+    write(
+        dir,
+        "src/main.rs",
+        "fn main() {\n    println!(\"{} {}\", gen::DATA, gen::FLAVOUR);\n}\n",
+    );
+    write(
+        dir,
+        "gen/Cargo.toml",
+        "[package]\nname = \"gen\"\nversion = \"0.1.0\"\nedition = \"2021\"\nbuild = \"build.rs\"\n",
+    );
+    write(
+        dir,
+        "gen/build.rs",
+        "fn main() {\n    println!(\"cargo:rerun-if-changed=data.txt\");\n    \
+         println!(\"cargo:rerun-if-env-changed=RDHT_TEST_FLAVOUR\");\n    \
+         let data = std::fs::read_to_string(\"data.txt\").unwrap();\n    \
+         let flavour = std::env::var(\"RDHT_TEST_FLAVOUR\").unwrap_or_default();\n    \
+         let out = std::path::PathBuf::from(std::env::var(\"OUT_DIR\").unwrap());\n    \
+         std::fs::write(out.join(\"gen.rs\"), format!(\"pub const DATA: &str = {:?};\\npub const FLAVOUR: &str = {:?};\\n\", data.trim(), flavour)).unwrap();\n}\n",
+    );
+    write(dir, "gen/data.txt", "one\n");
+    write(
+        dir,
+        "gen/src/lib.rs",
+        "include!(concat!(env!(\"OUT_DIR\"), \"/gen.rs\"));\n",
+    );
+}
+
+#[test]
+fn a_run_misses_exactly_when_what_it_declared_changed() {
+    let swarm = Swarm::new();
+    let root = swarm.tmp.path();
+    let a = swarm.node("a");
+    let home = root.join("home");
+    let run = |p: &Path, env: &[(&str, &str)]| {
+        let (_, s) = dht_build_env(p, &home, &a.dir, env);
+        a.rdht(&["sync"]);
+        let out = std::process::Command::new(p.join("target/debug/genproj"))
+            .output()
+            .unwrap();
+        (runs(&s), String::from_utf8(out.stdout).unwrap())
+    };
+    let p1 = root.join("p1");
+    write_gen_project(&p1);
+    assert_eq!(run(&p1, &[]), ((1, 0, 1, 0), "one \n".into()));
+    // Another path, nothing changed: the run hits.
+    let p2 = root.join("p2");
+    copy_project(&p1, &p2);
+    assert_eq!(run(&p2, &[]), ((1, 1, 0, 0), "one \n".into()));
+    // The declared file changed: cargo reruns the script, and the run misses.
+    write(&p2, "gen/data.txt", "two\n");
+    assert_eq!(run(&p2, &[]), ((1, 0, 1, 0), "two \n".into()));
+    // The declared variable changed: the same.
+    let flavour = [("RDHT_TEST_FLAVOUR", "salty")];
+    assert_eq!(run(&p2, &flavour), ((1, 0, 1, 0), "two salty\n".into()));
+    // Back to the first values at yet another path: the first run hits again.
+    let p3 = root.join("p3");
+    copy_project(&p1, &p3);
+    assert_eq!(run(&p3, &[]), ((1, 1, 0, 0), "one \n".into()));
+    // A fresh copy with an undeclared file changed: the package's files are in the
+    // script's own key (cargo reruns such a script for any file when it declares
+    // nothing), so its compile misses, and its run with it.
+    let p4 = root.join("p4");
+    copy_project(&p1, &p4);
+    write(&p4, "gen/notes.txt", "x\n");
+    assert_eq!(run(&p4, &[]), ((1, 0, 1, 0), "one \n".into()));
 }

@@ -11,15 +11,21 @@
 //!   `RUSTC_WRAPPER` points here): see `rdht_cli::shim::unit`. Exits 0 on a hit,
 //!   with rustc's exit code when rustc ran, as rustc itself (exec) when the unit is
 //!   not for the cache, and 1 when rustc cannot be run.
+//! - As a build script's launcher (`cargo-dht-build --rdht-build-script SCRIPT ARGS`,
+//!   what the launcher the shim puts at a build script's path runs): see
+//!   `rdht_cli::shim::script`. Exits with the script's code (0 on a hit), or as the
+//!   script itself (exec) when the run is not for the cache.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use rdht_cli::shim::script::launcher::RUN_ARG;
+use rdht_cli::shim::script::run::RunEnded;
 use rdht_cli::shim::session::{self, SESSION_LOG_ENV};
 use rdht_cli::shim::unit::{self, DAEMON_DOWN_ENV, Ended, VERIFY_ENV};
-use rdht_cli::shim::{cflags, inputs, plan};
+use rdht_cli::shim::{cflags, inputs, plan, script};
 
 const HELP: &str = "\
 cargo dht-build: build with the rdht peer-to-peer cache of Rust build artifacts
@@ -104,8 +110,12 @@ fn subcommand(args: Vec<String>) -> ExitCode {
     }
     // C objects name placeholders, not this machine's paths (specs/build-key.md §9).
     let env = |k: &str| std::env::var(k).ok();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    // Runs of registry packages' build scripts normalise this build's workspace too.
+    if let Some(ws) = cflags::workspace(&cargo_args, &cwd) {
+        cmd.env(script::inputs::BUILD_WORKSPACE_ENV, ws);
+    }
     if cflags::compiler_supports_prefix_map(&env) {
-        let cwd = std::env::current_dir().unwrap_or_default();
         let roots = cflags::build_roots(&cargo_args, &cwd, &env);
         let vars: Vec<(String, String)> = std::env::vars().collect();
         cmd.envs(cflags::prefix_map_env(&roots, &vars));
@@ -283,6 +293,22 @@ fn main() -> ExitCode {
         Some("dht-build") => {
             args.remove(0);
             subcommand(args)
+        }
+        Some(RUN_ARG) if args.len() >= 2 => {
+            let script = PathBuf::from(&args[1]);
+            match script::run::run(&script, &args[2..]) {
+                RunEnded::Exit(code) => rustc_exit(code),
+                RunEnded::Exec => {
+                    // Returns only if the script could not be started.
+                    let err = Command::new(&script).args(&args[2..]).exec();
+                    eprintln!("rdht: error: cannot run {}: {err}", script.display());
+                    ExitCode::FAILURE
+                }
+                RunEnded::CannotRun(e) => {
+                    eprintln!("rdht: error: running {}: {e}", script.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some(first) if is_rustc(first) => {
             let rustc = PathBuf::from(args.remove(0));

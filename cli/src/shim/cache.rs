@@ -58,6 +58,18 @@ impl From<ClientError> for CacheFailure {
     }
 }
 
+impl CacheFailure {
+    /// Whether to warn about it: never for a miss, once per session for an unreachable
+    /// daemon, always for anything else.
+    pub(super) fn shown(&self) -> bool {
+        match self.severity {
+            Severity::Miss => false,
+            Severity::Unreachable => super::unit::first_in_session("unreachable"),
+            Severity::Fault => true,
+        }
+    }
+}
+
 pub(super) fn fail(reason: impl Into<String>) -> CacheFailure {
     CacheFailure {
         reason: reason.into(),
@@ -67,6 +79,13 @@ pub(super) fn fail(reason: impl Into<String>) -> CacheFailure {
         severity: Severity::Fault,
         unreachable: Vec::new(),
     }
+}
+
+/// The single-threaded runtime one wrapper process talks to the daemon on.
+pub(super) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 pub(super) async fn connect() -> Result<Client, CacheFailure> {

@@ -25,14 +25,31 @@ const GENERIC: [&str; 2] = ["CFLAGS", "CXXFLAGS"];
 /// `CARGO_TARGET_DIR`, else the workspace's `target`). A root not found is left out:
 /// its paths then stay in the objects, which only costs hits.
 pub fn build_roots(args: &[String], cwd: &Path, env: &dyn Fn(&str) -> Option<String>) -> Roots {
-    let flag = |name: &str| {
-        args.iter().enumerate().find_map(|(i, a)| {
-            a.strip_prefix(&format!("{name}="))
-                .map(str::to_string)
-                .or_else(|| (a == name).then(|| args.get(i + 1).cloned()).flatten())
-        })
-    };
-    let start = match flag("--manifest-path") {
+    let workspace = workspace(args, cwd);
+    let target = flag(args, "--target-dir")
+        .or_else(|| env("CARGO_TARGET_DIR"))
+        .map(|t| cwd.join(t))
+        .or_else(|| workspace.as_ref().map(|w| w.join("target")));
+    let home = env("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_default();
+    Roots::new(&home, workspace.as_deref(), target.as_deref())
+}
+
+/// The value of cargo option `name` in `args` (`--name V` or `--name=V`).
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix(&format!("{name}="))
+            .map(str::to_string)
+            .or_else(|| (a == name).then(|| args.get(i + 1).cloned()).flatten())
+    })
+}
+
+/// The workspace of `cargo build ARGS` run in `cwd`: the nearest directory with
+/// `Cargo.lock`, else with `Cargo.toml`, from `--manifest-path` or `cwd`.
+pub fn workspace(args: &[String], cwd: &Path) -> Option<PathBuf> {
+    let start = match flag(args, "--manifest-path") {
         Some(m) => cwd.join(m).parent().map(Path::to_path_buf),
         None => Some(cwd.to_path_buf()),
     };
@@ -43,16 +60,7 @@ pub fn build_roots(args: &[String], cwd: &Path, env: &dyn Fn(&str) -> Option<Str
             .find(|d| d.join(file).is_file())
             .map(Path::to_path_buf)
     };
-    let workspace = nearest("Cargo.lock").or_else(|| nearest("Cargo.toml"));
-    let target = flag("--target-dir")
-        .or_else(|| env("CARGO_TARGET_DIR"))
-        .map(|t| cwd.join(t))
-        .or_else(|| workspace.as_ref().map(|w| w.join("target")));
-    let home = env("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .unwrap_or_default();
-    Roots::new(&home, workspace.as_deref(), target.as_deref())
+    nearest("Cargo.lock").or_else(|| nearest("Cargo.toml"))
 }
 
 /// Whether the C compiler cargo's build scripts will use (`CC`, else `cc`) accepts

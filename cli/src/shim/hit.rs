@@ -31,18 +31,29 @@ pub(super) struct Hit {
     pub(super) sample: Option<&'static str>,
 }
 
-pub(super) async fn try_hit(
-    rustc: &Path,
-    args: &[String],
-    unit: &Unit,
-) -> Result<Hit, CacheFailure> {
-    let mut client = connect().await?;
-    let request = Request::Resolve {
-        key: unit.key,
-        scope: unit.scope(),
-    };
-    let resolved = call(&mut client, request, RESOLVE_TIMEOUT, "resolving").await?;
-    let (root, resolve_fetched, build_ms, sampled, builders) = match resolved {
+/// What a resolve that hit gives.
+pub(super) struct Resolved {
+    pub(super) root: BlockId,
+    /// Bytes fetched from peers meanwhile.
+    pub(super) bytes_fetched: u64,
+    /// The builders' own figure for how long the unit took (for "time saved").
+    pub(super) build_ms: u64,
+    /// Whether the daemon sampled this hit for a rebuild check.
+    pub(super) sampled: bool,
+    /// The builders whose records were accepted.
+    pub(super) builders: Vec<BuilderKey>,
+}
+
+/// Resolves `key` through the daemon; a miss is a [`CacheFailure`] of severity
+/// [`Severity::Miss`] whose reason names `what` when the artifact does not fit here.
+pub(super) async fn resolve(
+    client: &mut Client,
+    key: rdht_core::BuildKey,
+    scope: rdht_api::proto::Scope,
+    what: &str,
+) -> Result<Resolved, CacheFailure> {
+    let request = Request::Resolve { key, scope };
+    match call(client, request, RESOLVE_TIMEOUT, "resolving").await? {
         Response::Resolved(Resolution::Hit {
             root,
             bytes_fetched,
@@ -50,19 +61,17 @@ pub(super) async fn try_hit(
             verify,
             ..
         }) => {
-            let builders: Vec<BuilderKey> = records
+            let decoded: Vec<BuildRecord> = records
                 .iter()
                 .filter_map(|r| BuildRecord::decode(r).ok())
-                .map(|r| r.builder())
                 .collect();
-            // The builders' own figure for how long this unit took (for "time saved").
-            let build_ms = records
-                .iter()
-                .filter_map(|r| BuildRecord::decode(r).ok())
-                .map(|r| r.body().build_ms)
-                .max()
-                .unwrap_or(0);
-            (root, bytes_fetched, build_ms, verify, builders)
+            Ok(Resolved {
+                root,
+                bytes_fetched,
+                build_ms: decoded.iter().map(|r| r.body().build_ms).max().unwrap_or(0),
+                sampled: verify,
+                builders: decoded.iter().map(|r| r.builder()).collect(),
+            })
         }
         Response::Resolved(Resolution::Miss {
             reason,
@@ -74,10 +83,7 @@ pub(super) async fn try_hit(
             let (counted, reason) = match cause {
                 MissCause::DoesNotFit => (
                     reason.clone(),
-                    format!(
-                        "trusted artifact of {} does not fit this machine: {reason}",
-                        unit.describe()
-                    ),
+                    format!("trusted artifact of {what} does not fit this machine: {reason}"),
                 ),
                 other => (other.label().into(), reason),
             };
@@ -85,10 +91,25 @@ pub(super) async fn try_hit(
             f.cause = counted;
             f.severity = Severity::Miss;
             f.unreachable = unreachable;
-            return Err(f);
+            Err(f)
         }
-        other => return Err(unexpected(&other)),
-    };
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(super) async fn try_hit(
+    rustc: &Path,
+    args: &[String],
+    unit: &Unit,
+) -> Result<Hit, CacheFailure> {
+    let mut client = connect().await?;
+    let Resolved {
+        root,
+        bytes_fetched: resolve_fetched,
+        build_ms,
+        sampled,
+        builders,
+    } = resolve(&mut client, unit.key, unit.scope(), &unit.describe()).await?;
     let tmp = scratch(&unit.out_dir, "hit");
     // Incremental units are not bit-reproducible, so a rebuild proves nothing.
     let check = (sampled && !unit.inv.incremental).then_some((rustc, args, builders.as_slice()));
@@ -145,14 +166,14 @@ pub(super) async fn materialize(
     })
 }
 
-/// Has the daemon write artifact `root` into `tmp` (verified); returns its outputs and
-/// the bytes fetched meanwhile. An artifact with files outside the layout is refused.
-async fn export(
+/// Has the daemon write artifact `root` into `dest` (verified); returns its files (path
+/// in the artifact, content root) and the bytes fetched meanwhile.
+pub(super) async fn export_entries(
     client: &mut Client,
     root: BlockId,
-    tmp: &Path,
-) -> Result<(Vec<Output>, u64), CacheFailure> {
-    let dest = tmp
+    dest: &Path,
+) -> Result<(Vec<(String, BlockId)>, u64), CacheFailure> {
+    let dest = dest
         .to_str()
         .ok_or_else(|| fail("output directory is not UTF-8"))?
         .to_string();
@@ -170,19 +191,32 @@ async fn export(
     let Response::Exported { entries, .. } = exported else {
         return Err(unexpected(&exported));
     };
+    Ok((
+        entries.into_iter().map(|e| (e.path, e.root)).collect(),
+        fetched,
+    ))
+}
+
+/// Has the daemon write artifact `root` into `tmp` (verified); returns its outputs and
+/// the bytes fetched meanwhile. An artifact with files outside the layout is refused.
+async fn export(
+    client: &mut Client,
+    root: BlockId,
+    tmp: &Path,
+) -> Result<(Vec<Output>, u64), CacheFailure> {
+    let (entries, fetched) = export_entries(client, root, tmp).await?;
     let mut outputs = Vec::new();
-    for e in &entries {
-        match e.path.strip_prefix(OUT) {
+    for (path, file_root) in entries {
+        match path.strip_prefix(OUT) {
             Some(name) if !name.contains('/') => outputs.push(Output {
                 name: name.to_string(),
-                at: tmp.join(&e.path),
-                root: e.root,
+                at: tmp.join(&path),
+                root: file_root,
             }),
-            _ if e.path == STDOUT || e.path == STDERR => {}
+            _ if path == STDOUT || path == STDERR => {}
             _ => {
                 return Err(fail(format!(
-                    "artifact {root} holds unexpected file {}",
-                    e.path
+                    "artifact {root} holds unexpected file {path}"
                 )));
             }
         }

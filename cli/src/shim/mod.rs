@@ -7,7 +7,8 @@
 //! collects key inputs, [`session`] writes and
 //! summarises one build's outcomes, [`plan`] prefetches and publishes build plans,
 //! [`stamp`] gives a check unit's outputs the modification time cargo will;
-//! [`cflags`] keeps machine-local paths out of what build scripts compile. Whether a
+//! [`cflags`] keeps machine-local paths out of what build scripts compile; [`script`]
+//! makes build-script runs units of the cache. Whether a
 //! hit's loadable outputs can run on this machine's C runtime is `rdht-fit`'s.
 //!
 //! Owns: everything between cargo and rustc. Does not own: the daemon (reached only
@@ -23,6 +24,7 @@ pub mod layout;
 mod miss;
 pub mod plan;
 pub mod roots;
+pub mod script;
 pub mod session;
 pub mod stamp;
 pub mod unit;
@@ -52,5 +54,10 @@ pub mod fuzzing {
     /// `hit::env_deps`: the variables named by dep-info's `# env-dep` lines.
     pub fn env_deps(dep_info: &str) -> Vec<(&str, Option<&str>)> {
         super::hit::env_deps(dep_info).collect()
+    }
+
+    /// `script::output::parse`: the `rerun-if` instructions of a build script's stdout.
+    pub fn build_script_output(stdout: &[u8]) -> super::script::output::Declared {
+        super::script::output::parse(stdout)
     }
 }

@@ -98,6 +98,31 @@ impl Roots {
         Roots { entries }
     }
 
+    /// The local directory standing for `placeholder` ([`CARGO_HOME`], [`WORKSPACE`],
+    /// [`TARGET`]), when known.
+    pub fn local(&self, placeholder: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(_, ph)| *ph == placeholder)
+            .map(|(local, _)| local.as_str())
+    }
+
+    /// Whether `bytes` name any local root as a whole path prefix.
+    pub fn named_in(&self, bytes: &[u8]) -> bool {
+        self.entries.iter().any(|(local, _)| {
+            let local = local.as_bytes();
+            let mut at = 0;
+            while let Some(i) = memchr::memmem::find(&bytes[at..], local) {
+                let end = at + i + local.len();
+                if bytes.get(end).is_none_or(|b| !is_path_byte(*b)) {
+                    return true;
+                }
+                at = at + i + 1;
+            }
+            false
+        })
+    }
+
     /// `s` with local roots replaced by placeholders.
     pub fn normalize(&self, s: &str) -> String {
         text(self.normalize_bytes(s.as_bytes()))

@@ -65,6 +65,47 @@ pub struct UnitLog {
     /// Providers of this unit's key the daemon could not reach (peer ids).
     #[serde(default)]
     pub unreachable: Vec<String>,
+    /// A build-script run, not a rustc unit: counted apart ([`Summary::runs`]).
+    #[serde(default)]
+    pub run: bool,
+    /// More keys this unit looked up, for the plan (a run's declaration key).
+    #[serde(default)]
+    pub extra_keys: Vec<String>,
+}
+
+impl UnitLog {
+    /// An empty line for `crate_name` with outcome `kind`.
+    pub fn new(crate_name: &str, kind: Kind) -> UnitLog {
+        UnitLog {
+            crate_name: crate_name.to_string(),
+            kind,
+            reason: String::new(),
+            bytes_fetched: 0,
+            compile_ms: 0,
+            wall_ms: 0,
+            key_ms: 0,
+            key: String::new(),
+            verify: None,
+            cause: String::new(),
+            not_shared: None,
+            unreachable: Vec::new(),
+            run: false,
+            extra_keys: Vec::new(),
+        }
+    }
+}
+
+/// The totals of a session's build-script runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Runs {
+    /// Runs seen.
+    pub runs: u64,
+    /// Served from the cache.
+    pub hits: u64,
+    /// Run here and shared.
+    pub misses: u64,
+    /// Run here and never cached (cargo reruns them every time), by reason.
+    pub never_cached: BTreeMap<String, u64>,
 }
 
 /// The reason a unit counts under when the shim itself could not hand its outputs over.
@@ -126,6 +167,8 @@ pub struct Summary {
     pub not_shared_reasons: BTreeMap<String, u64>,
     /// Distinct providers the daemon could not reach during the run (peer ids, sorted).
     pub unreachable_providers: Vec<String>,
+    /// Build-script runs, counted apart from rustc units.
+    pub runs: Runs,
 }
 
 /// Reads the session log (missing: an empty session).
@@ -136,15 +179,27 @@ pub fn summarize(path: &Path) -> Summary {
         let Ok(u) = serde_json::from_str::<UnitLog>(line) else {
             continue;
         };
-        s.units += 1;
         s.bytes_fetched += u.bytes_fetched;
         s.unreachable_providers.extend(u.unreachable);
         s.key_ms += u.key_ms;
+        if let Some(r) = &u.not_shared {
+            s.add_not_shared(&BTreeMap::from([(r.clone(), 1)]));
+        }
+        if u.run {
+            s.runs.runs += 1;
+            match u.kind {
+                Kind::Hit => {
+                    s.runs.hits += 1;
+                    s.saved_ms += u.compile_ms.saturating_sub(u.wall_ms);
+                }
+                Kind::Miss => s.runs.misses += 1,
+                Kind::Uncacheable => *s.runs.never_cached.entry(u.reason).or_default() += 1,
+            }
+            continue;
+        }
+        s.units += 1;
         if let Some(v) = &u.verify {
             *s.verify.entry(v.clone()).or_default() += 1;
-        }
-        if let Some(r) = u.not_shared {
-            s.add_not_shared(&BTreeMap::from([(r, 1)]));
         }
         match u.kind {
             Kind::Hit => {
@@ -180,7 +235,8 @@ pub fn plan_keys(path: &Path) -> Vec<rdht_core::BuildKey> {
         .lines()
         .filter_map(|l| serde_json::from_str::<UnitLog>(l).ok())
         .filter(|u| matches!(u.kind, Kind::Hit | Kind::Miss))
-        .filter_map(|u| u.key.parse().ok())
+        .flat_map(|u| std::iter::once(u.key).chain(u.extra_keys))
+        .filter_map(|k| k.parse().ok())
         .collect()
 }
 
@@ -225,6 +281,18 @@ impl Summary {
         line.push_str(&format!(", {} uncacheable", self.uncacheable));
         if !self.uncacheable_reasons.is_empty() {
             line.push_str(&format!(" ({})", counted(&self.uncacheable_reasons)));
+        }
+        if self.runs.runs > 0 {
+            let r = &self.runs;
+            let never: u64 = r.never_cached.values().sum();
+            line.push_str(&format!(
+                ", {} build-script runs ({} hits, {} misses, {never} never cached",
+                r.runs, r.hits, r.misses
+            ));
+            if !r.never_cached.is_empty() {
+                line.push_str(&format!(": {}", counted(&r.never_cached)));
+            }
+            line.push(')');
         }
         line.push_str(&format!(
             ", {} fetched, ~{:.1} s saved, {} not shared",
@@ -292,6 +360,8 @@ mod tests {
                     (Kind::Miss, 10) => vec!["12D3KooWb".into()],
                     _ => Vec::new(),
                 },
+                run: false,
+                extra_keys: Vec::new(),
             };
             text.push_str(&serde_json::to_string(&u).unwrap());
             text.push('\n');
@@ -323,6 +393,46 @@ mod tests {
             ),
             "{}",
             s.line()
+        );
+    }
+
+    #[test]
+    fn build_script_runs_are_counted_apart_and_their_keys_planned() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let mut text = String::new();
+        let mut unit = UnitLog::new("zstd_sys", Kind::Hit);
+        unit.key = "01".repeat(32);
+        let mut lines = vec![unit];
+        for (kind, reason) in [
+            (Kind::Hit, ""),
+            (Kind::Miss, "no provider has a record for this key"),
+            (Kind::Uncacheable, "prints an empty rerun-if-changed"),
+        ] {
+            let mut run = UnitLog::new("build script of zstd-sys", kind);
+            run.run = true;
+            run.reason = reason.into();
+            if kind != Kind::Uncacheable {
+                run.key = "02".repeat(32);
+                run.extra_keys = vec!["03".repeat(32)];
+            }
+            lines.push(run);
+        }
+        for l in &lines {
+            text.push_str(&serde_json::to_string(l).unwrap());
+            text.push('\n');
+        }
+        std::fs::write(&log, text).unwrap();
+        let s = summarize(&log);
+        assert_eq!((s.units, s.hits, s.misses), (1, 1, 0));
+        assert_eq!(
+            s.line(),
+            "rdht: 1 units, 1 hits, 0 misses, 0 uncacheable, 3 build-script runs (1 hits, 1 misses, 1 never cached: 1 prints an empty rerun-if-changed), 0 B fetched, ~0.0 s saved, 0 not shared"
+        );
+        let key = |b: u8| rdht_core::BuildKey::from_bytes([b; 32]);
+        assert_eq!(
+            plan_keys(&log),
+            vec![key(1), key(2), key(3), key(2), key(3)]
         );
     }
 }

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::cache::Severity;
 use super::inputs::{Env, Plan, plan};
 use super::session::{self, Kind, UnitLog};
 use super::{hit, miss, verify};
@@ -39,7 +38,7 @@ pub(super) fn warn(crate_name: &str, msg: &str) {
 /// Whether this is the first time in this `cargo dht-build` run that a warning of
 /// `class` is due (always true outside a session): a daemon that went away is reported
 /// once, not once per remaining unit.
-fn first_in_session(class: &str) -> bool {
+pub(super) fn first_in_session(class: &str) -> bool {
     match std::env::var_os(session::SESSION_LOG_ENV) {
         Some(log) => {
             let marker = PathBuf::from(format!("{}.warned-{class}", log.to_string_lossy()));
@@ -90,28 +89,15 @@ pub fn run(rustc: &Path, args: &[String]) -> Ended {
     let unit = match planned {
         Plan::Passthrough => return Ended::Passthrough,
         Plan::Uncacheable(reason) => {
-            session::append(&UnitLog {
-                crate_name,
-                kind: Kind::Uncacheable,
-                reason,
-                bytes_fetched: 0,
-                compile_ms: 0,
-                wall_ms: 0,
-                key_ms,
-                key: String::new(),
-                verify: None,
-                cause: String::new(),
-                not_shared: None,
-                unreachable: Vec::new(),
-            });
+            let mut log = UnitLog::new(&crate_name, Kind::Uncacheable);
+            log.reason = reason;
+            log.key_ms = key_ms;
+            session::append(&log);
             return Ended::Passthrough;
         }
         Plan::Cacheable(u) => u,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::cache::runtime() {
         Ok(r) => r,
         Err(e) => {
             warn(&crate_name, &format!("cannot start the async runtime: {e}"));
@@ -119,20 +105,11 @@ pub fn run(rustc: &Path, args: &[String]) -> Ended {
         }
     };
     let daemon_down = env.get(DAEMON_DOWN_ENV).is_some_and(|v| v == "1");
-    let mut log = UnitLog {
-        crate_name: crate_name.clone(),
-        kind: Kind::Miss,
-        reason: "daemon not running".into(),
-        bytes_fetched: 0,
-        compile_ms: 0,
-        wall_ms: 0,
-        key_ms,
-        key: unit.key.to_string(),
-        verify: None,
-        cause: "daemon unreachable".into(),
-        not_shared: None,
-        unreachable: Vec::new(),
-    };
+    let mut log = UnitLog::new(&crate_name, Kind::Miss);
+    log.reason = "daemon not running".into();
+    log.key_ms = key_ms;
+    log.key = unit.key.to_string();
+    log.cause = "daemon unreachable".into();
     if env.get(VERIFY_ENV).is_some_and(|v| v == "1") && !daemon_down {
         return verify::verify(&runtime, rustc, args, &unit, log, start);
     }
@@ -146,17 +123,13 @@ pub fn run(rustc: &Path, args: &[String]) -> Ended {
                 log.bytes_fetched = hit.bytes_fetched;
                 log.compile_ms = hit.compile_ms;
                 log.verify = hit.sample.map(str::to_string);
+                launch_runs(&unit);
                 log.wall_ms = start.elapsed().as_millis() as u64;
                 session::append(&log);
                 return Ended::Hit;
             }
             Err(f) => {
-                let shown = match f.severity {
-                    Severity::Miss => false,
-                    Severity::Unreachable => first_in_session("unreachable"),
-                    Severity::Fault => true,
-                };
-                if shown {
+                if f.shown() {
                     warn(&crate_name, &f.reason);
                 }
                 publish = f.publish;
@@ -213,7 +186,30 @@ pub fn run(rustc: &Path, args: &[String]) -> Ended {
             log.not_shared = Some(session::NOT_HANDED_OVER.to_string());
         }
     }
+    // After the submission: the daemon holds the binary open, and renaming it keeps
+    // its identity.
+    if code == 0 && !daemon_down {
+        launch_runs(&unit);
+    }
     log.wall_ms = start.elapsed().as_millis() as u64;
     session::append(&log);
     Ended::Built(code)
+}
+
+/// For a build script's compile: puts the launcher in place, so that cargo's run of
+/// the script goes through the cache (`script::launcher`). A failure is one warning:
+/// cargo then runs the script directly.
+fn launch_runs(unit: &super::inputs::Unit) {
+    if !unit.is_build_script() {
+        return;
+    }
+    let installed = std::env::current_exe()
+        .map_err(|e| format!("cannot find this program's path: {e}"))
+        .and_then(|shim| super::script::launcher::install(unit, &shim));
+    if let Err(e) = installed {
+        eprintln!(
+            "rdht: warning: {}: its run will not be cached: {e}",
+            unit.describe()
+        );
+    }
 }

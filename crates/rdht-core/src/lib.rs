@@ -10,6 +10,7 @@
 //! - [`buildkey::KeyInputs`]: what a build key hashes (specs/build-key.md).
 //! - [`BuildRecord`]: a builder's signed claim "key K built into root R" ([`record`]).
 //! - [`plan`]: build plans, the keys of one build run, fetched ahead by another machine.
+//! - [`runkey`]: the two-step keys of build-script runs.
 //!
 //! Normative formats: `specs/blocks.md` and `specs/records.md`; the test vectors in
 //! `specs/vectors/` are checked by this crate's tests.
@@ -34,6 +35,7 @@ pub mod manifest;
 pub mod packed;
 pub mod plan;
 pub mod record;
+pub mod runkey;
 
 /// The crate-private canonical postcard codec, for the fuzz targets of `crates/rdht-fuzz`
 /// only. Not part of the API: formats decode through their own types

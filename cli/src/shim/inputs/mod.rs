@@ -168,6 +168,14 @@ impl Unit {
             .find(|p| read.contains(p))
     }
 
+    /// Whether the unit is a build script's compile: cargo names its crate
+    /// `build_script_*`, compiles it as a `bin`, and sets no `CARGO_BIN_NAME` for it.
+    pub fn is_build_script(&self) -> bool {
+        self.labels.crate_name.starts_with("build_script_")
+            && self.labels.crate_types == ["bin"]
+            && !self.inputs.env.iter().any(|(k, _)| k == "CARGO_BIN_NAME")
+    }
+
     /// Whether the unit is a proc macro (its dependents count it by its key).
     pub fn is_proc_macro(&self) -> bool {
         self.labels.crate_types.iter().any(|t| t == "proc-macro")
@@ -245,12 +253,8 @@ fn rustc_output(rustc: &Path, args: &[&str], cache_dir: Option<&Path>) -> std::i
         let h = blake3::hash(stamp.as_bytes()).to_hex();
         d.join(format!("rustc-out-{}", &h[..16]))
     });
-    if let Some(c) = &cache
-        && let Ok(text) = fs::read_to_string(c)
-        && let Some((first, rest)) = text.split_once('\n')
-        && first == stamp
-    {
-        return Ok(rest.to_string());
+    if let Some(text) = cache.as_deref().and_then(|c| read_stamped(c, &stamp)) {
+        return Ok(text);
     }
     let out = Command::new(rustc).args(args).output().map_err(named)?;
     if !out.status.success() {
@@ -263,15 +267,27 @@ fn rustc_output(rustc: &Path, args: &[&str], cache_dir: Option<&Path>) -> std::i
     }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if let Some(c) = &cache {
-        if let Some(d) = c.parent() {
-            let _ = fs::create_dir_all(d);
-        }
-        let tmp = c.with_extension(format!("tmp{}", std::process::id()));
-        if fs::write(&tmp, format!("{stamp}\n{text}")).is_ok() {
-            let _ = fs::rename(&tmp, c);
-        }
+        write_stamped(c, &stamp, &text);
     }
     Ok(text)
+}
+
+/// The text cached in `path` under `stamp` (its first line), if that is the stamp.
+pub(crate) fn read_stamped(path: &Path, stamp: &str) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let (first, rest) = text.split_once('\n')?;
+    (first == stamp).then(|| rest.to_string())
+}
+
+/// Caches `text` in `path` under `stamp`, atomically; a failure only costs the cache.
+pub(crate) fn write_stamped(path: &Path, stamp: &str, text: &str) {
+    if let Some(d) = path.parent() {
+        let _ = fs::create_dir_all(d);
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if fs::write(&tmp, format!("{stamp}\n{text}")).is_ok() {
+        let _ = fs::rename(&tmp, path);
+    }
 }
 
 /// Where the roots of unpacked registry packages are cached: the user's cache directory
