@@ -3,7 +3,8 @@
 //! before the daemon's job worker reads the outputs. Every unit must still be shared,
 //! the final binary included, and a second install on another machine (another
 //! CARGO_HOME, another daemon that trusts the first) must be all hits, with an
-//! identical binary.
+//! identical binary. The project depends on `libc`, whose build script's run is shared
+//! and hit like any unit (part 1).
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
 use std::path::Path;
@@ -13,7 +14,7 @@ use rdht_testnet::{SMALL_MYLIB, Swarm, wrapped_cargo, write_small_project};
 
 /// The small project as a git repository with one commit; returns its `file://` URL.
 fn git_repo(dir: &Path) -> String {
-    write_small_project(dir, SMALL_MYLIB, "");
+    write_small_project(dir, SMALL_MYLIB, "libc = \"=0.2.191\"\n");
     let git = |args: &[&str]| {
         let out = Command::new("git")
             .args(args)
@@ -70,15 +71,17 @@ fn a_cargo_install_shares_every_unit_and_a_second_install_is_all_hits() {
     };
     let (bin_a, log_a) = install(&a, "a");
     // cargo removed its temporary target dir on exit; the jobs still had the files.
+    // Six rustc units (libc's build script among them) and libc's run, whose
+    // declaration and outputs are two records.
     let sync = a.json(&["sync"]);
     assert_eq!(
         (&sync["published"], &sync["failed"]),
-        (&serde_json::json!(4), &serde_json::json!(0)),
+        (&serde_json::json!(8), &serde_json::json!(0)),
         "{sync}"
     );
-    assert_eq!(kinds(&log_a), vec!["\"miss\""; 4]);
+    assert_eq!(kinds(&log_a), vec!["\"miss\""; 7]);
     let (bin_b, log_b) = install(&b, "b");
-    assert_eq!(kinds(&log_b), vec!["\"hit\""; 4]);
+    assert_eq!(kinds(&log_b), vec!["\"hit\""; 7]);
     assert!(bin_a == bin_b, "both installs give the same binary");
     let out = Command::new(root.join("bin-b/bin/proj")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "7 42 Some(1)\n");
