@@ -207,3 +207,106 @@ fn a_run_misses_exactly_when_what_it_declared_changed() {
     write(&p4, "gen/notes.txt", "x\n");
     assert_eq!(run(&p4, &[]), ((1, 0, 1, 0), "one \n".into()));
 }
+
+/// The gen project with a build script that also writes 32 MiB of incompressible bytes
+/// into `OUT_DIR`, so that restoring its run takes a while.
+fn write_big_gen_project(dir: &Path) {
+    write_gen_project(dir);
+    write(
+        dir,
+        "gen/build.rs",
+        "fn main() {\n    println!(\"cargo:rerun-if-changed=data.txt\");\n    \
+         let data = std::fs::read_to_string(\"data.txt\").unwrap();\n    \
+         let out = std::path::PathBuf::from(std::env::var(\"OUT_DIR\").unwrap());\n    \
+         std::fs::write(out.join(\"gen.rs\"), format!(\"pub const DATA: &str = {:?};\\npub const FLAVOUR: &str = \\\"\\\";\\n\", data.trim())).unwrap();\n    \
+         let mut x: u64 = 0x9e3779b97f4a7c15;\n    \
+         let big: Vec<u8> = (0..32 << 20).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect();\n    \
+         std::fs::write(out.join(\"big.bin\"), big).unwrap();\n}\n",
+    );
+}
+
+/// Every file under `dir` by relative path, with its bytes' hash.
+fn tree(dir: &Path) -> Vec<(String, blake3::Hash)> {
+    rdht_testnet::snapshot(dir)
+        .into_iter()
+        .map(|(k, (h, _))| (k, h))
+        .collect()
+}
+
+#[test]
+fn a_daemon_killed_while_a_run_is_restored_costs_only_the_run() {
+    let swarm = Swarm::new();
+    let root = swarm.tmp.path();
+    let a = swarm.node("a");
+    let mut b = swarm.node("b");
+    b.rdht(&["trust", "add", &a.builder_key()]);
+    let pa = root.join("a/p");
+    write_big_gen_project(&pa);
+    let (_, sa) = dht_build_env(&pa, &root.join("home-a"), &a.dir, &[]);
+    a.rdht(&["sync"]);
+    assert_eq!(runs(&sa), (1, 0, 1, 0), "{sa}");
+    let pb = root.join("b/p");
+    copy_project(&pa, &pb);
+    let build = std::process::Command::new(rdht_testnet::bin("cargo-dht-build"))
+        .args(["dht-build", "--json"])
+        .current_dir(&pb)
+        .env("CARGO_HOME", root.join("home-b"))
+        .env("RDHT_DATA_DIR", &b.dir)
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The restore's scratch directory beside OUT_DIR exists from the declaration's
+    // export until the run is in place: kill B as soon as it appears.
+    let build_dir = pb.join("target/debug/build");
+    let restoring = || {
+        std::fs::read_dir(&build_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|unit| {
+                std::fs::read_dir(unit.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".rdht-run-"))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !restoring() {
+        assert!(std::time::Instant::now() < deadline, "no restore began");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    b.kill();
+    let out = build.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the build fails:\n{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Killed mid-restore, the run was built here.
+    assert_eq!(runs(&s), (1, 0, 1, 0), "{s}");
+    let run = |p: &Path| {
+        std::process::Command::new(p.join("target/debug/genproj"))
+            .output()
+            .unwrap()
+            .stdout
+    };
+    assert_eq!(run(&pb), run(&pa));
+    assert_eq!(String::from_utf8(run(&pb)).unwrap(), "one \n");
+    let out_dir = |p: &Path| {
+        let build = p.join("target/debug/build");
+        let unit = std::fs::read_dir(&build)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("out"))
+            .find(|o| o.join("gen.rs").is_file())
+            .unwrap();
+        tree(&unit)
+    };
+    assert_eq!(
+        out_dir(&pb),
+        out_dir(&pa),
+        "OUT_DIR as a local run leaves it"
+    );
+}
