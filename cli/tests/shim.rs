@@ -117,11 +117,18 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
     );
     assert!(count(&s2, "bytes_fetched") > 100_000, "{s2}");
     // A published the plan of its run; B derived the same plan key at another path
-    // with another CARGO_HOME and prefetched every unit of it.
+    // with another CARGO_HOME and prefetched every unit of it, and both keys of each
+    // build-script run (every run hit too).
+    let runs = count(&s2["runs"], "runs");
+    assert_eq!(
+        (runs, count(&s2["runs"], "hits")),
+        (count(&s1["runs"], "misses"), runs),
+        "{s2}"
+    );
     let prefetched = b.wait_for_prefetch();
     assert_eq!(
         (&prefetched["state"], prefetched["keys"].as_u64()),
-        (&serde_json::json!("done"), Some(units)),
+        (&serde_json::json!("done"), Some(units + 2 * runs)),
         "{prefetched}"
     );
     let line = String::from_utf8_lossy(&out2.stderr)
@@ -131,7 +138,7 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
         .to_string();
     assert!(
         line.starts_with(&format!(
-            "rdht: {units} units, {units} hits, 0 misses, 0 uncacheable, "
+            "rdht: {units} units, {units} hits, 0 misses, 0 uncacheable, {runs} build-script runs ({runs} hits, 0 misses, 0 never cached), "
         )),
         "{line}"
     );
@@ -205,8 +212,10 @@ fn a_second_checkout_is_served_from_the_swarm_and_changes_miss_exactly() {
     assert!(out4.status.success(), "{text}");
     assert!(text.contains("rdht: warning:"), "{text}");
     assert_eq!(run_bin(&p4), "hello 8\n");
-    let lines = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
-    assert_eq!(lines, units, "every unit was still built");
+    let built = summarize(&log);
+    assert_eq!(built.units, units, "every unit was still built");
+    // And every build-script run still ran.
+    assert_eq!(built.runs.runs, runs, "every run still ran");
 
     // A daemon that trusts nobody ignores A's records: everything is built locally.
     let c = swarm.node("c");
