@@ -290,6 +290,17 @@ fn main() -> std::io::Result<()> {
                     /home/u/ws/src/lib.rs:\n\n# env-dep:CARGO_PKG_NAME=p\n# env-dep:OUT_DIR=/home/u/ws/target/debug/build/p-2/out\n# env-dep:UNSET\n";
     seeds.push(("shim_depinfo", "dep-info", dep_info.as_bytes().to_vec()));
 
+    let declaration = rdht_core::runkey::Declaration {
+        version: rdht_core::runkey::RUN_KEY_VERSION,
+        env: vec!["CC".into(), "CFLAGS".into()],
+        paths: vec!["/rdht/workspace/c/x.h".into(), "build.rs".into()],
+        package: false,
+    };
+    seeds.push(("declaration", "two-each", declaration.encode()));
+    let script = "cargo:rustc-link-lib=static=zstd\ncargo:rerun-if-changed=build.rs\n\
+                  cargo::rerun-if-env-changed=CC\r\ncargo:rerun-if-changed=\ncargo:warning=x\n";
+    seeds.push(("script_output", "cc-rs", script.as_bytes().to_vec()));
+
     for (target, name, bytes) in seeds {
         let d = dir.join(target);
         std::fs::create_dir_all(&d)?;

@@ -160,6 +160,18 @@ pub fn plan(data: &[u8]) {
     }
 }
 
+/// A build-script run's declaration (`runkey::Declaration::decode`): what decodes
+/// encodes to the same bytes, and is sorted and unique.
+pub fn declaration(data: &[u8]) {
+    let Ok(d) = rdht_core::runkey::Declaration::decode(data) else {
+        return;
+    };
+    assert_eq!(d.encode(), data);
+    for list in [&d.env, &d.paths] {
+        assert!(list.windows(2).all(|w| w[0] < w[1]));
+    }
+}
+
 /// The canonical postcard decoder, over the first byte's choice of type.
 pub fn codec(data: &[u8]) {
     let Some((&which, bytes)) = data.split_first() else {

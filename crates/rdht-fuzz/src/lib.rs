@@ -17,7 +17,7 @@
 //!   bootstrap files (`rdht-net`).
 //! - [`node`]: `config.toml` (`rdht-node`).
 //! - [`shim`]: the cargo shim's rustc command lines, rustc's JSON messages and
-//!   dep-info (`rdht-cli`).
+//!   dep-info, and build scripts' `rerun-if` instructions (`rdht-cli`).
 //!
 //! Does not own: the formats (their crates do) or what a finding means (each crash is
 //! fixed in its crate, with a regression test there). The list of targets is
@@ -27,7 +27,7 @@
 //! // Every target takes any bytes; a valid leaf block and a truncated one alike.
 //! rdht_fuzz::core::block(b"\x00hello");
 //! rdht_fuzz::core::block(b"\x01short");
-//! assert_eq!(rdht_fuzz::TARGETS.len(), 14);
+//! assert_eq!(rdht_fuzz::TARGETS.len(), 16);
 //! ```
 
 pub mod api;
@@ -56,6 +56,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("shim_args", shim::args),
     ("shim_json", shim::rustc_json),
     ("shim_depinfo", shim::dep_info),
+    ("declaration", core::declaration),
+    ("script_output", shim::script_output),
 ];
 
 /// Runs a future that never waits to completion: every target reads from a slice and

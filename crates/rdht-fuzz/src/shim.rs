@@ -1,6 +1,6 @@
 //! Targets over the cargo shim's parsers (`rdht-cli`): rustc command lines, rustc's
 //! JSON messages, and dep-info (`# env-dep` lines, and the machine-local roots replaced
-//! both ways in stored dep-info).
+//! both ways in stored dep-info), and a build script's `rerun-if` instructions.
 //!
 //! Does not own: running rustc or talking to the daemon.
 
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use rdht_cli::shim::args::{Arg, parse};
-use rdht_cli::shim::fuzzing::{artifacts, env_deps, forward};
+use rdht_cli::shim::fuzzing::{artifacts, build_script_output, env_deps, forward};
 use rdht_cli::shim::roots::{self, Roots};
 
 /// The roots of a unit on a fuzzing machine: a target directory inside the workspace,
@@ -82,4 +82,24 @@ pub fn dep_info(data: &[u8]) {
     if !placeholders.iter().any(|p| text.contains(p)) {
         assert_eq!(ROOTS.localize(&stored), text);
     }
+}
+
+/// A build script's stdout: the `rerun-if` instructions it declares. Each value is
+/// trimmed and one line of the input; written back as instructions, they parse the same.
+pub fn script_output(data: &[u8]) {
+    let d = build_script_output(data);
+    let lines = data.split(|b| *b == b'\n').count();
+    assert!(d.changed.len() + d.env_changed.len() <= lines);
+    let mut again = String::new();
+    for v in d.changed.iter().chain(&d.env_changed) {
+        assert_eq!(v.trim(), v);
+        assert!(!v.contains('\n'));
+    }
+    for v in &d.changed {
+        again.push_str(&format!("cargo:rerun-if-changed={v}\n"));
+    }
+    for v in &d.env_changed {
+        again.push_str(&format!("cargo::rerun-if-env-changed={v}\n"));
+    }
+    assert_eq!(build_script_output(again.as_bytes()), d);
 }

@@ -147,8 +147,12 @@ fn out_files(ctx: &RunContext) -> Result<Vec<OutFile>, ShareError> {
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(u64::MAX);
         let bytes =
             fs::read(&path).map_err(|e| ShareError::Local(format!("{}: {e}", path.display())))?;
-        let normalized = match std::str::from_utf8(&bytes) {
-            Ok(text) if len <= MAX_TEXT && ctx.roots.named_in(&bytes) => {
+        // Text: UTF-8 without NUL bytes (object files may be valid UTF-8 otherwise).
+        let text = std::str::from_utf8(&bytes)
+            .ok()
+            .filter(|_| !bytes.contains(&0));
+        let normalized = match text {
+            Some(text) if len <= MAX_TEXT && ctx.roots.named_in(&bytes) => {
                 Some(ctx.roots.normalize(text))
             }
             _ if ctx.roots.named_in(&bytes) => {
@@ -341,4 +345,98 @@ async fn store_and_publish(
     .await;
     let _ = fs::remove_dir_all(&stage);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shim::script::launcher::Meta;
+    use crate::shim::script::output::parse;
+
+    fn context(root: &Path) -> RunContext {
+        let meta = Meta {
+            version: 1,
+            script_key: "07".repeat(32),
+            public: false,
+            cargo_home: root.join("home").display().to_string(),
+            workspace: Some(root.join("ws").display().to_string()),
+            target: Some(root.join("ws/target").display().to_string()),
+            rustc: "rustc 1.95.0".into(),
+        };
+        let out = root.join("ws/target/debug/build/p-01/out");
+        fs::create_dir_all(&out).unwrap();
+        let env = crate::shim::inputs::Env::from([
+            ("OUT_DIR".into(), out.display().to_string()),
+            (
+                "CARGO_MANIFEST_DIR".into(),
+                root.join("ws/p").display().to_string(),
+            ),
+        ]);
+        RunContext::new(&meta, &env).unwrap()
+    }
+
+    #[test]
+    fn runs_cargo_reruns_every_time_are_never_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = context(d.path());
+        assert_eq!(
+            never_cached(&ctx, &parse(b"cargo:rerun-if-changed=\n")),
+            Some("prints an empty rerun-if-changed".into())
+        );
+        let inside = format!("cargo:rerun-if-changed={}/gen.h\n", ctx.out_dir.display());
+        assert_eq!(
+            never_cached(&ctx, &parse(inside.as_bytes())),
+            Some(format!(
+                "rerun-if-changed names {}/gen.h, inside OUT_DIR",
+                ctx.out_dir.display()
+            ))
+        );
+        assert_eq!(
+            never_cached(&ctx, &parse(b"cargo:rerun-if-changed=build.rs\n")),
+            None
+        );
+        assert_eq!(never_cached(&ctx, &parse(b"")), None);
+    }
+
+    #[test]
+    fn out_dir_text_naming_roots_is_normalised_and_anything_else_local_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = context(d.path());
+        let out = ctx.out_dir.clone();
+        fs::create_dir_all(out.join("lib")).unwrap();
+        fs::write(out.join("lib/libz.a"), b"!<arch>\n\x00\x01").unwrap();
+        fs::write(out.join("zlib.pc"), format!("prefix={}\n", out.display())).unwrap();
+        fs::write(out.join(".hidden"), "h").unwrap();
+        let files = out_files(&ctx).map_err(|_| ()).unwrap();
+        let got: Vec<(&str, Option<&str>)> = files
+            .iter()
+            .map(|f| (f.rel.as_str(), f.normalized.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (".hidden", None),
+                ("lib/libz.a", None),
+                (
+                    "zlib.pc",
+                    Some("prefix=/rdht/target/debug/build/p-01/out\n")
+                ),
+            ]
+        );
+        let mut binary = b"\x7fELF\x00".to_vec();
+        binary.extend_from_slice(d.path().join("ws/p/src/x.c").to_string_lossy().as_bytes());
+        fs::write(out.join("x.o"), binary).unwrap();
+        match out_files(&ctx) {
+            Err(ShareError::Local(r)) => {
+                assert_eq!(r, "OUT_DIR file x.o names this machine's paths")
+            }
+            _ => panic!("a binary file naming a root is machine-local"),
+        }
+        fs::remove_file(out.join("x.o")).unwrap();
+        std::os::unix::fs::symlink("zlib.pc", out.join("link.pc")).unwrap();
+        match out_files(&ctx) {
+            Err(ShareError::Local(r)) => assert_eq!(r, "OUT_DIR holds a symbolic link, link.pc"),
+            _ => panic!("a symlink is machine-local"),
+        }
+    }
 }
