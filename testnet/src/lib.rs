@@ -248,6 +248,11 @@ impl Node {
         n
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's log file (stderr, `RUST_LOG=info`).
     pub fn log(&self) -> PathBuf {
         self.dir.with_extension("log")
