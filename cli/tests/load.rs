@@ -26,7 +26,7 @@ const PROJECTS: [(&str, &str, &str); 8] = [
     (
         "bitflags = \"=2.9.1\"\neither = \"=1.15.0\"",
         "bitflags::bitflags! { struct F: u8 { const A = 1; const B = 2; } }",
-        "let e: either::Either<u8, u8> = either::Either::Left(3); println!(\"{:?} {}\", F::A | F::B, e.left().unwrap());",
+        "let e: either::Either<u8, u8> = either::Either::Left(3); println!(\"{} {}\", (F::A | F::B).bits(), e.left().unwrap());",
     ),
     (
         "libc = \"=0.2.191\"\nscopeguard = \"=1.2.0\"",
@@ -109,7 +109,11 @@ fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
             .env_remove("CARGO_TARGET_DIR")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         expected.push(program_output(&local, i));
         if i < 4 {
             let pa = root.join(format!("a/p{i}"));
@@ -143,7 +147,11 @@ fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
     let mut running: Vec<_> = builds.into_iter().enumerate().collect();
     let mut summaries = vec![serde_json::Value::Null; 8];
     while !running.is_empty() {
-        peak_fds = peak_fds.max(std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
+        peak_fds = peak_fds.max(
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .count(),
+        );
         let mut still = Vec::new();
         for (i, (p, mut child)) in running {
             if child.try_wait().unwrap().is_some() {
@@ -167,10 +175,18 @@ fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
     for (i, s) in summaries.iter().enumerate() {
         let n = |k: &str| s[k].as_u64().unwrap();
         if i < 4 {
-            assert_eq!((n("hits"), n("misses")), (n("units"), 0), "warm build {i}: {s}");
+            assert_eq!(
+                (n("hits"), n("misses")),
+                (n("units"), 0),
+                "warm build {i}: {s}"
+            );
         } else {
-            assert_eq!((n("hits"), n("misses")), (0, n("units")), "cold build {i}: {s}");
+            assert_eq!(
+                (n("hits"), n("misses")),
+                (0, n("units")),
+                "cold build {i}: {s}"
+            );
         }
     }
-    assert!(hwm < 1 << 20, "the daemon's peak RSS is {hwm} KiB");
+    assert!(hwm < 256 << 10, "the daemon's peak RSS is {hwm} KiB");
 }
