@@ -108,9 +108,16 @@ fn demo_steps_second_checkout_hits_every_unit_and_builds_the_same_binary() {
     );
     assert_eq!(run(&b), "generated 42\n");
 
-    // Node 3 resolved every unit through the swarm; node 2 took no part.
+    // Node 3 resolved every unit through the swarm, and both keys of each build-script
+    // run (every run hit too); node 2 took no part.
+    let runs = &warm["runs"];
+    assert_eq!(runs["hits"], runs["runs"], "{warm}");
     let st3 = net.json(3, &["status"]).unwrap();
-    assert_eq!(st3["resolve_hits"], UNITS, "{st3}");
+    assert_eq!(
+        st3["resolve_hits"],
+        UNITS + 2 * runs["runs"].as_u64().unwrap(),
+        "{st3}"
+    );
     let st2 = net.json(2, &["status"]).unwrap();
     assert_eq!(
         (&st2["resolve_hits"], &st2["bytes_in"]),
