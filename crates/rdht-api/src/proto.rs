@@ -223,6 +223,17 @@ pub enum Request {
     /// The sharing backlog: submitted jobs queued or running, and what finished jobs
     /// did since the daemon started; answered at once.
     Jobs,
+    /// [`Request::Export`] into a build's output directory: every file whose name does
+    /// not end in `.d` may be a hard link to the store's kept copy (its bytes verified
+    /// as for `Export`), because the compiler replaces its outputs rather than rewriting
+    /// them in place; dep-info, which the caller rewrites, always gets its own inode.
+    /// Answered with [`Response::Exported`].
+    ExportLinked {
+        /// The artifact root.
+        root: BlockId,
+        /// Absolute path of the directory to write into.
+        dest: String,
+    },
 }
 
 /// Submitted jobs, for [`Request::Jobs`].

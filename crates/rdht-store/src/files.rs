@@ -66,7 +66,16 @@ pub fn place(src: &Path, dest: &Path, mode: Mode) -> io::Result<Placed> {
     if mode == Mode::Link {
         drop(to);
         fs::remove_file(dest)?;
-        if fs::hard_link(src, dest).is_ok() {
+        // Following a final symlink, so that a `/proc/self/fd/N` path links the file
+        // its descriptor holds.
+        let linked = rustix::fs::linkat(
+            rustix::fs::CWD,
+            src,
+            rustix::fs::CWD,
+            dest,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        );
+        if linked.is_ok() {
             return Ok(Placed::HardLink);
         }
         let to = OpenOptions::new().write(true).create_new(true).open(dest)?;
@@ -347,6 +356,16 @@ mod tests {
         assert_ne!(how, Placed::HardLink);
         assert_eq!(fs::read(&b).unwrap(), vec![5u8; 70_000]);
         assert!(place(&src, &b, Mode::Link).is_err());
+        // A descriptor's path links (or clones) the file it holds.
+        let held = File::open(&src).unwrap();
+        let c = d.path().join("c");
+        let via = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&held)
+        ));
+        let how = place(&via, &c, Mode::Link).unwrap();
+        assert!(matches!(how, Placed::Reflink | Placed::HardLink), "{how:?}");
+        assert_eq!(fs::read(&c).unwrap(), vec![5u8; 70_000]);
         assert_eq!(
             parse_root(&BlockId::from_bytes([0xab; 32]).to_string()),
             Some(BlockId::from_bytes([0xab; 32]))

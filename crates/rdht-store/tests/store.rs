@@ -917,6 +917,41 @@ fn gc_never_breaks_a_linked_file_in_a_target_dir() {
     }
 }
 
+/// Issue 17: a target on another filesystem (`/dev/shm`, a tmpfs) gets copies
+/// (`copy_file_range`, or reads and writes where the kernel refuses it across
+/// filesystems), byte-identical, each with its own inode and mode.
+#[test]
+fn export_across_filesystems_copies_and_verifies() {
+    use rdht_store::{Mode, Placed};
+    use std::os::unix::fs::MetadataExt;
+    let fx = fixture(Kind::Sled, Config::default());
+    let root = ingest(&fx, "a", FILES, false);
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (a tmpfs) is needed");
+    assert_ne!(
+        std::fs::metadata(shm.path()).unwrap().dev(),
+        std::fs::metadata(fx.dir.path()).unwrap().dev(),
+        "/dev/shm is another filesystem"
+    );
+    let (_, placed) = fx
+        .store
+        .export_with(&root, shm.path(), &|_| Mode::Link)
+        .unwrap();
+    assert!(placed.iter().all(|p| *p != Placed::HardLink), "{placed:?}");
+    for &(path, seed, len, exec) in FILES {
+        let p = shm.path().join(path);
+        assert_eq!(std::fs::read(&p).unwrap(), data(seed, len), "{path}");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, if exec { 0o755 } else { 0o644 }, "{path}");
+    }
+    fx.store.remove_artifact(&root).unwrap();
+    for &(path, seed, len, _) in FILES {
+        assert_eq!(
+            std::fs::read(shm.path().join(path)).unwrap(),
+            data(seed, len)
+        );
+    }
+}
+
 #[test]
 fn disk_full_is_reported_with_path_and_leaves_no_artifact() {
     let backend = DiskFull {

@@ -73,7 +73,8 @@ impl Shared {
             Request::Status => self.status().await,
             Request::Peers => self.peers().await,
             Request::Put { files, labels, pin } => self.put(conn, id, files, labels, pin).await,
-            Request::Export { root, dest } => self.export(conn, id, root, dest).await,
+            Request::Export { root, dest } => self.export(conn, id, root, dest, false).await,
+            Request::ExportLinked { root, dest } => self.export(conn, id, root, dest, true).await,
             Request::Resolve { key, scope } => {
                 let mut r = self.resolve(key, scope).await?;
                 if let Resolution::Hit {
