@@ -234,6 +234,17 @@ pub enum Request {
         /// Absolute path of the directory to write into.
         dest: String,
     },
+    /// [`Request::Resolve`] and, on a hit, [`Request::ExportLinked`] of the chosen root
+    /// into `dest`, in one round trip: what a cache hit asks of the daemon. Answered
+    /// with [`Response::ResolvedExported`].
+    ResolveExport {
+        /// The build key.
+        key: BuildKey,
+        /// The unit's scope, as for `Resolve`.
+        scope: Scope,
+        /// Absolute path of the directory to write a hit into.
+        dest: String,
+    },
 }
 
 /// Submitted jobs, for [`Request::Jobs`].
@@ -586,6 +597,14 @@ pub enum Response {
     Drained(DrainReport),
     /// To [`Request::Jobs`].
     Jobs(JobsStatus),
+    /// To [`Request::ResolveExport`]: the resolution and, for a hit, the files written
+    /// (empty for a miss).
+    ResolvedExported {
+        /// As [`Response::Resolved`].
+        resolution: Resolution,
+        /// As [`Response::Exported`]'s entries.
+        entries: Vec<ExportedFile>,
+    },
 }
 
 /// Progress of a long request, sent before its final answer.

@@ -76,23 +76,23 @@ impl Shared {
             Request::Export { root, dest } => self.export(conn, id, root, dest, false).await,
             Request::ExportLinked { root, dest } => self.export(conn, id, root, dest, true).await,
             Request::Resolve { key, scope } => {
-                let mut r = self.resolve(key, scope).await?;
-                if let Resolution::Hit {
-                    source,
-                    bytes_fetched,
-                    ..
-                } = &mut r
-                    && let Some((swarm, bytes)) = self.lock_prefetched().remove(&key)
-                {
-                    *source = swarm;
-                    *bytes_fetched += bytes;
-                }
-                let counter = match r {
-                    Resolution::Hit { .. } => &self.resolve_hits,
-                    Resolution::Miss { .. } => &self.resolve_misses,
+                Ok(Response::Resolved(self.resolve_counted(key, scope).await?))
+            }
+            Request::ResolveExport { key, scope, dest } => {
+                let resolution = self.resolve_counted(key, scope).await?;
+                let entries = match &resolution {
+                    Resolution::Hit { root, .. } => {
+                        match self.export(conn, id, *root, dest, true).await? {
+                            Response::Exported { entries, .. } => entries,
+                            _ => Vec::new(),
+                        }
+                    }
+                    Resolution::Miss { .. } => Vec::new(),
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(Response::Resolved(r))
+                Ok(Response::ResolvedExported {
+                    resolution,
+                    entries,
+                })
             }
             Request::Publish {
                 key,
@@ -265,5 +265,27 @@ impl Shared {
                 })
                 .collect(),
         ))
+    }
+
+    /// Resolves `key` (the prefetch's source and bytes added to a hit it fetched) and
+    /// counts the outcome.
+    async fn resolve_counted(&self, key: BuildKey, scope: Scope) -> Result<Resolution, ApiError> {
+        let mut r = self.resolve(key, scope).await?;
+        if let Resolution::Hit {
+            source,
+            bytes_fetched,
+            ..
+        } = &mut r
+            && let Some((swarm, bytes)) = self.lock_prefetched().remove(&key)
+        {
+            *source = swarm;
+            *bytes_fetched += bytes;
+        }
+        let counter = match r {
+            Resolution::Hit { .. } => &self.resolve_hits,
+            Resolution::Miss { .. } => &self.resolve_misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(r)
     }
 }
