@@ -62,7 +62,10 @@ async fn a_hit_is_linked_from_the_store_in_one_round_trip_and_a_rewritten_copy_i
     )
     .await
     .unwrap();
-    assert!(matches!(published, Response::Published { .. }), "{published:?}");
+    assert!(
+        matches!(published, Response::Published { .. }),
+        "{published:?}"
+    );
 
     // One round trip: the resolution and the files written.
     let dest = tmp.path().join("target/out-scratch");
@@ -106,7 +109,10 @@ async fn a_hit_is_linked_from_the_store_in_one_round_trip_and_a_rewritten_copy_i
     assert_eq!(std::fs::metadata(dest.join("out/x.d")).unwrap().nlink(), 1);
 
     // A miss: the resolution, no files.
-    match call(&sock, request(BuildKey::from_bytes([8; 32]))).await.unwrap() {
+    match call(&sock, request(BuildKey::from_bytes([8; 32])))
+        .await
+        .unwrap()
+    {
         Response::ResolvedExported {
             resolution: Resolution::Miss { .. },
             entries,
