@@ -156,11 +156,42 @@ impl Store {
     ///
     /// Atomic: until it returns `Ok`, no artifact is visible; blocks written by a failed
     /// or interrupted ingest are reclaimed by GC or at the next open.
+    ///
+    /// The store's copy of each file is a reflink or a copy, never a hard link: the
+    /// caller's files stay independent of the store (see [`Store::ingest_outputs`]).
     pub fn ingest(
         &self,
         labels: Labels,
         files: Vec<IngestFile>,
         pin: bool,
+    ) -> Result<ArtifactInfo, StoreError> {
+        self.ingest_as(labels, files, pin, Mode::OwnInode)
+    }
+
+    /// [`Store::ingest`] of a build's outputs, which the compiler replaces rather than
+    /// rewrites in place: each file may be hard-linked into the store (with
+    /// [`crate::Config::link_ingest`], where it shares a filesystem and has no
+    /// reflinks), so it is hashed once and its bytes are stored once.
+    pub fn ingest_outputs(
+        &self,
+        labels: Labels,
+        files: Vec<IngestFile>,
+        pin: bool,
+    ) -> Result<ArtifactInfo, StoreError> {
+        let mode = if self.inner.config.link_ingest {
+            Mode::Link
+        } else {
+            Mode::OwnInode
+        };
+        self.ingest_as(labels, files, pin, mode)
+    }
+
+    fn ingest_as(
+        &self,
+        labels: Labels,
+        files: Vec<IngestFile>,
+        pin: bool,
+        mode: Mode,
     ) -> Result<ArtifactInfo, StoreError> {
         // Check paths before reading a byte.
         let placeholder = files
@@ -199,11 +230,6 @@ impl Store {
             let (mut file, tmp, memory) = match self.inner.files.dir() {
                 Some(dir) => {
                     let tmp = Files::temp(dir);
-                    let mode = if self.inner.config.link_ingest {
-                        Mode::Link
-                    } else {
-                        Mode::OwnInode
-                    };
                     place(path, &tmp, mode).map_err(file_err("copying into the store", path))?;
                     temps.0.push(tmp.clone());
                     let file = File::open(&tmp).map_err(file_err("opening", &tmp))?;

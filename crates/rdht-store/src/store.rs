@@ -41,9 +41,9 @@ pub struct Config {
     /// crash then may leave an exported file empty, but never half-written under its
     /// final name *and* reported as complete by the store.
     pub sync_exports: bool,
-    /// Ingest a file by linking it into the store (a reflink, else a hard link on the
-    /// same filesystem) rather than copying it, then hashing the store's copy once
-    /// (specs/store.md §4.4). On by default. A file linked this way that is later
+    /// [`Store::ingest_outputs`] links each file into the store (a reflink, else a
+    /// hard link on the same filesystem) rather than copying it, then hashes the
+    /// store's copy once (specs/store.md §4.4). On by default. A file linked this way that is later
     /// rewritten in place is caught by the verification of every read and dropped.
     pub link_ingest: bool,
 }

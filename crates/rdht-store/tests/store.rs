@@ -917,6 +917,48 @@ fn gc_never_breaks_a_linked_file_in_a_target_dir() {
     }
 }
 
+/// Issue 17: a build's outputs are linked into the store and hashed once; `ingest`
+/// never shares an inode with the caller's file. An output rewritten in place after
+/// a link changes the store's copy: it is detected and never exported.
+#[test]
+fn outputs_are_linked_into_the_store_and_a_rewrite_in_place_is_caught() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = fixture(Kind::Sled, Config::default());
+    let files = [("lib.rlib", 5, 200_000, false)];
+    let inputs = write_files(fx.dir.path(), "plain", &files);
+    fx.store.ingest(labels("p"), inputs.clone(), false).unwrap();
+    assert_eq!(std::fs::metadata(&inputs[0].source).unwrap().nlink(), 1);
+    let outputs = write_files(fx.dir.path(), "out", &[("lib.rlib", 6, 200_000, false)]);
+    let root = fx
+        .store
+        .ingest_outputs(labels("o"), outputs.clone(), false)
+        .unwrap()
+        .root;
+    let src = &outputs[0].source;
+    let kept = kept_path(&fx, &fx.store.manifest(&root).unwrap().files()[0].root);
+    let (a, b) = (
+        std::fs::metadata(src).unwrap(),
+        std::fs::metadata(&kept).unwrap(),
+    );
+    // A hard link here (ext4 has no reflinks); a reflink elsewhere.
+    assert!(
+        a.ino() == b.ino() && a.nlink() == 2 || a.ino() != b.ino(),
+        "{a:?} {b:?}"
+    );
+    if a.ino() == b.ino() {
+        let mut bytes = std::fs::read(src).unwrap();
+        bytes[1000] ^= 1;
+        std::fs::write(src, &bytes).unwrap();
+        let out = fx.dir.path().join("x");
+        assert!(matches!(
+            fx.store.export(&root, &out),
+            Err(StoreError::Dag { .. })
+        ));
+        assert!(!out.join("lib.rlib").exists());
+        assert_eq!(fx.store.stats().unwrap().corruptions, 1);
+    }
+}
+
 /// Issue 17: a target on another filesystem (`/dev/shm`, a tmpfs) gets copies
 /// (`copy_file_range`, or reads and writes where the kernel refuses it across
 /// filesystems), byte-identical, each with its own inode and mode.
