@@ -828,6 +828,8 @@ impl Store {
         // the session's blocks were all put before this point. Kept files were synced
         // when they were installed.
         inner.flush()?;
+        // Pack bytes of leaves now kept in files, freed once the batch is durable.
+        let mut dead = Vec::new();
         let info = {
             let mut st = inner.lock();
             let akey = keys::id_key(keys::ARTIFACT, root.as_bytes());
@@ -855,7 +857,7 @@ impl Store {
                 let mut filed = HashSet::new();
                 for k in &kept {
                     if inner.file_ref(&k.root)?.is_some() {
-                        self.locate_leaves(session, &mut st, &mut batch, k, &mut filed)?;
+                        self.locate_leaves(session, &mut st, &mut batch, k, &mut filed, &mut dead)?;
                     }
                 }
                 (meta, false)
@@ -922,7 +924,7 @@ impl Store {
                     };
                     stored += k.size;
                     batch.put(fkey, entry.encode());
-                    self.locate_leaves(session, &mut st, &mut batch, k, &mut filed)?;
+                    self.locate_leaves(session, &mut st, &mut batch, k, &mut filed, &mut dead)?;
                 }
                 let meta = ArtifactMeta {
                     pinned: pin,
@@ -955,6 +957,9 @@ impl Store {
         };
         // The artifact is durable before registration returns (outside the lock too).
         inner.flush()?;
+        if let Some(packs) = &inner.packs {
+            packs.punch(&dead);
+        }
         self.gc_if_over_cap();
         Ok(info)
     }
@@ -991,13 +996,14 @@ impl Store {
         batch: &mut Batch,
         k: &Kept,
         filed: &mut HashSet<(BlockId, BlockId)>,
+        dead: &mut Vec<crate::packs::Loc>,
     ) -> Result<(), StoreError> {
         for (leaf, loc) in k.leaves.iter().flatten() {
             if !filed.insert((*leaf, k.root)) {
                 continue;
             }
             batch.put(keys::leaf_key(leaf, &k.root), loc.encode());
-            self.unload_leaf(session, st, batch, leaf)?;
+            self.unload_leaf(session, st, batch, leaf, dead)?;
         }
         Ok(())
     }
@@ -1011,6 +1017,7 @@ impl Store {
         st: &mut State,
         batch: &mut Batch,
         leaf: &BlockId,
+        dead: &mut Vec<crate::packs::Loc>,
     ) -> Result<(), StoreError> {
         let inner = &self.inner;
         let Some(l) = inner.loose_entry(leaf)? else {
@@ -1024,8 +1031,17 @@ impl Store {
         if others || inner.ref_entry(leaf)?.is_some() {
             return Ok(());
         }
+        let bkey = keys::id_key(keys::BLOCK, leaf.as_bytes());
+        if let Some(loc) = inner
+            .backend
+            .get(&bkey)
+            .map_err(inner.err("read"))?
+            .and_then(|v| crate::packs::Loc::decode(&v))
+        {
+            dead.push(loc);
+        }
         batch.remove(keys::id_key(keys::LOOSE, leaf.as_bytes()));
-        batch.remove(keys::id_key(keys::BLOCK, leaf.as_bytes()));
+        batch.remove(bkey);
         st.blocks -= 1;
         st.logical -= u64::from(l.len);
         st.dead_bytes += u64::from(l.len);

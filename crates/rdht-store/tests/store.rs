@@ -959,6 +959,39 @@ fn outputs_are_linked_into_the_store_and_a_rewrite_in_place_is_caught() {
     }
 }
 
+/// Issue 17: a fetch's leaves, kept in packs until registration, leave the disk once
+/// their file is kept whole: their pack bytes are punched out, so the fetched bytes
+/// are on disk once, not twice.
+#[test]
+fn registered_fetch_frees_its_leaves_pack_bytes() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = fixture(Kind::Sled, Config::default());
+    let src = fixture(Kind::Memory, Config::default());
+    let files = [("big", 11, 3_000_000, false)];
+    let root = ingest(&src, "a", &files, false);
+    let blocks = blocks_of(&src.store, &root);
+    let session = fx.store.session();
+    session.put_many(&blocks).unwrap();
+    let packs = || {
+        std::fs::read_dir(fx.dir.path().join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap())
+            .fold((0, 0), |(len, disk), m| {
+                (len + m.len(), disk + m.blocks() * 512)
+            })
+    };
+    let (len, disk) = packs();
+    assert!(len >= 3_000_000 && disk >= 3_000_000, "{len} {disk}");
+    session.register(root, false).unwrap();
+    let (len_after, disk_after) = packs();
+    assert_eq!(len_after, len, "packs keep their length");
+    assert!(
+        disk_after < 100_000,
+        "{disk_after} bytes of packs left on disk"
+    );
+    check_export(&fx, &root, &files);
+}
+
 /// Issue 17: a target on another filesystem (`/dev/shm`, a tmpfs) gets copies
 /// (`copy_file_range`, or reads and writes where the kernel refuses it across
 /// filesystems), byte-identical, each with its own inode and mode.
