@@ -19,6 +19,10 @@
 # overhead <= 5 ms. If sccache is installed, its warm time is measured too: at the same
 # paths after rm -rf target, and at the warm build's other path and CARGO_HOME (with
 # SCCACHE_BASEDIRS naming both). Downloads happen before any timing.
+# Also printed: each daemon's peak RSS during the warm build, the disk bytes of B's
+# store plus the warm target dir (a hard-linked file counted once), and floors for a
+# hit's placing of outputs: `cp --reflink=auto`, `cp -al` (hard links) and `cp` of the
+# same target tree, in the same run.
 # RDHT_BENCH_KEEP=1 keeps the work directory (daemon logs, projects) for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -186,6 +190,11 @@ c_cold=$(pick "$t_cold1" "$t_cold2" "$c_cold1" "$c_cold2")
 c_miss=$(pick "$t_miss1" "$t_miss2" "$c_miss1" "$c_miss2")
 d_miss=$(pick "$t_miss1" "$t_miss2" "$d_miss1" "$d_miss2")
 echo "warm: cargo dht-build at another path through B ..." >&2
+# Peak RSS (VmHWM, kB) of daemon $1 since it was reset by reset_peak.
+peak_of() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+reset_peak() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
+reset_peak "$pid_a"
+reset_peak "$pid_b"
 a0=$(cpu_of "$pid_a")
 b0=$(cpu_of "$pid_b")
 (cd "$work/p2" && CARGO_HOME="$work/home-b" RDHT_DATA_DIR="$work/b" timed "$bin/cargo-dht-build" dht-build --json -q 2>"$work/warm.txt" >"$work/warm.json")
@@ -193,6 +202,12 @@ t_warm=$(cat "$work/elapsed")
 c_warm=$(cat "$work/cpu")
 a_warm=$(cpu_since "$pid_a" "$a0")
 b_warm=$(cpu_since "$pid_b" "$b0")
+rss_a=$(peak_of "$pid_a")
+rss_b=$(peak_of "$pid_b")
+# Disk bytes: du counts a file hard-linked into both trees once.
+disk_store=$(du -sb "$work/b/store" | cut -f1)
+disk_target=$(du -sb "$work/p2/target" | cut -f1)
+disk_both=$(du -sbc "$work/b/store" "$work/p2/target" | tail -1 | cut -f1)
 same=no
 cmp -s "$work/p1/target/debug/workload" "$work/p2/target/debug/workload" && same=yes
 rm -rf "$work/p2/target"
@@ -210,6 +225,14 @@ sync
 timed cp -a "$work/p2/target/debug" "$work/copy-floor"
 t_copy=$(cat "$work/elapsed")
 copy_mb=$(du -sm "$work/copy-floor" | cut -f1)
+rm -rf "$work/copy-floor"
+# Floors for placing outputs without copying: a reflink copy (a plain copy where the
+# filesystem has no reflinks) and hard links of the same tree.
+timed cp -a --reflink=auto "$work/p2/target/debug" "$work/copy-floor"
+t_reflink=$(cat "$work/elapsed")
+rm -rf "$work/copy-floor"
+timed cp -al "$work/p2/target/debug" "$work/copy-floor"
+t_link=$(cat "$work/elapsed")
 rm -rf "$work/copy-floor"
 
 t_sccache=""
@@ -245,7 +268,7 @@ for run in miss warm local; do
     echo "$run: key computation $(field $run key_ms) ms, hits' wall time $(field $run hit_wall_ms) ms, misses' time beyond rustc $(field $run miss_overhead_ms) ms (sums over units), waiting at the end for sharing $(field $run share_wait_ms) ms"
 done
 hit_wall=$(field local hit_wall_ms)
-awk -v c="$t_cold" -v c1="$t_cold1" -v c2="$t_cold2" -v m="$t_miss" -v m1="$t_miss1" -v m2="$t_miss2" -v hw="$hit_wall" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v so="$t_sccache_other" -v sh="$sccache_other_hits" -v same="$same" -v cp="$t_copy" -v mb="$copy_mb" 'BEGIN {
+awk -v c="$t_cold" -v c1="$t_cold1" -v c2="$t_cold2" -v m="$t_miss" -v m1="$t_miss1" -v m2="$t_miss2" -v hw="$hit_wall" -v w="$t_warm" -v l="$t_local" -v n="$t_noop" -v u="$units" -v s="$t_sccache" -v so="$t_sccache_other" -v sh="$sccache_other_hits" -v same="$same" -v cp="$t_copy" -v mb="$copy_mb" -v rl="$t_reflink" -v ln="$t_link" -v ra="$rss_a" -v rb="$rss_b" -v ds="$disk_store" -v dt="$disk_target" -v db="$disk_both" 'BEGIN {
     printf "%-34s %8s %8s\n", "build", "seconds", "x cold"
     printf "%-34s %8.2f %8.3f  (faster of %.2f and %.2f)\n", "cold cargo build", c, 1, c1, c2
     printf "%-34s %8.2f %8.3f  (target <= 1.05; faster of %.2f and %.2f)\n", "cargo dht-build, all misses", m, m / c, m1, m2
@@ -259,6 +282,9 @@ awk -v c="$t_cold" -v c1="$t_cold1" -v c2="$t_cold2" -v m="$t_miss" -v m1="$t_mi
     printf "units %d; per-unit hit overhead %.1f ms (local hits minus no-op build, per unit; target <= 5)\n", u, (l - n) * 1000 / u
     printf "  of which inside the wrapper, per local hit: %.1f ms (process start to exit, writing the outputs included)\n", hw / u
     printf "copying the %d MB target/debug alone takes %.2f s (%.1f ms per unit)\n", mb, cp, cp * 1000 / u
+    printf "  floors of the same tree: cp --reflink=auto %.2f s (%.1f ms per unit), cp -al (hard links) %.2f s (%.1f ms per unit)\n", rl, rl * 1000 / u, ln, ln * 1000 / u
+    printf "peak RSS during the warm build: daemon B (fetching) %.1f MB, daemon A (serving) %.1f MB\n", rb / 1024, ra / 1024
+    printf "disk after the warm build: store B %.1f MB + target %.1f MB = %.1f MB; counted once, %.1f MB\n", ds / 1e6, dt / 1e6, (ds + dt) / 1e6, db / 1e6
     printf "final binaries identical: %s\n", same
 }'
 # Where the CPU went: a build cannot take less wall time than its CPU seconds over the

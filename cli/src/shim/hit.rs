@@ -180,7 +180,7 @@ pub(super) async fn export_entries(
     let mut fetched = 0u64;
     let exported = tokio::time::timeout(
         RESOLVE_TIMEOUT,
-        client.call_with_progress(Request::Export { root, dest }, |p| {
+        client.call_with_progress(Request::ExportLinked { root, dest }, |p| {
             if let rdht_api::Progress::Bytes { done, .. } = p {
                 fetched = *done;
             }

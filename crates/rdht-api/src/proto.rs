@@ -223,6 +223,28 @@ pub enum Request {
     /// The sharing backlog: submitted jobs queued or running, and what finished jobs
     /// did since the daemon started; answered at once.
     Jobs,
+    /// [`Request::Export`] into a build's output directory: every file whose name does
+    /// not end in `.d` may be a hard link to the store's kept copy (its bytes verified
+    /// as for `Export`), because the compiler replaces its outputs rather than rewriting
+    /// them in place; dep-info, which the caller rewrites, always gets its own inode.
+    /// Answered with [`Response::Exported`].
+    ExportLinked {
+        /// The artifact root.
+        root: BlockId,
+        /// Absolute path of the directory to write into.
+        dest: String,
+    },
+    /// [`Request::Resolve`] and, on a hit, [`Request::ExportLinked`] of the chosen root
+    /// into `dest`, in one round trip: what a cache hit asks of the daemon. Answered
+    /// with [`Response::ResolvedExported`].
+    ResolveExport {
+        /// The build key.
+        key: BuildKey,
+        /// The unit's scope, as for `Resolve`.
+        scope: Scope,
+        /// Absolute path of the directory to write a hit into.
+        dest: String,
+    },
 }
 
 /// Submitted jobs, for [`Request::Jobs`].
@@ -575,6 +597,14 @@ pub enum Response {
     Drained(DrainReport),
     /// To [`Request::Jobs`].
     Jobs(JobsStatus),
+    /// To [`Request::ResolveExport`]: the resolution and, for a hit, the files written
+    /// (empty for a miss).
+    ResolvedExported {
+        /// As [`Response::Resolved`].
+        resolution: Resolution,
+        /// As [`Response::Exported`]'s entries.
+        entries: Vec<ExportedFile>,
+    },
 }
 
 /// Progress of a long request, sent before its final answer.

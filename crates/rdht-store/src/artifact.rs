@@ -9,12 +9,15 @@
 //!
 //! Read first: [`IngestFile`], [`ArtifactInfo`], `Store::register`.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rdht_core::block::{MAX_LEAF_DATA, block_id};
+use rdht_core::dag::height_for;
 use rdht_core::manifest::MAX_MANIFEST_LEN;
 use rdht_core::{
     Block, BlockId, BlockKind, BlockRef, DagBuilder, DagError, DagVerifier, FileEntry, Labels,
@@ -23,8 +26,9 @@ use rdht_core::{
 
 use crate::backend::Batch;
 use crate::error::StoreError;
-use crate::keys::{self, ArtifactMeta, IDS_PER_CHUNK, RefEntry};
-use crate::store::{Session, Store};
+use crate::files::{Files, Mode, Placed, place};
+use crate::keys::{self, ArtifactMeta, FileRef, IDS_PER_CHUNK, LeafLoc, RefEntry};
+use crate::store::{Session, State, Store};
 
 /// Bytes read from a file per call while ingesting.
 const READ_CHUNK: usize = 256 << 10;
@@ -132,6 +136,9 @@ fn file_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(io::Error) -> Store
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Takes each leaf's id and data, in file order.
+type LeafSink<'a> = dyn FnMut(&BlockId, &[u8]) -> Result<(), StoreError> + 'a;
+
 /// How [`Store::walk`] treats leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leaves {
@@ -149,11 +156,42 @@ impl Store {
     ///
     /// Atomic: until it returns `Ok`, no artifact is visible; blocks written by a failed
     /// or interrupted ingest are reclaimed by GC or at the next open.
+    ///
+    /// The store's copy of each file is a reflink or a copy, never a hard link: the
+    /// caller's files stay independent of the store (see [`Store::ingest_outputs`]).
     pub fn ingest(
         &self,
         labels: Labels,
         files: Vec<IngestFile>,
         pin: bool,
+    ) -> Result<ArtifactInfo, StoreError> {
+        self.ingest_as(labels, files, pin, Mode::OwnInode)
+    }
+
+    /// [`Store::ingest`] of a build's outputs, which the compiler replaces rather than
+    /// rewrites in place: each file may be hard-linked into the store (with
+    /// [`crate::Config::link_ingest`], where it shares a filesystem and has no
+    /// reflinks), so it is hashed once and its bytes are stored once.
+    pub fn ingest_outputs(
+        &self,
+        labels: Labels,
+        files: Vec<IngestFile>,
+        pin: bool,
+    ) -> Result<ArtifactInfo, StoreError> {
+        let mode = if self.inner.config.link_ingest {
+            Mode::Link
+        } else {
+            Mode::OwnInode
+        };
+        self.ingest_as(labels, files, pin, mode)
+    }
+
+    fn ingest_as(
+        &self,
+        labels: Labels,
+        files: Vec<IngestFile>,
+        pin: bool,
+        mode: Mode,
     ) -> Result<ArtifactInfo, StoreError> {
         // Check paths before reading a byte.
         let placeholder = files
@@ -177,27 +215,57 @@ impl Store {
         };
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut entries = Vec::with_capacity(files.len());
+        let mut kept: Vec<Kept> = Vec::with_capacity(files.len());
+        // Temporaries not yet installed are removed whatever happens.
+        let mut temps = Temps(Vec::new());
         for f in files {
             let path = f.source.as_path();
-            let mut file = File::open(path).map_err(file_err("opening", path))?;
-            let meta = file
-                .metadata()
-                .map_err(file_err("reading metadata of", path))?;
+            let meta = fs::metadata(path).map_err(file_err("reading metadata of", path))?;
             if !meta.is_file() {
                 return Err(StoreError::NotAFile {
                     path: path.to_path_buf(),
                 });
             }
+            // The store's own copy is hashed, so what is registered is what it holds.
+            let (mut file, tmp, memory) = match self.inner.files.dir() {
+                Some(dir) => {
+                    let tmp = Files::temp(dir);
+                    place(path, &tmp, mode).map_err(file_err("copying into the store", path))?;
+                    temps.0.push(tmp.clone());
+                    let file = File::open(&tmp).map_err(file_err("opening", &tmp))?;
+                    (Some(file), Some(tmp), None)
+                }
+                None => (
+                    None,
+                    None,
+                    Some(fs::read(path).map_err(file_err("reading", path))?),
+                ),
+            };
             let mut builder = DagBuilder::new();
-            let mut emit = |b: BlockRef<'_>| w.push(b.to_block());
-            loop {
-                let n = match file.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(file_err("reading", path)(e)),
-                };
-                builder.update(&chunk[..n], &mut emit)?;
+            let mut leaves = Vec::new();
+            let mut offset = 0u64;
+            let mut emit = |b: BlockRef<'_>| {
+                if b.kind == BlockKind::Leaf {
+                    let len = b.payload.len() as u32;
+                    leaves.push((b.id, LeafLoc { offset, len }));
+                    offset += u64::from(len);
+                    Ok(())
+                } else {
+                    w.push(b.to_block())
+                }
+            };
+            match (&mut file, &memory) {
+                (Some(file), _) => loop {
+                    let n = match file.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(file_err("reading", path)(e)),
+                    };
+                    builder.update(&chunk[..n], &mut emit)?;
+                },
+                (None, Some(bytes)) => builder.update(bytes, &mut emit)?,
+                (None, None) => {}
             }
             let link = builder.finish(&mut emit)?;
             if link.size != meta.len() {
@@ -207,6 +275,21 @@ impl Store {
                     read: link.size,
                 });
             }
+            let content = match (tmp, memory) {
+                (Some(tmp), _) => {
+                    Files::prepare(&tmp, f.executable)
+                        .map_err(file_err("syncing the store's copy of", path))?;
+                    Content::Temp(tmp)
+                }
+                (None, Some(bytes)) => Content::Memory(bytes.into()),
+                (None, None) => Content::Held,
+            };
+            kept.push(Kept {
+                root: link.id,
+                size: link.size,
+                leaves: Some(leaves),
+                content,
+            });
             entries.push(FileEntry {
                 path: f.path,
                 executable: f.executable,
@@ -222,7 +305,9 @@ impl Store {
         }
         w.flush()?;
         let ids = std::mem::take(&mut w.ids);
-        self.register(&session, root.id, pin, ids, &manifest)
+        let info = self.register(&session, root.id, pin, ids, kept, &manifest);
+        drop(temps);
+        info
     }
 
     /// Ingests every regular file under `dir` (recursively, symlinks not followed),
@@ -268,7 +353,8 @@ impl Store {
     }
 
     /// Reads and verifies every block of artifact `root`: its manifest, then every
-    /// file. Returns the manifest and the distinct block ids.
+    /// file (leaves from the kept files). Returns the manifest and the distinct block
+    /// ids, leaves included.
     pub fn verify_artifact(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
         self.artifact_blocks(root, Leaves::Read)
     }
@@ -277,7 +363,8 @@ impl Store {
     /// and every interior block are read and verified; every leaf must be stored with
     /// the length its verified parent lists. Sound because a block is verified before
     /// it is stored ([`Block`] values only exist verified); corruption after that is
-    /// caught when the block is read. Returns the manifest and the distinct block ids.
+    /// caught when the block is read. Returns the manifest and the distinct ids of the
+    /// blocks kept in packs (the manifest's and interior blocks; not file leaves).
     fn check_complete(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
         self.artifact_blocks(root, Leaves::CheckLength)
     }
@@ -297,7 +384,7 @@ impl Store {
                 Limits::default(),
                 Some(&mut ids),
                 leaves,
-                &mut |_| Ok(()),
+                &mut |_, _| Ok(()),
             )?;
         }
         ids.sort_unstable();
@@ -311,21 +398,44 @@ impl Store {
     }
 
     /// Writes every file of artifact `root` under `dir` (created if needed), verifying
-    /// every block. Each file is written to a temporary file in its directory and
-    /// renamed into place, so a file's final name only ever holds complete, verified
-    /// content, with its executable bit. Files written before an error stay in place.
+    /// every byte against the DAG. Each file gets its own inode (a reflink where the
+    /// filesystem allows, else a kernel copy), is verified, and is renamed into place,
+    /// so a file's final name only ever holds complete, verified content, with its
+    /// executable bit. Files written before an error stay in place.
     pub fn export(&self, root: &BlockId, dir: &Path) -> Result<Manifest, StoreError> {
-        let manifest = self.read_manifest(root, None)?;
-        fs::create_dir_all(dir).map_err(file_err("creating directory", dir))?;
-        for f in manifest.files() {
-            let dest = f.path.split('/').fold(dir.to_path_buf(), |p, c| p.join(c));
-            self.export_file(root, f, &dest)?;
-        }
-        self.touch(root)?;
-        Ok(manifest)
+        self.export_with(root, dir, &|_| Mode::OwnInode)
+            .map(|(m, _)| m)
     }
 
-    fn export_file(&self, root: &BlockId, f: &FileEntry, dest: &Path) -> Result<(), StoreError> {
+    /// [`Store::export`], choosing per file (by its path in the artifact) whether it
+    /// may be a hard link to the store's copy ([`Mode::Link`]: only for files that
+    /// nothing rewrites in place) or must get its own inode. Returns how each file was
+    /// placed, in manifest order. A hard-linked file's modification time is set to now,
+    /// as a copy's would be.
+    pub fn export_with(
+        &self,
+        root: &BlockId,
+        dir: &Path,
+        mode: &dyn Fn(&str) -> Mode,
+    ) -> Result<(Manifest, Vec<Placed>), StoreError> {
+        let manifest = self.read_manifest(root, None)?;
+        fs::create_dir_all(dir).map_err(file_err("creating directory", dir))?;
+        let mut placed = Vec::with_capacity(manifest.files().len());
+        for f in manifest.files() {
+            let dest = f.path.split('/').fold(dir.to_path_buf(), |p, c| p.join(c));
+            placed.push(self.export_file(root, f, &dest, mode(&f.path))?);
+        }
+        self.touch(root)?;
+        Ok((manifest, placed))
+    }
+
+    fn export_file(
+        &self,
+        root: &BlockId,
+        f: &FileEntry,
+        dest: &Path,
+        mode: Mode,
+    ) -> Result<Placed, StoreError> {
         let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
             return Err(StoreError::Destination {
                 path: dest.to_path_buf(),
@@ -345,12 +455,13 @@ impl Store {
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = self.write_temp(root, f, &tmp).and_then(|()| {
+        let result = self.write_temp(root, f, &tmp, mode).and_then(|how| {
             fs::rename(&tmp, dest).map_err(|source| StoreError::File {
                 op: "renaming temporary file to",
                 path: dest.to_path_buf(),
                 source,
-            })
+            })?;
+            Ok(how)
         });
         if result.is_err() {
             // Best effort: the temp file has a name no artifact path can have.
@@ -359,7 +470,151 @@ impl Store {
         result
     }
 
-    fn write_temp(&self, root: &BlockId, f: &FileEntry, tmp: &Path) -> Result<(), StoreError> {
+    /// Writes file `f` of artifact `root` at `tmp`: placed from its kept file and then
+    /// verified there, or (an artifact stored before files were kept, format 2)
+    /// written from its verified blocks.
+    fn write_temp(
+        &self,
+        root: &BlockId,
+        f: &FileEntry,
+        tmp: &Path,
+        mode: Mode,
+    ) -> Result<Placed, StoreError> {
+        let kept = self.inner.file_ref(&f.root)?.is_some();
+        let how = match (&self.inner.files, kept) {
+            (Files::Disk { dir }, true) => {
+                let src = Files::path(dir, &f.root);
+                match place(&src, tmp, mode) {
+                    Ok(how) => Some(how),
+                    // Dropped as modified (or lost): a miss until it is fetched or built.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(StoreError::Dag {
+                            root: *root,
+                            source: Box::new(DagError::Missing { block: f.root }),
+                        });
+                    }
+                    Err(e) => return Err(file_err("copying from the store to", tmp)(e)),
+                }
+            }
+            (Files::Memory(_), true) => {
+                let Some(bytes) = self.inner.files.memory_bytes(&f.root) else {
+                    return Err(StoreError::Dag {
+                        root: *root,
+                        source: Box::new(DagError::Missing { block: f.root }),
+                    });
+                };
+                fs::write(tmp, &bytes).map_err(file_err("writing", tmp))?;
+                Some(Placed::Copy)
+            }
+            _ => None,
+        };
+        let Some(how) = how else {
+            self.write_from_blocks(root, f, tmp)?;
+            return Ok(Placed::Copy);
+        };
+        let file = File::open(tmp).map_err(file_err("opening", tmp))?;
+        if let Err(e) = self.verify_file(root, f, &file) {
+            if let StoreError::Dag { source, .. } = &e
+                && matches!(
+                    **source,
+                    DagError::HashMismatch { .. } | DagError::SizeMismatch { .. }
+                )
+            {
+                self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                self.inner.drop_file(&f.root, source)?;
+            }
+            return Err(e);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(tmp)
+            .map_err(file_err("opening", tmp))?;
+        if how == Placed::HardLink {
+            // The store's inode: its mode is already right; its time becomes now, as a
+            // new file's would be, so cargo sees outputs in the order they were made.
+            file.set_modified(std::time::SystemTime::now())
+                .map_err(file_err("setting the time of", tmp))?;
+        } else {
+            let mode = if f.executable { 0o755 } else { 0o644 };
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(file_err("setting permissions of", tmp))?;
+            if self.inner.config.sync_exports {
+                file.sync_all().map_err(file_err("syncing", tmp))?;
+            }
+        }
+        Ok(how)
+    }
+
+    /// Checks the bytes of `file` against the DAG of `f`: interior blocks are read
+    /// (verified) from the store, each leaf's data from the file is hashed against the
+    /// id its parent lists, and the file must end where the DAG does.
+    fn verify_file(&self, root: &BlockId, f: &FileEntry, file: &File) -> Result<(), StoreError> {
+        let dag = |e: DagError| StoreError::Dag {
+            root: *root,
+            source: Box::new(e),
+        };
+        let len = file
+            .metadata()
+            .map_err(file_err("reading metadata of", Path::new(&f.path)))?
+            .len();
+        if len != f.size {
+            return Err(dag(DagError::SizeMismatch {
+                block: f.root,
+                expected: f.size,
+                actual: len,
+            }));
+        }
+        let mut r = BufReader::with_capacity(1 << 20, file);
+        let mut data = vec![0u8; MAX_LEAF_DATA];
+        let mut v = DagVerifier::new(f.root, Some(f.size), Limits::default());
+        let read = |r: &mut BufReader<&File>, buf: &mut [u8]| {
+            r.read_exact(buf)
+                .map_err(file_err("reading", Path::new(&f.path)))
+        };
+        while let Some(id) = v.next_expected() {
+            if let Some((leaf, size)) = v.next_leaf() {
+                let buf = &mut data[..size as usize];
+                read(&mut r, buf)?;
+                let actual = block_id(BlockKind::Leaf, buf);
+                if actual != leaf {
+                    return Err(dag(DagError::HashMismatch {
+                        block: leaf,
+                        actual,
+                    }));
+                }
+                v.skip_leaf(size + 1).map_err(dag)?;
+                continue;
+            }
+            if id == f.root && height_for(f.size) == 0 {
+                // A one-leaf file: the root is the leaf, and the file its data.
+                let mut bytes = vec![rdht_core::block::LEAF_TAG];
+                bytes.resize(1 + f.size as usize, 0);
+                read(&mut r, &mut bytes[1..])?;
+                v.push(bytes.into()).map_err(dag)?;
+                continue;
+            }
+            let Some(raw) = self.inner.read_raw(&id)? else {
+                return Err(dag(DagError::Missing { block: id }));
+            };
+            if let Err(e) = v.push_encoded(raw.encoded) {
+                if matches!(
+                    e,
+                    DagError::HashMismatch { .. } | DagError::Malformed { .. }
+                ) {
+                    self.inner.remove_corrupt(&id, &raw.origin, &e)?;
+                }
+                return Err(dag(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_from_blocks(
+        &self,
+        root: &BlockId,
+        f: &FileEntry,
+        tmp: &Path,
+    ) -> Result<(), StoreError> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -373,7 +628,7 @@ impl Store {
             Limits::default(),
             None,
             Leaves::Read,
-            &mut |d| w.write_all(d).map_err(file_err("writing", tmp)),
+            &mut |_, d| w.write_all(d).map_err(file_err("writing", tmp)),
         )?;
         let file = w
             .into_inner()
@@ -397,7 +652,7 @@ impl Store {
             ..Limits::default()
         };
         let mut bytes = Vec::new();
-        self.walk(root, *root, None, limits, ids, Leaves::Read, &mut |d| {
+        self.walk(root, *root, None, limits, ids, Leaves::Read, &mut |_, d| {
             bytes.extend_from_slice(d);
             Ok(())
         })?;
@@ -419,8 +674,11 @@ impl Store {
         limits: Limits,
         mut ids: Option<&mut Vec<BlockId>>,
         leaves: Leaves,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+        sink: &mut LeafSink<'_>,
     ) -> Result<u64, StoreError> {
+        // Registration lists the blocks kept in packs: leaves of file DAGs are kept in
+        // their files (the manifest is walked with `Leaves::Read`).
+        let leaf_ids = leaves == Leaves::Read;
         let inner = &self.inner;
         let mut v = DagVerifier::new(dag_root, expected, limits);
         while let Some(id) = v.next_expected() {
@@ -433,7 +691,7 @@ impl Store {
                     root: *root,
                     source: Box::new(e),
                 })?;
-                if let Some(ids) = ids.as_deref_mut() {
+                if let Some(ids) = ids.as_deref_mut().filter(|_| leaf_ids) {
                     ids.push(id);
                 }
                 continue;
@@ -447,11 +705,12 @@ impl Store {
             match v.push_encoded(raw.encoded) {
                 Ok(block) => {
                     inner.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    if let Some(ids) = ids.as_deref_mut() {
+                    let leaf = block.kind() == BlockKind::Leaf;
+                    if let Some(ids) = ids.as_deref_mut().filter(|_| leaf_ids || !leaf) {
                         ids.push(id);
                     }
-                    if block.kind() == BlockKind::Leaf {
-                        sink(block.payload())?;
+                    if leaf {
+                        sink(&id, block.payload())?;
                     }
                 }
                 Err(e) => {
@@ -460,7 +719,7 @@ impl Store {
                         DagError::HashMismatch { .. } | DagError::Malformed { .. }
                     ) {
                         inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-                        inner.remove_corrupt(&id, &raw.index, &e)?;
+                        inner.remove_corrupt(&id, &raw.origin, &e)?;
                     }
                     return Err(StoreError::Dag {
                         root: *root,
@@ -540,19 +799,25 @@ impl Store {
         inner.apply(batch)
     }
 
-    /// Makes artifact `root` complete and visible. `ids` are its blocks (any order,
-    /// repeats allowed), all put through `_session`, which the caller keeps alive until
-    /// this returns so that GC cannot reclaim them before the registration batch.
+    /// Makes artifact `root` complete and visible. `ids` are its blocks held in packs
+    /// (manifest and interior blocks; any order, repeats allowed), all put through
+    /// `session`, which the caller keeps alive until this returns so that GC cannot
+    /// reclaim them before the registration batch; `kept` its files, each installed in
+    /// `files/` (with its leaves' locators when this registration installed or hashed
+    /// it).
     pub(crate) fn register(
         &self,
-        _session: &Session,
+        session: &Session,
         root: BlockId,
         pin: bool,
         mut ids: Vec<BlockId>,
+        mut kept: Vec<Kept>,
         manifest: &Manifest,
     ) -> Result<ArtifactInfo, StoreError> {
         ids.sort_unstable();
         ids.dedup();
+        kept.sort_unstable_by_key(|k| k.root);
+        kept.dedup_by_key(|k| k.root);
         let blocks = u32::try_from(ids.len()).map_err(|_| StoreError::TooManyBlocks {
             root,
             max: u64::from(u32::MAX),
@@ -560,8 +825,11 @@ impl Store {
         let inner = &self.inner;
         // Every block must be durable before an entry refers to it. The flush runs
         // outside the store lock, so other writers (fetches, exports) go on meanwhile;
-        // the session's blocks were all put before this point.
+        // the session's blocks were all put before this point. Kept files were synced
+        // when they were installed.
         inner.flush()?;
+        // Pack bytes of leaves now kept in files, freed once the batch is durable.
+        let mut dead = Vec::new();
         let info = {
             let mut st = inner.lock();
             let akey = keys::id_key(keys::ARTIFACT, root.as_bytes());
@@ -583,6 +851,15 @@ impl Store {
                         batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
                     }
                 }
+                // A file installed again (after it was dropped as modified) is read
+                // from the file from now on.
+                self.install_kept(&root, &kept)?;
+                let mut filed = HashSet::new();
+                for k in &kept {
+                    if inner.file_ref(&k.root)?.is_some() {
+                        self.locate_leaves(session, &mut st, &mut batch, k, &mut filed, &mut dead)?;
+                    }
+                }
                 (meta, false)
             } else {
                 for id in &ids {
@@ -594,6 +871,8 @@ impl Store {
                         });
                     }
                 }
+                // GC removes files under this lock: present now, present at the batch.
+                self.install_kept(&root, &kept)?;
                 let mut stored = 0u64;
                 for id in &ids {
                     let rkey = keys::id_key(keys::REF, id.as_bytes());
@@ -624,6 +903,29 @@ impl Store {
                         batch.remove(keys::id_key(keys::LOOSE, id.as_bytes()));
                     }
                 }
+                let mut filed = HashSet::new();
+                for k in &kept {
+                    let fkey = keys::id_key(keys::FILE, k.root.as_bytes());
+                    let entry = match inner.file_ref(&k.root)? {
+                        Some(r) => FileRef {
+                            count: r.count.checked_add(1).ok_or_else(|| {
+                                inner.corrupt_index(&fkey, "file reference count overflows")
+                            })?,
+                            size: r.size,
+                        },
+                        None => {
+                            st.files += 1;
+                            st.logical += k.size;
+                            FileRef {
+                                count: 1,
+                                size: k.size,
+                            }
+                        }
+                    };
+                    stored += k.size;
+                    batch.put(fkey, entry.encode());
+                    self.locate_leaves(session, &mut st, &mut batch, k, &mut filed, &mut dead)?;
+                }
                 let meta = ArtifactMeta {
                     pinned: pin,
                     file_bytes: manifest.total_size(),
@@ -632,11 +934,11 @@ impl Store {
                     files: manifest.files().len() as u32,
                 };
                 for (n, chunk) in ids.chunks(IDS_PER_CHUNK).enumerate() {
-                    let mut v = Vec::with_capacity(chunk.len() * 32);
-                    for id in chunk {
-                        v.extend_from_slice(id.as_bytes());
-                    }
-                    batch.put(keys::list_key(&root, n as u32), v);
+                    batch.put(keys::list_key(&root, n as u32), concat_ids(chunk));
+                }
+                let roots: Vec<BlockId> = kept.iter().map(|k| k.root).collect();
+                for (n, chunk) in roots.chunks(IDS_PER_CHUNK).enumerate() {
+                    batch.put(keys::file_list_key(&root, n as u32), concat_ids(chunk));
                 }
                 batch.put(akey, meta.encode());
                 (meta, true)
@@ -655,20 +957,242 @@ impl Store {
         };
         // The artifact is durable before registration returns (outside the lock too).
         inner.flush()?;
+        if let Some(packs) = &inner.packs {
+            packs.punch(&dead);
+        }
         self.gc_if_over_cap();
         Ok(info)
+    }
+
+    /// Installs every kept file the store does not have (under the store lock, which
+    /// GC holds while it deletes files), so each is present when the batch names it.
+    fn install_kept(&self, root: &BlockId, kept: &[Kept]) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        for k in kept {
+            if inner.files.contains(&k.root) {
+                continue;
+            }
+            match (&k.content, &inner.files) {
+                (Content::Temp(tmp), Files::Disk { dir }) => Files::commit(dir, tmp, &k.root)
+                    .map_err(file_err("installing into the store", tmp))?,
+                (Content::Memory(b), _) => inner.files.insert_memory(k.root, b.clone()),
+                _ => {
+                    return Err(StoreError::Dag {
+                        root: *root,
+                        source: Box::new(DagError::Missing { block: k.root }),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the locators of kept file `k`'s leaves (when it was hashed or assembled
+    /// here) to `batch`, and takes those leaves out of the packs.
+    fn locate_leaves(
+        &self,
+        session: &Session,
+        st: &mut State,
+        batch: &mut Batch,
+        k: &Kept,
+        filed: &mut HashSet<(BlockId, BlockId)>,
+        dead: &mut Vec<crate::packs::Loc>,
+    ) -> Result<(), StoreError> {
+        for (leaf, loc) in k.leaves.iter().flatten() {
+            if !filed.insert((*leaf, k.root)) {
+                continue;
+            }
+            batch.put(keys::leaf_key(leaf, &k.root), loc.encode());
+            self.unload_leaf(session, st, batch, leaf, dead)?;
+        }
+        Ok(())
+    }
+
+    /// A leaf now kept in a file leaves the packs: its loose entry and bytes are
+    /// removed when only `session` wanted it and no artifact holds it as a block
+    /// (manifest leaves and artifacts stored before format 3 do).
+    fn unload_leaf(
+        &self,
+        session: &Session,
+        st: &mut State,
+        batch: &mut Batch,
+        leaf: &BlockId,
+        dead: &mut Vec<crate::packs::Loc>,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let Some(l) = inner.loose_entry(leaf)? else {
+            return Ok(());
+        };
+        let mine = st
+            .sessions
+            .get(&session.id)
+            .is_some_and(|s| s.contains(leaf));
+        let others = st.protected.get(leaf).copied().unwrap_or(0) > u32::from(mine);
+        if others || inner.ref_entry(leaf)?.is_some() {
+            return Ok(());
+        }
+        let bkey = keys::id_key(keys::BLOCK, leaf.as_bytes());
+        if let Some(loc) = inner
+            .backend
+            .get(&bkey)
+            .map_err(inner.err("read"))?
+            .and_then(|v| crate::packs::Loc::decode(&v))
+        {
+            dead.push(loc);
+        }
+        batch.remove(keys::id_key(keys::LOOSE, leaf.as_bytes()));
+        batch.remove(bkey);
+        st.blocks -= 1;
+        st.logical -= u64::from(l.len);
+        st.dead_bytes += u64::from(l.len);
+        Ok(())
+    }
+
+    /// Installs the files of a fetched artifact that the store does not keep yet,
+    /// each assembled from its verified blocks into a temporary and renamed into
+    /// `files/`. Returns every distinct file, with the leaves of those installed.
+    fn install_files(
+        &self,
+        root: &BlockId,
+        manifest: &Manifest,
+        temps: &mut Temps,
+    ) -> Result<Vec<Kept>, StoreError> {
+        let mut kept: Vec<Kept> = Vec::new();
+        let mut seen = HashSet::new();
+        for f in manifest.files() {
+            if !seen.insert(f.root) {
+                continue;
+            }
+            if self.inner.file_ref(&f.root)?.is_some() && self.inner.files.contains(&f.root) {
+                kept.push(Kept {
+                    root: f.root,
+                    size: f.size,
+                    leaves: None,
+                    content: Content::Held,
+                });
+                continue;
+            }
+            let mut leaves = Vec::new();
+            let mut offset = 0u64;
+            let mut track = |id: &BlockId, d: &[u8]| {
+                leaves.push((
+                    *id,
+                    LeafLoc {
+                        offset,
+                        len: d.len() as u32,
+                    },
+                ));
+                offset += d.len() as u64;
+            };
+            let content = match self.inner.files.dir() {
+                Some(dir) => {
+                    let tmp = Files::temp(dir);
+                    temps.0.push(tmp.clone());
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&tmp)
+                        .map_err(file_err("creating", &tmp))?;
+                    let mut w = BufWriter::with_capacity(1 << 20, file);
+                    self.walk(
+                        root,
+                        f.root,
+                        Some(f.size),
+                        Limits::default(),
+                        None,
+                        Leaves::Read,
+                        &mut |id, d| {
+                            track(id, d);
+                            w.write_all(d).map_err(file_err("writing", &tmp))
+                        },
+                    )?;
+                    w.into_inner()
+                        .map_err(|e| file_err("writing", &tmp)(e.into_error()))?;
+                    Files::prepare(&tmp, f.executable).map_err(file_err("syncing", &tmp))?;
+                    Content::Temp(tmp)
+                }
+                None => {
+                    let mut bytes = Vec::with_capacity(f.size as usize);
+                    self.walk(
+                        root,
+                        f.root,
+                        Some(f.size),
+                        Limits::default(),
+                        None,
+                        Leaves::Read,
+                        &mut |id, d| {
+                            track(id, d);
+                            bytes.extend_from_slice(d);
+                            Ok(())
+                        },
+                    )?;
+                    Content::Memory(bytes.into())
+                }
+            };
+            kept.push(Kept {
+                root: f.root,
+                size: f.size,
+                leaves: Some(leaves),
+                content,
+            });
+        }
+        Ok(kept)
+    }
+}
+
+fn concat_ids(ids: &[BlockId]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ids.len() * 32);
+    for id in ids {
+        v.extend_from_slice(id.as_bytes());
+    }
+    v
+}
+
+/// One file of an artifact being registered.
+pub(crate) struct Kept {
+    root: BlockId,
+    size: u64,
+    /// Its leaves' locators, when this registration hashed or assembled it; `None`
+    /// when the store already kept it.
+    leaves: Option<Vec<(BlockId, LeafLoc)>>,
+    /// Its content, installed under the store lock unless the store has it by then.
+    content: Content,
+}
+
+/// The content of a [`Kept`] file, to install at registration.
+pub(crate) enum Content {
+    /// The store keeps it already.
+    Held,
+    /// A synced temporary in `files/tmp`.
+    Temp(PathBuf),
+    /// The bytes (in-memory store).
+    Memory(bytes::Bytes),
+}
+
+/// Temporary files removed when dropped (those still present).
+struct Temps(Vec<PathBuf>);
+
+impl Drop for Temps {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            // Best effort: a leftover is removed at the next open (files/tmp).
+            let _ = fs::remove_file(t);
+        }
     }
 }
 
 impl Session {
     /// Registers artifact `root` once its whole DAG is in the store: the manifest and
     /// every interior block are read and verified, every leaf must be stored with the
-    /// length its parent lists (leaves were verified when put, so their data is not
-    /// read again), else nothing is registered. Blocks put through this session stay
-    /// protected until then.
+    /// length its parent lists, else nothing is registered. Then each file the store
+    /// does not keep yet is assembled from its verified blocks into `files/`, and its
+    /// leaves leave the packs. Blocks put through this session stay protected until
+    /// then.
     pub fn register(self, root: BlockId, pin: bool) -> Result<ArtifactInfo, StoreError> {
         let store = self.store.clone();
         let (manifest, ids) = store.check_complete(&root)?;
-        store.register(&self, root, pin, ids, &manifest)
+        let mut temps = Temps(Vec::new());
+        let kept = store.install_files(&root, &manifest, &mut temps)?;
+        store.register(&self, root, pin, ids, kept, &manifest)
     }
 }

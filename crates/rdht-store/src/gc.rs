@@ -17,7 +17,7 @@ use rdht_core::{Block, BlockId};
 
 use crate::backend::Batch;
 use crate::error::StoreError;
-use crate::keys::{self, ArtifactMeta, LooseEntry, RefEntry};
+use crate::keys::{self, ArtifactMeta, FileRef, LooseEntry, RefEntry};
 use crate::packs::{Loc, Packs};
 use crate::store::{Inner, State, Store};
 
@@ -41,12 +41,21 @@ pub struct GcReport {
 struct Delta {
     blocks: u64,
     bytes: u64,
+    /// Bytes of blocks removed from packs (dead pack bytes, for compaction).
+    block_bytes: u64,
+    files: u64,
     artifacts: u64,
     pinned: u64,
+    /// Kept files whose last holder went: deleted once the batch is durable.
+    unlink: Vec<BlockId>,
 }
 
 /// Pending reference counts of one run: `None` means the entry goes.
-type Overlay = HashMap<BlockId, Option<RefEntry>>;
+#[derive(Default)]
+struct Overlay {
+    blocks: HashMap<BlockId, Option<RefEntry>>,
+    files: HashMap<BlockId, Option<FileRef>>,
+}
 
 impl Store {
     /// Pins artifact `root`: GC never evicts it.
@@ -123,7 +132,7 @@ impl Store {
                 c.0 = self.used_or_zero(&c.1)?;
             }
             candidates.sort_unstable_by_key(|c| (c.0, c.1));
-            let mut overlay = Overlay::new();
+            let mut overlay = Overlay::default();
             for (_, root, meta) in candidates {
                 if st.logical - delta.bytes <= target {
                     break;
@@ -141,9 +150,7 @@ impl Store {
             }
             put_overlay(overlay, &mut batch);
         }
-        inner.apply(batch)?;
-        inner.flush()?;
-        commit(&mut st, &delta);
+        commit(inner, &mut st, batch, &delta)?;
         inner
             .counters
             .evictions
@@ -181,7 +188,7 @@ impl Store {
         let mut batch = Batch::new();
         let mut delta = Delta::default();
         let mut report = GcReport::default();
-        let mut overlay = Overlay::new();
+        let mut overlay = Overlay::default();
         inner.evict(
             &st,
             root,
@@ -192,9 +199,7 @@ impl Store {
             &mut report,
         )?;
         put_overlay(overlay, &mut batch);
-        inner.apply(batch)?;
-        inner.flush()?;
-        commit(&mut st, &delta);
+        commit(inner, &mut st, batch, &delta)?;
         Ok(true)
     }
 
@@ -227,8 +232,15 @@ impl Store {
 }
 
 fn put_overlay(overlay: Overlay, batch: &mut Batch) {
-    for (id, r) in overlay {
+    for (id, r) in overlay.blocks {
         let key = keys::id_key(keys::REF, id.as_bytes());
+        match r {
+            Some(r) => batch.put(key, r.encode()),
+            None => batch.remove(key),
+        }
+    }
+    for (id, r) in overlay.files {
+        let key = keys::id_key(keys::FILE, id.as_bytes());
         match r {
             Some(r) => batch.put(key, r.encode()),
             None => batch.remove(key),
@@ -236,12 +248,27 @@ fn put_overlay(overlay: Overlay, batch: &mut Batch) {
     }
 }
 
-fn commit(st: &mut State, d: &Delta) {
+/// Applies a run's batch, makes it durable, deletes the kept files it released and
+/// updates the counters. Runs under the store lock, so a registration never sees a
+/// file whose entry is gone still on disk, or the reverse.
+fn commit(inner: &Inner, st: &mut State, batch: Batch, d: &Delta) -> Result<(), StoreError> {
+    inner.apply(batch)?;
+    inner.flush()?;
+    for root in &d.unlink {
+        // A file a target directory links to keeps its data there: unlinking the
+        // store's name never changes the target's file.
+        inner
+            .files
+            .remove(root)
+            .map_err(inner.files_err("remove"))?;
+    }
     st.blocks -= d.blocks;
     st.logical -= d.bytes;
-    st.dead_bytes += d.bytes;
+    st.dead_bytes += d.block_bytes;
+    st.files -= d.files;
     st.artifacts -= d.artifacts;
     st.pinned -= d.pinned;
+    Ok(())
 }
 
 /// Blocks moved per batch while compacting a pack (bounds memory to ~4 MiB).
@@ -332,6 +359,94 @@ impl Inner {
         self.apply(batch)
     }
 
+    /// Adds to `batch` the release of artifact `root`'s kept files: each count goes
+    /// down; a file whose count reaches zero loses its entry and its leaves' locators,
+    /// and is deleted after the batch (specs/store.md §6).
+    fn release_files(
+        &self,
+        root: &BlockId,
+        overlay: &mut Overlay,
+        batch: &mut Batch,
+        delta: &mut Delta,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
+        let mut chunks = Vec::new();
+        self.backend
+            .scan_prefix(
+                &keys::id_key(keys::FILE_LIST, root.as_bytes()),
+                &mut |k, v| {
+                    chunks.push((k.to_vec(), v.to_vec()));
+                    ControlFlow::Continue(())
+                },
+            )
+            .map_err(self.err("read"))?;
+        for (key, list) in chunks {
+            if list.len() % 32 != 0 {
+                return Err(self.corrupt_index(&key, "file list is not a whole number of ids"));
+            }
+            for chunk in list.chunks_exact(32) {
+                let mut bytes = [0u8; 32];
+                bytes.copy_from_slice(chunk);
+                let file = BlockId::from_bytes(bytes);
+                let current = match overlay.files.get(&file) {
+                    Some(r) => *r,
+                    None => self.file_ref(&file)?,
+                };
+                let Some(r) = current else {
+                    continue;
+                };
+                if r.count > 1 {
+                    overlay.files.insert(
+                        file,
+                        Some(FileRef {
+                            count: r.count - 1,
+                            size: r.size,
+                        }),
+                    );
+                    continue;
+                }
+                overlay.files.insert(file, None);
+                for leaf in self.file_leaves(&file, r.size) {
+                    batch.remove(keys::leaf_key(&leaf, &file));
+                }
+                delta.unlink.push(file);
+                delta.files += 1;
+                delta.bytes += r.size;
+                report.bytes_freed += r.size;
+            }
+            batch.remove(key);
+        }
+        Ok(())
+    }
+
+    /// The leaf ids of kept file `file` (`size` bytes), read from its interior blocks.
+    /// Stops at an interior block it cannot read: the locators left behind name a file
+    /// that is gone, which reads treat as a miss.
+    fn file_leaves(&self, file: &BlockId, size: u64) -> Vec<BlockId> {
+        let mut v = rdht_core::DagVerifier::new(*file, Some(size), rdht_core::Limits::default());
+        let mut leaves = Vec::new();
+        if rdht_core::dag::height_for(size) == 0 {
+            return vec![*file];
+        }
+        while let Some(id) = v.next_expected() {
+            if let Some((leaf, len)) = v.next_leaf() {
+                leaves.push(leaf);
+                if v.skip_leaf(len + 1).is_err() {
+                    break;
+                }
+                continue;
+            }
+            let pushed = match self.read_raw(&id) {
+                Ok(Some(raw)) => v.push_encoded(raw.encoded).is_ok(),
+                _ => false,
+            };
+            if !pushed {
+                break;
+            }
+        }
+        leaves
+    }
+
     /// Adds to `batch` the removal of every loose block no live session protects.
     fn reclaim_loose(
         &self,
@@ -363,6 +478,7 @@ impl Inner {
                 batch.remove(keys::id_key(keys::BLOCK, id.as_bytes()));
                 delta.blocks += 1;
                 delta.bytes += u64::from(l.len);
+                delta.block_bytes += u64::from(l.len);
                 report.blocks_removed += 1;
                 report.bytes_freed += u64::from(l.len);
             }
@@ -396,7 +512,7 @@ impl Inner {
                 let mut bytes = [0u8; 32];
                 bytes.copy_from_slice(chunk);
                 let id = BlockId::from_bytes(bytes);
-                let current = match overlay.get(&id) {
+                let current = match overlay.blocks.get(&id) {
                     Some(r) => *r,
                     None => self.ref_entry(&id)?,
                 };
@@ -404,7 +520,7 @@ impl Inner {
                     continue;
                 };
                 if r.count > 1 {
-                    overlay.insert(
+                    overlay.blocks.insert(
                         id,
                         Some(RefEntry {
                             count: r.count - 1,
@@ -413,7 +529,7 @@ impl Inner {
                     );
                     continue;
                 }
-                overlay.insert(id, None);
+                overlay.blocks.insert(id, None);
                 let loose = self.loose_entry(&id)?;
                 if self.is_protected(st, &id) {
                     // A live session still wants it: it stays, as a loose block (I1).
@@ -433,11 +549,13 @@ impl Inner {
                 }
                 delta.blocks += 1;
                 delta.bytes += u64::from(r.len);
+                delta.block_bytes += u64::from(r.len);
                 report.blocks_removed += 1;
                 report.bytes_freed += u64::from(r.len);
             }
             batch.remove(key);
         }
+        self.release_files(root, overlay, batch, delta, report)?;
         batch.remove(keys::id_key(keys::ARTIFACT, root.as_bytes()));
         batch.remove(keys::id_key(keys::USED, root.as_bytes()));
         delta.artifacts += 1;

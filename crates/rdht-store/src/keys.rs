@@ -15,6 +15,9 @@
 //! | `k`    | build key, builder, root    | record encoding                         |
 //! | `m`    | name                        | store metadata                          |
 //! | `n`    | kind u8, id                 | a mark: one byte of the caller's flags  |
+//! | `f`    | file root                   | [`FileRef`]: count u32, size u64        |
+//! | `g`    | artifact root, chunk u32 BE | up to [`IDS_PER_CHUNK`] file roots      |
+//! | `c`    | leaf id, file root          | [`LeafLoc`]: offset u64, len u32        |
 
 use rdht_core::{BlockId, BuildKey, BuilderKey};
 
@@ -34,18 +37,92 @@ pub const USED: u8 = b'u';
 pub const RECORD: u8 = b'k';
 /// Prefix of marks (`crate::marks`).
 pub const MARK: u8 = b'n';
+/// Prefix of kept files' reference counts.
+pub const FILE: u8 = b'f';
+/// Prefix of artifact file lists.
+pub const FILE_LIST: u8 = b'g';
+/// Prefix of leaf locators (a leaf's place in a kept file).
+pub const LEAF: u8 = b'c';
 /// Key of the format version (u32 LE).
 pub const META_FORMAT: &[u8] = b"mformat";
 /// Key of the open counter (u64 LE).
 pub const META_BOOT: &[u8] = b"mboot";
-/// The store format this build writes and reads (2: Locs may be LZ4, specs/store.md
-/// §2.2).
-pub const FORMAT_VERSION: u32 = 2;
-/// An older format this build opens and marks as [`FORMAT_VERSION`] (its index is
-/// valid format 2).
-pub const FORMAT_UPGRADABLE: u32 = 1;
+/// The store format this build writes and reads (3: complete files kept whole,
+/// specs/store.md §2.3).
+pub const FORMAT_VERSION: u32 = 3;
+/// Older formats this build opens and marks as [`FORMAT_VERSION`]: their index is
+/// valid format 3 (artifacts whose files are all in packs), specs/store.md §2.4.
+pub const FORMAT_UPGRADABLE: [u32; 2] = [1, 2];
 /// Block ids in one block-list chunk (32 KiB of ids).
 pub const IDS_PER_CHUNK: usize = 1024;
+
+/// Key of file-list chunk `n` of artifact `root`.
+pub fn file_list_key(root: &BlockId, n: u32) -> Vec<u8> {
+    let mut k = id_key(FILE_LIST, root.as_bytes());
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Key of the locator of leaf `leaf` in the file of `file`.
+pub fn leaf_key(leaf: &BlockId, file: &BlockId) -> Vec<u8> {
+    let mut k = id_key(LEAF, leaf.as_bytes());
+    k.extend_from_slice(file.as_bytes());
+    k
+}
+
+/// How many artifacts hold a kept file, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRef {
+    /// Artifacts whose file list names it (at least 1).
+    pub count: u32,
+    /// The file's size in bytes.
+    pub size: u64,
+}
+
+impl FileRef {
+    /// 12 bytes: count u32, size u64.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.count.to_le_bytes().to_vec();
+        v.extend_from_slice(&self.size.to_le_bytes());
+        v
+    }
+
+    /// Inverse of [`FileRef::encode`].
+    pub fn decode(v: &[u8]) -> Option<FileRef> {
+        (v.len() == 12).then_some(())?;
+        Some(FileRef {
+            count: u32_at(v, 0)?,
+            size: u64_at(v, 4)?,
+        })
+    }
+}
+
+/// Where a leaf's data is in a kept file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeafLoc {
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Data bytes (the leaf's length without its tag).
+    pub len: u32,
+}
+
+impl LeafLoc {
+    /// 12 bytes: offset u64, len u32.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = self.offset.to_le_bytes().to_vec();
+        v.extend_from_slice(&self.len.to_le_bytes());
+        v
+    }
+
+    /// Inverse of [`LeafLoc::encode`].
+    pub fn decode(v: &[u8]) -> Option<LeafLoc> {
+        (v.len() == 12).then_some(())?;
+        Some(LeafLoc {
+            offset: u64_at(v, 0)?,
+            len: u32_at(v, 8)?,
+        })
+    }
+}
 
 /// `prefix || id`.
 pub fn id_key(prefix: u8, id: &[u8; 32]) -> Vec<u8> {
@@ -254,5 +331,20 @@ mod tests {
         assert_eq!(&k[33..], &[0, 0, 0, 1]);
         assert_eq!(id_after_prefix(&id_key(BLOCK, root.as_bytes())), Some(root));
         assert_eq!(id_after_prefix(&k), None);
+        let f = FileRef {
+            count: 2,
+            size: 0x0102,
+        };
+        assert_eq!(f.encode(), [2, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(FileRef::decode(&f.encode()), Some(f));
+        let l = LeafLoc {
+            offset: 0x4000,
+            len: 300,
+        };
+        assert_eq!(l.encode(), [0, 0x40, 0, 0, 0, 0, 0, 0, 0x2c, 1, 0, 0]);
+        assert_eq!(LeafLoc::decode(&l.encode()), Some(l));
+        assert_eq!(LeafLoc::decode(&[0; 11]), None);
+        let lk = leaf_key(&root, &BlockId::from_bytes([1; 32]));
+        assert_eq!((lk.len(), lk[0], lk[33]), (65, b'c', 1));
     }
 }

@@ -39,6 +39,7 @@
 pub mod artifact;
 pub mod backend;
 pub mod error;
+pub(crate) mod files;
 pub mod gc;
 pub mod keys;
 pub mod marks;
@@ -49,5 +50,6 @@ pub mod store;
 pub use artifact::{ArtifactInfo, IngestFile};
 pub use backend::{Backend, Batch, MemoryBackend, Op, SledBackend, SledOptions};
 pub use error::StoreError;
+pub use files::{Mode, Placed};
 pub use gc::GcReport;
 pub use store::{BlockStore, Config, Session, Stats, Store};

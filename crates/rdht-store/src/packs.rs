@@ -289,6 +289,49 @@ impl Packs {
         synced
     }
 
+    /// Frees the disk space of bytes no index entry points to any more (blocks of a
+    /// fetch that now live in kept files): the whole 4 KiB pages inside each run of
+    /// adjacent `dead` locations are punched out (`FALLOC_FL_PUNCH_HOLE`), so the pack
+    /// keeps its length and every other block its bytes. Best effort: a filesystem
+    /// without hole punching keeps the bytes until compaction.
+    pub fn punch(&self, dead: &[Loc]) {
+        const PAGE: u64 = 4096;
+        let mut runs: Vec<(u32, u64, u64)> = dead
+            .iter()
+            .map(|l| (l.pack, l.offset, l.offset + u64::from(l.len)))
+            .collect();
+        runs.sort_unstable();
+        let mut merged: Vec<(u32, u64, u64)> = Vec::new();
+        for (pack, start, end) in runs {
+            match merged.last_mut() {
+                Some((p, _, e)) if *p == pack && *e == start => *e = end,
+                _ => merged.push((pack, start, end)),
+            }
+        }
+        for (pack, start, end) in merged {
+            let (from, to) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+            if to <= from {
+                continue;
+            }
+            let punched = OpenOptions::new()
+                .write(true)
+                .open(self.path(pack))
+                .and_then(|f| {
+                    rustix::fs::fallocate(
+                        &f,
+                        rustix::fs::FallocateFlags::PUNCH_HOLE
+                            | rustix::fs::FallocateFlags::KEEP_SIZE,
+                        from,
+                        to - from,
+                    )
+                    .map_err(io::Error::from)
+                });
+            if let Err(e) = punched {
+                tracing::debug!(pack, error = %e, "could not punch dead bytes out of a pack");
+            }
+        }
+    }
+
     /// Deletes pack `n` (never the current one).
     pub fn remove(&self, n: u32) -> io::Result<()> {
         if n == self.current() {

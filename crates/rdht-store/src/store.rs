@@ -21,7 +21,8 @@ use rdht_core::{Block, BlockId, BlockSource, Encoded};
 
 use crate::backend::{Backend, Batch, MemoryBackend, SledBackend, SledOptions};
 use crate::error::{StoreError, hex_key};
-use crate::keys::{self, LooseEntry, RefEntry};
+use crate::files::Files;
+use crate::keys::{self, FileRef, LeafLoc, LooseEntry, RefEntry};
 use crate::packs::{Loc, Packs};
 
 /// How a store behaves.
@@ -40,6 +41,11 @@ pub struct Config {
     /// crash then may leave an exported file empty, but never half-written under its
     /// final name *and* reported as complete by the store.
     pub sync_exports: bool,
+    /// [`Store::ingest_outputs`] links each file into the store (a reflink, else a
+    /// hard link on the same filesystem) rather than copying it, then hashes the
+    /// store's copy once (specs/store.md §4.4). On by default. A file linked this way that is later
+    /// rewritten in place is caught by the verification of every read and dropped.
+    pub link_ingest: bool,
 }
 
 impl Default for Config {
@@ -49,6 +55,7 @@ impl Default for Config {
             sled: SledOptions::default(),
             pack_size: crate::packs::PACK_SIZE,
             sync_exports: false,
+            link_ingest: true,
         }
     }
 }
@@ -56,10 +63,13 @@ impl Default for Config {
 /// Counters and sizes of a store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Distinct blocks the index holds (referenced by an artifact or loose).
+    /// Distinct blocks held in packs or inline (referenced by an artifact or loose);
+    /// leaves of kept files are not counted here.
     pub blocks: u64,
-    /// Sum of their lengths.
+    /// Sum of those blocks' lengths plus the sizes of the kept files.
     pub logical_bytes: u64,
+    /// Complete files kept whole (specs/store.md §2.3).
+    pub files: u64,
     /// Bytes the backend occupies on disk.
     pub disk_bytes: u64,
     /// Complete artifacts.
@@ -83,6 +93,7 @@ pub struct Stats {
 pub(crate) struct State {
     pub(crate) blocks: u64,
     pub(crate) logical: u64,
+    pub(crate) files: u64,
     pub(crate) artifacts: u64,
     pub(crate) pinned: u64,
     pub(crate) clock: u64,
@@ -110,6 +121,8 @@ pub(crate) struct Inner {
     pub(crate) backend: Box<dyn Backend>,
     /// Pack files holding block bytes; `None`: bytes inline in the backend.
     pub(crate) packs: Option<Packs>,
+    /// Complete files of registered artifacts.
+    pub(crate) files: Files,
     pub(crate) path: PathBuf,
     pub(crate) config: Config,
     pub(crate) boot: u64,
@@ -185,7 +198,13 @@ impl Store {
             path: packs.to_path_buf(),
             source,
         })?;
-        Store::build(backend, Some(packs), config)
+        let files_dir = packs.dir().with_file_name("files");
+        let files = Files::open(&files_dir).map_err(|source| StoreError::Backend {
+            op: "open",
+            path: files_dir,
+            source,
+        })?;
+        Store::build(backend, Some(packs), files, config)
     }
 
     /// A store that lives in memory only. (It cannot fail today; the `Result` keeps
@@ -198,18 +217,20 @@ impl Store {
     /// faults). Runs recovery: loose
     /// blocks left by an earlier open are reclaimed and counters are rebuilt.
     pub fn with_backend(backend: Box<dyn Backend>, config: Config) -> Result<Store, StoreError> {
-        Store::build(backend, None, config)
+        Store::build(backend, None, Files::memory(), config)
     }
 
     fn build(
         backend: Box<dyn Backend>,
         packs: Option<Packs>,
+        files: Files,
         config: Config,
     ) -> Result<Store, StoreError> {
         let path = backend.path().map(Path::to_path_buf).unwrap_or_default();
         let mut inner = Inner {
             backend,
             packs,
+            files,
             path,
             config,
             boot: 0,
@@ -233,11 +254,17 @@ impl Store {
         if let Some(p) = &self.inner.packs {
             disk_bytes += p.size().map_err(self.inner.pack_err("measure"))?;
         }
+        disk_bytes += self
+            .inner
+            .files
+            .size()
+            .map_err(self.inner.files_err("measure"))?;
         let st = self.inner.lock();
         let c = &self.inner.counters;
         Ok(Stats {
             blocks: st.blocks,
             logical_bytes: st.logical,
+            files: st.files,
             disk_bytes,
             artifacts: st.artifacts,
             pinned_bytes: st.pinned,
@@ -290,11 +317,19 @@ impl Store {
     }
 }
 
-/// A block's stored bytes (unverified) and the index value they were found by.
+/// Where a block's stored bytes were found.
+pub(crate) enum Origin {
+    /// By its `"b"` entry, whose value was this.
+    Index(Bytes),
+    /// In the kept file of this root (a leaf, by its locator).
+    File(BlockId),
+}
+
+/// A block's stored bytes (unverified) and where they were found.
 pub(crate) struct Raw {
     /// The stored form, not yet decoded or verified.
     pub(crate) encoded: Encoded,
-    pub(crate) index: Bytes,
+    pub(crate) origin: Origin,
 }
 
 /// Protects the blocks it stores from GC until they are registered or it is dropped.
@@ -361,17 +396,22 @@ impl BlockStore for Store {
             }
             Err(e) => {
                 inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-                inner.remove_corrupt(id, &raw.index, &e)?;
+                inner.remove_corrupt(id, &raw.origin, &e)?;
                 Ok(None)
             }
         }
     }
 
     fn has(&self, id: &BlockId) -> Result<bool, StoreError> {
-        self.inner
+        let inner = &self.inner;
+        if inner
             .backend
             .contains(&keys::id_key(keys::BLOCK, id.as_bytes()))
-            .map_err(self.inner.err("read"))
+            .map_err(inner.err("read"))?
+        {
+            return Ok(true);
+        }
+        Ok(inner.leaf_loc(id)?.is_some())
     }
 
     fn put(&self, block: &Block) -> Result<bool, StoreError> {
@@ -471,16 +511,61 @@ impl Inner {
         }
     }
 
-    /// Length of the stored block `id` from its index entry, without reading it.
+    pub(crate) fn files_err(&self, op: &'static str) -> impl Fn(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Backend {
+            op,
+            path: self.files.dir().map(Path::to_path_buf).unwrap_or_default(),
+            source,
+        }
+    }
+
+    /// Length of the stored block `id` (tag included) from its index entry or its
+    /// locator in a kept file that is present, without reading it.
     pub(crate) fn stored_len(&self, id: &BlockId) -> Result<Option<u32>, StoreError> {
         let v = self
             .backend
             .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
             .map_err(self.err("read"))?;
-        Ok(v.map(|v| match &self.packs {
-            Some(_) => Loc::decode(&v).map_or(0, |l| l.block_len()),
-            None => v.len() as u32,
-        }))
+        if let Some(v) = v {
+            return Ok(Some(match &self.packs {
+                Some(_) => Loc::decode(&v).map_or(0, |l| l.block_len()),
+                None => v.len() as u32,
+            }));
+        }
+        Ok(self.leaf_loc(id)?.map(|(_, l)| l.len + 1))
+    }
+
+    /// A locator of leaf `id` in a kept file that is present (not verified).
+    pub(crate) fn leaf_loc(&self, id: &BlockId) -> Result<Option<(BlockId, LeafLoc)>, StoreError> {
+        let mut found = Vec::new();
+        self.backend
+            .scan_prefix(&keys::id_key(keys::LEAF, id.as_bytes()), &mut |k, v| {
+                if let (Some(file), Some(loc)) = (k.get(33..65), LeafLoc::decode(v)) {
+                    let mut b = [0u8; 32];
+                    b.copy_from_slice(file);
+                    found.push((BlockId::from_bytes(b), loc));
+                }
+                if found.len() >= 8 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(self.err("read"))?;
+        Ok(found
+            .into_iter()
+            .find(|(file, _)| self.files.contains(file)))
+    }
+
+    /// The reference entry of kept file `root`.
+    pub(crate) fn file_ref(&self, root: &BlockId) -> Result<Option<FileRef>, StoreError> {
+        let key = keys::id_key(keys::FILE, root.as_bytes());
+        match self.backend.get(&key).map_err(self.err("read"))? {
+            None => Ok(None),
+            Some(v) => FileRef::decode(&v)
+                .map(Some)
+                .ok_or_else(|| self.corrupt_index(&key, "file entry is not 12 bytes")),
+        }
     }
 
     pub(crate) fn corrupt_index(&self, key: &[u8], reason: &'static str) -> StoreError {
@@ -526,6 +611,23 @@ impl Inner {
             .get(&keys::id_key(keys::BLOCK, id.as_bytes()))
             .map_err(self.err("read"))?;
         let Some(index) = index else {
+            if let Some((file, loc)) = self.leaf_loc(id)? {
+                // A short file reads as empty bytes, which fail verification.
+                let data = self
+                    .files
+                    .read_at(&file, loc.offset, loc.len)
+                    .map_err(self.files_err("read"))?
+                    .unwrap_or_default();
+                let mut bytes = Vec::with_capacity(data.len() + 1);
+                if !data.is_empty() || loc.len == 0 {
+                    bytes.push(rdht_core::block::LEAF_TAG);
+                    bytes.extend_from_slice(&data);
+                }
+                return Ok(Some(Raw {
+                    encoded: Encoded::Raw(bytes.into()),
+                    origin: Origin::File(file),
+                }));
+            }
             self.counters.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
@@ -540,7 +642,10 @@ impl Inner {
                 ),
             },
         };
-        Ok(Some(Raw { encoded, index }))
+        Ok(Some(Raw {
+            encoded,
+            origin: Origin::Index(index),
+        }))
     }
 
     /// A stored block failed its check: log it, count it and remove its bytes so it is
@@ -549,13 +654,17 @@ impl Inner {
     pub(crate) fn remove_corrupt(
         &self,
         id: &BlockId,
-        index: &[u8],
+        origin: &Origin,
         e: &dyn std::fmt::Display,
     ) -> Result<(), StoreError> {
+        let index = match origin {
+            Origin::Index(index) => index,
+            Origin::File(file) => return self.drop_file(file, e),
+        };
         let mut st = self.lock();
         let bkey = keys::id_key(keys::BLOCK, id.as_bytes());
         let now = self.backend.get(&bkey).map_err(self.err("read"))?;
-        if now.as_deref() != Some(index) {
+        if now.as_ref() != Some(index) {
             // Moved (compaction) or replaced since it was read: not this entry's fault.
             return Ok(());
         }
@@ -575,6 +684,21 @@ impl Inner {
             st.logical -= u64::from(l.len);
         }
         Ok(())
+    }
+
+    /// A kept file failed verification: log it, count it and remove it so it is never
+    /// read again. Its `"f"` entry and locators stay: the artifacts holding it are
+    /// incomplete until a fetch or an ingest of the same content installs it again.
+    pub(crate) fn drop_file(
+        &self,
+        root: &BlockId,
+        e: &dyn std::fmt::Display,
+    ) -> Result<(), StoreError> {
+        let _st = self.lock();
+        tracing::error!(file = %root, error = %e, path = %self.path.display(),
+            "kept file in store was modified; removing it");
+        self.counters.corruptions.fetch_add(1, Ordering::Relaxed);
+        self.files.remove(root).map_err(self.files_err("remove"))
     }
 
     /// Stores blocks in one atomic batch with loose marks for `session`. Returns how
@@ -639,6 +763,15 @@ impl Inner {
         Ok(new)
     }
 
+    fn set_format(&self) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        batch.put(
+            keys::META_FORMAT.to_vec(),
+            keys::FORMAT_VERSION.to_le_bytes().to_vec(),
+        );
+        self.apply(batch)
+    }
+
     /// Runs at open: checks the format, starts a new boot, reclaims loose blocks of
     /// earlier boots (left by crashed or abandoned ingests and fetches) and rebuilds
     /// the counters from the index.
@@ -653,16 +786,14 @@ impl Inner {
             ),
         };
         match found {
-            // A new store, or format 1: format 2 without LZ4 Locs. It is marked 2 before
-            // any is written, so older versions refuse it instead of reading those Locs
-            // as corrupt and removing them.
-            None | Some(keys::FORMAT_UPGRADABLE) => {
-                let mut batch = Batch::new();
-                batch.put(
-                    keys::META_FORMAT.to_vec(),
-                    keys::FORMAT_VERSION.to_le_bytes().to_vec(),
-                );
-                self.apply(batch)?;
+            // A new store, or format 1 or 2: format 3 without kept files (format 1 also
+            // without LZ4 Locs). It is marked 3 before anything is written, so older
+            // versions refuse it instead of reading its artifacts as incomplete.
+            None => self.set_format()?,
+            Some(v) if keys::FORMAT_UPGRADABLE.contains(&v) => {
+                tracing::info!(from = v, to = keys::FORMAT_VERSION, path = %self.path.display(),
+                    "upgrading store format; artifacts stored before keep their files in packs");
+                self.set_format()?;
             }
             Some(keys::FORMAT_VERSION) => {}
             Some(found) => {
@@ -727,6 +858,25 @@ impl Inner {
             ControlFlow::Continue(())
         })
         .map_err(self.err("open"))?;
+        let mut kept = std::collections::HashSet::new();
+        b.scan_prefix(&[keys::FILE], &mut |k, v| {
+            match (keys::id_after_prefix(k), FileRef::decode(v)) {
+                (Some(root), Some(f)) => {
+                    st.files += 1;
+                    st.logical += f.size;
+                    kept.insert(root);
+                }
+                _ => bad = Some(k.to_vec()),
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(self.err("open"))?;
+        // Files installed by a registration that never wrote its batch.
+        for root in self.files.list().map_err(self.files_err("open"))? {
+            if !kept.contains(&root) {
+                self.files.remove(&root).map_err(self.files_err("open"))?;
+            }
+        }
         b.scan_prefix(&[keys::ARTIFACT], &mut |k, v| {
             match (keys::id_after_prefix(k), keys::ArtifactMeta::decode(v)) {
                 (Some(_), Some(m)) => {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, SigningKey};
+use rdht_core::{BlockId, BuildKey, BuildRecord, DagBuilder, Labels, SigningKey};
 use rdht_store::{BlockStore, Config, IngestFile, Store, StoreError};
 
 fn contents(seed: u64, len: usize) -> Vec<u8> {
@@ -51,10 +51,17 @@ fn build(db: &Path, scratch: &Path) -> Original {
         .collect();
     let root = store.ingest(Labels::default(), files, true).unwrap().root;
     let (_, ids) = store.verify_artifact(&root).unwrap();
-    let blocks = ids
+    let mut blocks: HashMap<BlockId, Vec<u8>> = ids
         .iter()
         .map(|id| (*id, store.get(id).unwrap().unwrap().bytes().to_vec()))
         .collect();
+    // The files' leaves, kept as byte ranges of the store's files.
+    for &(_, seed, len) in FILES {
+        for b in DagBuilder::build(&contents(seed, len)).1 {
+            assert_eq!(store.get(&b.id()).unwrap().unwrap().bytes(), b.bytes());
+            blocks.insert(b.id(), b.bytes().to_vec());
+        }
+    }
     let record = BuildRecord::sign(
         BuildKey::from_bytes([5; 32]),
         root,

@@ -157,20 +157,28 @@ fn check(db: &Path, done: &BTreeMap<BlockId, Done>) -> u64 {
     let artifacts = store.artifacts().expect("list");
     let listed: HashSet<BlockId> = artifacts.iter().map(|a| a.root).collect();
     let mut all_ids = HashSet::new();
+    let mut all_files = HashSet::new();
     for a in &artifacts {
         // Every listed artifact verifies and exports completely.
         let (manifest, ids) = store
             .verify_artifact(&a.root)
             .unwrap_or_else(|e| panic!("listed artifact {} is incomplete: {e}", a.root));
-        assert_eq!(ids.len(), a.blocks as usize);
+        // Packs keep its manifest (one block here) and interior blocks; the leaves
+        // of its files are byte ranges of the kept files.
+        let mut kept = HashSet::from([a.root]);
         for id in &ids {
             let b = store
                 .get(id)
                 .expect("get")
                 .expect("block of a listed artifact");
             assert_eq!(b.id(), *id);
+            if b.kind() == rdht_core::BlockKind::Interior {
+                kept.insert(*id);
+            }
         }
-        all_ids.extend(ids);
+        assert_eq!(kept.len(), a.blocks as usize);
+        all_ids.extend(kept);
+        all_files.extend(manifest.files().iter().map(|f| f.root.as_bytes().to_vec()));
         let out = tempfile::tempdir().expect("tempdir");
         store
             .export(&a.root, out.path())
@@ -223,6 +231,26 @@ fn check(db: &Path, done: &BTreeMap<BlockId, Done>) -> u64 {
         );
     }
     assert_eq!(count(b'l').len(), 0, "no loose mark survives recovery");
+    assert_eq!(count(b'f'), all_files, "file entries");
+    assert_eq!(stats.files, all_files.len() as u64);
+    // On disk, exactly those files: recovery removed any a killed registration left.
+    let mut on_disk = HashSet::new();
+    for fan in fs::read_dir(db.join("files")).expect("files dir") {
+        let fan = fan.expect("entry").path();
+        if fan.file_name().is_some_and(|n| n == "tmp") {
+            assert_eq!(
+                fs::read_dir(&fan).expect("tmp").count(),
+                0,
+                "no temporary left"
+            );
+            continue;
+        }
+        for f in fs::read_dir(&fan).expect("fan") {
+            let name = f.expect("entry").file_name().into_string().expect("utf-8");
+            on_disk.insert(name.parse::<BlockId>().expect("a root").as_bytes().to_vec());
+        }
+    }
+    assert_eq!(on_disk, all_files, "kept files on disk");
     let report = store.gc_to(u64::MAX).expect("gc");
     assert_eq!(report.blocks_removed, 0);
     // Compaction (run by that GC) moved blocks; everything still verifies.

@@ -73,25 +73,26 @@ impl Shared {
             Request::Status => self.status().await,
             Request::Peers => self.peers().await,
             Request::Put { files, labels, pin } => self.put(conn, id, files, labels, pin).await,
-            Request::Export { root, dest } => self.export(conn, id, root, dest).await,
+            Request::Export { root, dest } => self.export(conn, id, root, dest, false).await,
+            Request::ExportLinked { root, dest } => self.export(conn, id, root, dest, true).await,
             Request::Resolve { key, scope } => {
-                let mut r = self.resolve(key, scope).await?;
-                if let Resolution::Hit {
-                    source,
-                    bytes_fetched,
-                    ..
-                } = &mut r
-                    && let Some((swarm, bytes)) = self.lock_prefetched().remove(&key)
-                {
-                    *source = swarm;
-                    *bytes_fetched += bytes;
-                }
-                let counter = match r {
-                    Resolution::Hit { .. } => &self.resolve_hits,
-                    Resolution::Miss { .. } => &self.resolve_misses,
+                Ok(Response::Resolved(self.resolve_counted(key, scope).await?))
+            }
+            Request::ResolveExport { key, scope, dest } => {
+                let resolution = self.resolve_counted(key, scope).await?;
+                let entries = match &resolution {
+                    Resolution::Hit { root, .. } => {
+                        match self.export(conn, id, *root, dest, true).await? {
+                            Response::Exported { entries, .. } => entries,
+                            _ => Vec::new(),
+                        }
+                    }
+                    Resolution::Miss { .. } => Vec::new(),
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(Response::Resolved(r))
+                Ok(Response::ResolvedExported {
+                    resolution,
+                    entries,
+                })
             }
             Request::Publish {
                 key,
@@ -264,5 +265,27 @@ impl Shared {
                 })
                 .collect(),
         ))
+    }
+
+    /// Resolves `key` (the prefetch's source and bytes added to a hit it fetched) and
+    /// counts the outcome.
+    async fn resolve_counted(&self, key: BuildKey, scope: Scope) -> Result<Resolution, ApiError> {
+        let mut r = self.resolve(key, scope).await?;
+        if let Resolution::Hit {
+            source,
+            bytes_fetched,
+            ..
+        } = &mut r
+            && let Some((swarm, bytes)) = self.lock_prefetched().remove(&key)
+        {
+            *source = swarm;
+            *bytes_fetched += bytes;
+        }
+        let counter = match r {
+            Resolution::Hit { .. } => &self.resolve_hits,
+            Resolution::Miss { .. } => &self.resolve_misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(r)
     }
 }

@@ -74,12 +74,17 @@ impl Shared {
         Ok(report.swarm)
     }
 
+    /// Writes artifact `root` under `dest`, fetching it first when it is not held, or
+    /// again when a held copy turns out incomplete or modified (the store dropped the
+    /// damaged file; the fetch brings back only what is missing). `linked`: files
+    /// other than dep-info may be hard links to the store's copies.
     pub(super) async fn export(
         &self,
         conn: &mut ServerConn<UnixStream>,
         id: u64,
         root: BlockId,
         dest: String,
+        linked: bool,
     ) -> Result<Response, ApiError> {
         if !Path::new(&dest).is_absolute() {
             return Err(api_err(
@@ -91,7 +96,22 @@ impl Shared {
         if held.is_none() {
             self.fetch(conn, id, root).await?;
         }
-        let manifest = blocking(&self.store, move |s| s.export(&root, Path::new(&dest))).await?;
+        let write = |dest: String| {
+            blocking(&self.store, move |s| {
+                Ok(
+                    s.export_with(&root, Path::new(&dest), &|path| export_mode(linked, path))
+                        .map(|(m, _)| m),
+                )
+            })
+        };
+        let manifest = match write(dest.clone()).await? {
+            Err(e @ StoreError::Dag { .. }) if held.is_some() && self.net.is_some() => {
+                warn!(%root, "held artifact is incomplete ({e}); fetching it again");
+                self.fetch(conn, id, root).await?;
+                write(dest).await?.map_err(store_err)?
+            }
+            other => other.map_err(store_err)?,
+        };
         Ok(Response::Exported {
             files: manifest.files().len() as u32,
             bytes: manifest.total_size(),
@@ -158,5 +178,17 @@ impl Shared {
         Ok(Response::Published {
             record: record.encode(),
         })
+    }
+}
+
+/// How a file at `path` in an artifact may be placed: a hard link to the store's copy
+/// only for `ExportLinked` and never for dep-info (`.d`), which the shim rewrites in
+/// place (its localised paths); rustc and its linkers replace every other output with
+/// a new file (checked with strace: rlib, rmeta, bin, cdylib are renamed into place).
+fn export_mode(linked: bool, path: &str) -> rdht_store::Mode {
+    if linked && !path.ends_with(".d") {
+        rdht_store::Mode::Link
+    } else {
+        rdht_store::Mode::OwnInode
     }
 }

@@ -129,7 +129,7 @@ impl Shared {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
             };
-            let info = s.ingest(labels, prepared.files.clone(), false)?;
+            let info = s.ingest_outputs(labels, prepared.files.clone(), false)?;
             Ok(prepared.recheck().map(|()| info.root))
         })
         .await;
