@@ -50,9 +50,39 @@ fn tee(mut from: impl Read, mut to: impl Write) -> Vec<u8> {
     kept
 }
 
+/// Gives every file of `out_dir` that has other links (to the store's copy: restored
+/// or ingested by linking) a copy of its own, so the script can rewrite it in place
+/// without touching the store. A failure is returned before the script runs.
+pub fn own_copies(out_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(out_dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        let path = e.path();
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            own_copies(&path)?;
+        } else if kind.is_file() && e.metadata()?.nlink() > 1 {
+            let tmp = path.with_file_name(format!(
+                ".rdht-own-{}-{}",
+                std::process::id(),
+                e.file_name().to_string_lossy()
+            ));
+            fs::copy(&path, &tmp)?;
+            fs::rename(&tmp, &path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the real script `real` with `args` in this process's environment and working
 /// directory (cargo's), passing its output through unchanged.
 pub fn run_script(real: &Path, args: &[String]) -> std::io::Result<(i32, Captured)> {
+    if let Some(out) = std::env::var_os("OUT_DIR") {
+        own_copies(Path::new(&out))?;
+    }
     let mut child = Command::new(real)
         .args(args)
         .stdout(Stdio::piped())
@@ -373,6 +403,32 @@ mod tests {
             ),
         ]);
         RunContext::new(&meta, &env).unwrap()
+    }
+
+    #[test]
+    fn linked_files_get_their_own_copy_before_a_run() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        fs::create_dir_all(out.join("sub")).unwrap();
+        let store = d.path().join("store-copy");
+        fs::write(&store, "stored").unwrap();
+        fs::hard_link(&store, out.join("sub/gen.rs")).unwrap();
+        fs::write(out.join("own.txt"), "own").unwrap();
+        own_copies(&out).unwrap();
+        assert_eq!(fs::metadata(&store).unwrap().nlink(), 1);
+        assert_eq!(
+            fs::read_to_string(out.join("sub/gen.rs")).unwrap(),
+            "stored"
+        );
+        fs::write(out.join("sub/gen.rs"), "rewritten").unwrap();
+        assert_eq!(fs::read_to_string(&store).unwrap(), "stored");
+        let names: Vec<_> = fs::read_dir(out.join("sub"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["gen.rs"]);
     }
 
     #[test]

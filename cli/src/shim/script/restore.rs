@@ -99,7 +99,9 @@ async fn declaration(
 
 /// Makes `OUT_DIR` hold exactly the run's files: what an earlier run left is removed
 /// (a first run starts from an empty `OUT_DIR`), files stored normalised get local
-/// paths.
+/// paths. Files may be hard links to the store's copies; nothing here writes into one,
+/// and a run of the real script first gives each its own copy
+/// (`capture::own_copies`).
 fn place(
     ctx: &RunContext,
     dest: &Path,
@@ -119,10 +121,12 @@ fn place(
             fs::create_dir_all(d).map_err(|e| io(d, e))?;
         }
         if normalized.binary_search(&rel.as_str()).is_ok() {
+            // A new file: the exported one may be a link to the store's copy.
             let text = fs::read_to_string(&from).map_err(|e| io(&from, e))?;
-            fs::write(&from, ctx.roots.localize(&text)).map_err(|e| io(&from, e))?;
+            fs::write(&to, ctx.roots.localize(&text)).map_err(|e| io(&to, e))?;
+        } else {
+            fs::rename(&from, &to).map_err(|e| io(&to, e))?;
         }
-        fs::rename(&from, &to).map_err(|e| io(&to, e))?;
     }
     Ok(())
 }
