@@ -14,7 +14,7 @@ use rdht_api::proto::{MissCause, Resolution};
 use rdht_api::{Client, Request, Response};
 use rdht_core::{BlockId, BuildRecord, BuilderKey};
 
-use super::cache::{CacheFailure, Severity, call, connect, fail, unexpected};
+use super::cache::{CacheFailure, Severity, connect, fail, unexpected};
 use super::filehash::{remember, remember_origin};
 use super::inputs::Unit;
 use super::layout::{OUT, STDERR, STDOUT, scratch};
@@ -44,40 +44,73 @@ pub(super) struct Resolved {
     pub(super) builders: Vec<BuilderKey>,
 }
 
-/// Resolves `key` through the daemon; a miss is a [`CacheFailure`] of severity
+/// Resolves `key` through the daemon and, on a hit, has it write the artifact into
+/// `dest` (verified; outputs other than dep-info may be hard links to the store's
+/// copies), in one round trip. Returns the resolution and the files written (path in
+/// the artifact, content root). A miss is a [`CacheFailure`] of severity
 /// [`Severity::Miss`] whose reason names `what` when the artifact does not fit here.
-pub(super) async fn resolve(
+pub(super) async fn resolve_export(
     client: &mut Client,
     key: rdht_core::BuildKey,
     scope: rdht_api::proto::Scope,
+    dest: &Path,
     what: &str,
-) -> Result<Resolved, CacheFailure> {
-    let request = Request::Resolve { key, scope };
-    match call(client, request, RESOLVE_TIMEOUT, "resolving").await? {
-        Response::Resolved(Resolution::Hit {
+) -> Result<(Resolved, Vec<(String, BlockId)>), CacheFailure> {
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| fail("output directory is not UTF-8"))?
+        .to_string();
+    let mut fetched = 0u64;
+    let request = Request::ResolveExport { key, scope, dest };
+    let answer = tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        client.call_with_progress(request, |p| {
+            if let rdht_api::Progress::Bytes { done, .. } = p {
+                fetched = *done;
+            }
+        }),
+    )
+    .await
+    .map_err(|_| fail("resolving timed out"))??;
+    let Response::ResolvedExported {
+        resolution,
+        entries,
+    } = answer
+    else {
+        return Err(unexpected(&answer));
+    };
+    match resolution {
+        Resolution::Hit {
             root,
             bytes_fetched,
             records,
             verify,
             ..
-        }) => {
+        } => {
+            if entries.is_empty() {
+                return Err(fail(format!("artifact {root} could not be exported")));
+            }
             let decoded: Vec<BuildRecord> = records
                 .iter()
                 .filter_map(|r| BuildRecord::decode(r).ok())
                 .collect();
-            Ok(Resolved {
+            let resolved = Resolved {
                 root,
-                bytes_fetched,
+                bytes_fetched: bytes_fetched.max(fetched),
                 build_ms: decoded.iter().map(|r| r.body().build_ms).max().unwrap_or(0),
                 sampled: verify,
                 builders: decoded.iter().map(|r| r.builder()).collect(),
-            })
+            };
+            Ok((
+                resolved,
+                entries.into_iter().map(|e| (e.path, e.root)).collect(),
+            ))
         }
-        Response::Resolved(Resolution::Miss {
+        Resolution::Miss {
             reason,
             cause,
             unreachable,
-        }) => {
+        } => {
             // A misfit the daemon saw in the records is counted as one found in the
             // files is: by what the artifact needs (its reason).
             let (counted, reason) = match cause {
@@ -93,7 +126,6 @@ pub(super) async fn resolve(
             f.unreachable = unreachable;
             Err(f)
         }
-        other => Err(unexpected(&other)),
     }
 }
 
@@ -103,23 +135,25 @@ pub(super) async fn try_hit(
     unit: &Unit,
 ) -> Result<Hit, CacheFailure> {
     let mut client = connect().await?;
-    let Resolved {
-        root,
-        bytes_fetched: resolve_fetched,
-        build_ms,
-        sampled,
-        builders,
-    } = resolve(&mut client, unit.key, unit.scope(), &unit.describe()).await?;
     let tmp = scratch(&unit.out_dir, "hit");
-    // Incremental units are not bit-reproducible, so a rebuild proves nothing.
-    let check = (sampled && !unit.inv.incremental).then_some((rustc, args, builders.as_slice()));
-    let result = materialize(unit, &mut client, root, &tmp, check).await;
+    let result = async {
+        let (resolved, entries) =
+            resolve_export(&mut client, unit.key, unit.scope(), &tmp, &unit.describe()).await?;
+        let outputs = outputs(resolved.root, &tmp, entries)?;
+        // Incremental units are not bit-reproducible, so a rebuild proves nothing.
+        let check = (resolved.sampled && !unit.inv.incremental).then_some((
+            rustc,
+            args,
+            resolved.builders.as_slice(),
+        ));
+        let mut hit = materialize(unit, &mut client, resolved.root, &tmp, &outputs, check).await?;
+        hit.bytes_fetched = resolved.bytes_fetched;
+        hit.compile_ms = resolved.build_ms;
+        Ok(hit)
+    }
+    .await;
     let _ = std::fs::remove_dir_all(&tmp);
-    result.map(|mut hit| {
-        hit.bytes_fetched += resolve_fetched;
-        hit.compile_ms = build_ms;
-        hit
-    })
+    result
 }
 
 /// A sampled hit's check: the rustc command and the builders that claimed the artifact.
@@ -139,72 +173,40 @@ impl Output {
     }
 }
 
-/// Exports `root` into `tmp`, checks it may be used here, puts its outputs in place and
-/// replays rustc's messages. Any step that fails leaves `--out-dir` as it was.
-pub(super) async fn materialize(
+/// Checks the exported `outputs` of `root` in `tmp` may be used here, puts them in place
+/// and replays rustc's messages. Any step that fails leaves `--out-dir` as it was.
+async fn materialize(
     unit: &Unit,
     client: &mut Client,
     root: BlockId,
     tmp: &Path,
+    outputs: &[Output],
     check: Check<'_>,
 ) -> Result<Hit, CacheFailure> {
-    let (outputs, fetched) = export(client, root, tmp).await?;
-    check_env(unit, &outputs)?;
-    check_fit(unit, &outputs)?;
+    check_env(unit, outputs)?;
+    check_fit(unit, outputs)?;
     let sample = match check {
         Some((rustc, args, builders)) => {
-            Some(check_sample(unit, client, root, &outputs, rustc, args, builders).await?)
+            Some(check_sample(unit, client, root, outputs, rustc, args, builders).await?)
         }
         None => None,
     };
-    place(unit, &outputs)?;
+    place(unit, outputs)?;
     replay(unit, tmp);
     Ok(Hit {
-        bytes_fetched: fetched,
+        bytes_fetched: 0,
         compile_ms: 0,
         sample,
     })
 }
 
-/// Has the daemon write artifact `root` into `dest` (verified); returns its files (path
-/// in the artifact, content root) and the bytes fetched meanwhile.
-pub(super) async fn export_entries(
-    client: &mut Client,
-    root: BlockId,
-    dest: &Path,
-) -> Result<(Vec<(String, BlockId)>, u64), CacheFailure> {
-    let dest = dest
-        .to_str()
-        .ok_or_else(|| fail("output directory is not UTF-8"))?
-        .to_string();
-    let mut fetched = 0u64;
-    let exported = tokio::time::timeout(
-        RESOLVE_TIMEOUT,
-        client.call_with_progress(Request::ExportLinked { root, dest }, |p| {
-            if let rdht_api::Progress::Bytes { done, .. } = p {
-                fetched = *done;
-            }
-        }),
-    )
-    .await
-    .map_err(|_| fail("exporting timed out"))??;
-    let Response::Exported { entries, .. } = exported else {
-        return Err(unexpected(&exported));
-    };
-    Ok((
-        entries.into_iter().map(|e| (e.path, e.root)).collect(),
-        fetched,
-    ))
-}
-
-/// Has the daemon write artifact `root` into `tmp` (verified); returns its outputs and
-/// the bytes fetched meanwhile. An artifact with files outside the layout is refused.
-async fn export(
-    client: &mut Client,
+/// The outputs of artifact `root` exported into `tmp` as `entries`. An artifact with
+/// files outside the layout is refused.
+fn outputs(
     root: BlockId,
     tmp: &Path,
-) -> Result<(Vec<Output>, u64), CacheFailure> {
-    let (entries, fetched) = export_entries(client, root, tmp).await?;
+    entries: Vec<(String, BlockId)>,
+) -> Result<Vec<Output>, CacheFailure> {
     let mut outputs = Vec::new();
     for (path, file_root) in entries {
         match path.strip_prefix(OUT) {
@@ -221,7 +223,7 @@ async fn export(
             }
         }
     }
-    Ok((outputs, fetched))
+    Ok(outputs)
 }
 
 /// The environment the compile read (dep-info's `# env-dep` lines) must be the same

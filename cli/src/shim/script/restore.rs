@@ -10,14 +10,13 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use rdht_api::Client;
 use rdht_api::proto::Scope;
 use rdht_core::BuildKey;
 use rdht_core::runkey::Declaration;
 
 use super::inputs::RunContext;
 use crate::shim::cache::{CacheFailure, connect, fail};
-use crate::shim::hit::{export_entries, resolve};
+use crate::shim::hit::resolve_export;
 use crate::shim::inputs::Env;
 use crate::shim::layout::{DECLARED, RUN_NORMALIZED, RUN_OUT_DIR, STDERR, STDOUT, scratch};
 
@@ -44,17 +43,23 @@ pub async fn try_restore(
         .out_dir
         .parent()
         .ok_or_else(|| fail("OUT_DIR has no parent"))?;
-    let declared = resolve(&mut client, ctx.declaration_key, scope, &what).await?;
     let tmp = scratch(parent, "run");
     let result = async {
-        let decl = declaration(&mut client, declared.root, &tmp.join("declared")).await?;
+        let (declared, entries) = resolve_export(
+            &mut client,
+            ctx.declaration_key,
+            scope,
+            &tmp.join("declared"),
+            &what,
+        )
+        .await?;
+        let decl = declaration(declared.root, &tmp.join("declared"), &entries)?;
         let inputs = ctx
             .run_inputs(&decl, env)
             .map_err(|e| fail(format!("reading a declared input: {e}")))?;
         let run_key = inputs.derive();
-        let run = resolve(&mut client, run_key, scope, &what).await?;
         let dest = tmp.join("run");
-        let (entries, fetched) = export_entries(&mut client, run.root, &dest).await?;
+        let (run, entries) = resolve_export(&mut client, run_key, scope, &dest, &what).await?;
         let mut files = Vec::new();
         for (path, _) in &entries {
             match path.strip_prefix(RUN_OUT_DIR) {
@@ -73,7 +78,7 @@ pub async fn try_restore(
         replay(ctx, &dest);
         Ok(Restored {
             run_key,
-            bytes_fetched: declared.bytes_fetched + run.bytes_fetched + fetched,
+            bytes_fetched: declared.bytes_fetched + run.bytes_fetched,
             build_ms: run.build_ms,
         })
     }
@@ -82,13 +87,12 @@ pub async fn try_restore(
     result
 }
 
-/// Exports declaration artifact `root` into `dest` and decodes it.
-async fn declaration(
-    client: &mut Client,
+/// Decodes declaration artifact `root`, exported into `dest` as `entries`.
+fn declaration(
     root: rdht_core::BlockId,
     dest: &Path,
+    entries: &[(String, rdht_core::BlockId)],
 ) -> Result<Declaration, CacheFailure> {
-    let (entries, _) = export_entries(client, root, dest).await?;
     if entries.len() != 1 || entries[0].0 != DECLARED {
         return Err(fail(format!("artifact {root} is not a declaration")));
     }
