@@ -465,3 +465,66 @@ fn a_check_a_build_and_a_test_build_at_once_share_everything() {
     assert_no_op(&["check"], &projects[0], &home, &node);
     assert_no_op(&["test", "--no-run"], &projects[2], &home, &node);
 }
+
+/// A tmpfs target dir: the store and the outputs are on different file systems, so a
+/// hit cannot link its outputs and copies them (`copy_file_range`), verified the same.
+#[test]
+fn a_hit_into_a_target_on_another_file_system_is_byte_identical_and_fresh() {
+    let swarm = Swarm::new();
+    let root = swarm.tmp.path();
+    let a = swarm.node("a");
+    let b = swarm.node("b");
+    b.rdht(&["trust", "add", &a.builder_key()]);
+    let p1 = root.join("alice/p");
+    write_project(&p1, "hello");
+    let (_, s1) = dht_build(&p1, &root.join("home-a"), &a);
+    let units = count(&s1, "units");
+    let shm = tempfile::Builder::new()
+        .prefix("rdht-tmpfs-target-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let target = shm.path().join("target");
+    let fs_of = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().dev()
+    };
+    assert_ne!(
+        fs_of(shm.path()),
+        fs_of(&b.dir),
+        "the target is on another file system"
+    );
+    let p2 = root.join("bob/p");
+    copy_project(&p1, &p2);
+    let target_s = target.to_str().unwrap();
+    let env = [("CARGO_TARGET_DIR", target_s)];
+    let (_, s2) = rdht_testnet::dht_build_env(&p2, &root.join("home-b"), &b.dir, &env);
+    assert_eq!(
+        (
+            count(&s2, "units"),
+            count(&s2, "hits"),
+            count(&s2, "misses")
+        ),
+        (units, units, 0),
+        "{s2}"
+    );
+    for out in ["proj", "libmylib.so", "libmylib.a", "libmylib.rlib"] {
+        assert_eq!(
+            sha256(&target.join("debug").join(out)),
+            sha256(&p1.join("target/debug").join(out)),
+            "{out}"
+        );
+    }
+    let again = Command::new("cargo")
+        .arg("build")
+        .current_dir(&p2)
+        .env("CARGO_HOME", root.join("home-b"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTC_WRAPPER")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success() && !text.contains("Compiling"),
+        "{text}"
+    );
+}
