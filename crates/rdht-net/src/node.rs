@@ -30,7 +30,7 @@ use crate::error::{DropReason, FetchError, NetError, PeerFailure};
 use crate::fetch::{self, FetchCtx, FetchReport, OPEN_TIMED_OUT, RECONNECT_PAUSE};
 use crate::health::{Health, UnreachablePeer};
 use crate::source::{BlockSink, BlockSource};
-use crate::swarm::{self, Command, Lookup, ProvideFailure, SwarmHandle};
+use crate::swarm::{self, Command, Connection, Lookup, ProvideFailure, SwarmHandle, SwarmReach};
 use crate::wire::{self, ProviderKey};
 
 /// Most announcements in flight at once during [`NodeHandle::reannounce`].
@@ -326,17 +326,19 @@ impl NodeHandle {
 
     /// Re-announces everything the node holds (after a restart), with bounded
     /// concurrency: in `swarm` when given, else following each swarm's policy as
-    /// [`NodeHandle::provide`] does. Returns how many keys were announced.
+    /// [`NodeHandle::provide`] does. Returns how many keys were announced in at least
+    /// one swarm (0 when no swarm's policy takes them).
     pub async fn reannounce(
         &self,
         swarm: Option<&str>,
         keys: impl IntoIterator<Item = ProviderKey>,
     ) -> Result<usize, NetError> {
-        let results: Vec<Result<(), NetError>> = futures::stream::iter(keys)
+        // Whether each key went to at least one swarm.
+        let results: Vec<Result<bool, NetError>> = futures::stream::iter(keys)
             .map(|k| async move {
                 match swarm {
-                    Some(name) => self.provide_in(name, k).await,
-                    None => self.provide(k).await.map(drop),
+                    Some(name) => self.provide_in(name, k).await.map(|()| true),
+                    None => self.provide(k).await.map(|names| !names.is_empty()),
                 }
             })
             .buffer_unordered(REANNOUNCE_CONCURRENCY)
@@ -344,8 +346,9 @@ impl NodeHandle {
             .await;
         let mut n = 0;
         for r in results {
-            r?;
-            n += 1;
+            if r? {
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -450,6 +453,28 @@ impl NodeHandle {
                 s.name.clone(),
                 s.request(|reply| Command::Peers { reply }).await?,
             ));
+        }
+        Ok(out)
+    }
+
+    /// Open connections, per swarm, in lookup order: each peer's address and whether
+    /// the connection is relayed.
+    pub async fn connections(&self) -> Result<Vec<(String, Vec<Connection>)>, NetError> {
+        let mut out = Vec::new();
+        for s in &self.inner.swarms {
+            out.push((
+                s.name.clone(),
+                s.request(|reply| Command::Connections { reply }).await?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Each swarm's reachability and Kademlia mode, in lookup order.
+    pub async fn reach(&self) -> Result<Vec<SwarmReach>, NetError> {
+        let mut out = Vec::new();
+        for s in &self.inner.swarms {
+            out.push(s.request(|reply| Command::Reach { reply }).await?);
         }
         Ok(out)
     }

@@ -1,12 +1,15 @@
-//! One libp2p swarm: transport (TCP, optional pnet, noise, yamux), behaviour (Kademlia in
-//! server mode, identify feeding Kademlia, ping, streams, block list, the back-off guard
-//! of `health.rs`), start-up
-//! (listen, bootstrap) and the task that owns the `Swarm` and answers commands.
+//! One libp2p swarm: transport (public: QUIC or TCP with noise and yamux; private: TCP,
+//! pnet, noise, yamux; both under libp2p's DNS resolution), behaviour (Kademlia, in
+//! server mode only while a non-relayed address is confirmed; identify feeding Kademlia;
+//! AutoNAT v2 client and server; UPnP; ping; streams; block list; the back-off guard of
+//! `health.rs`), start-up (listen, bootstrap) and the task that owns the `Swarm` and
+//! answers commands.
 //!
-//! Owns: [`SwarmHandle`], the command loop, serving inbound block and record streams.
-//! Does not own: fetching (see `fetch.rs`), deciding which swarm to ask (`node.rs`).
-//! Spec: `specs/swarm.md` §2 (transport), §3–§4 (serving), §6 (announce, provider TTL,
-//! back-off), §8 (bans).
+//! Owns: [`SwarmHandle`], the command loop, reachability (which addresses are confirmed,
+//! and so the Kademlia mode), serving inbound block and record streams. Does not own:
+//! fetching (see `fetch.rs`), deciding which swarm to ask (`node.rs`).
+//! Spec: `specs/swarm.md` §2 (transport), §2.3 (reachability), §3–§4 (serving), §6
+//! (announce, provider TTL, back-off), §8 (bans).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,18 +18,19 @@ use std::time::{Duration, Instant};
 use futures::future::Either;
 use futures::io::BufWriter;
 use futures::{AsyncWriteExt, StreamExt};
-use libp2p::core::transport::{Boxed, MemoryTransport};
+use libp2p::core::transport::{Boxed, MemoryTransport, OrTransport};
 use libp2p::core::{muxing::StreamMuxerBox, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::kad;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PnetConfig;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, identify, noise, ping, tcp,
-    yamux,
+    Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, autonat, connection_limits, dns,
+    identify, noise, ping, quic, tcp, upnp, yamux,
 };
 use rdht_core::block::INTERIOR_TAG;
 use rdht_core::{Block, Encoded};
@@ -40,6 +44,11 @@ use crate::health::{Guard, Health};
 use crate::source::BlockSource;
 use crate::wire::{self, Frame, ProviderKey};
 
+/// How often the AutoNAT v2 client tests new candidate addresses (libp2p's default is
+/// 5 s). A tick with no untested candidate sends nothing, so a short period costs
+/// nothing and lets a fresh swarm confirm its nodes, and turn their DHT to server mode,
+/// about a second after they connect.
+const AUTONAT_PROBE: Duration = Duration::from_secs(1);
 /// Buffer of the block stream writer.
 const WRITE_BUFFER: usize = 256 * 1024;
 /// How long a requester may take to send its request.
@@ -48,13 +57,95 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The behaviours of one swarm.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    limits: connection_limits::Behaviour,
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Refuses dials to peers in back-off; learns from dial failures and connections.
     guard: Guard,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
+    /// Asks AutoNAT servers among our peers to dial our candidate addresses back.
+    autonat_client: autonat::v2::client::Behaviour,
+    /// Dials back the addresses other peers ask about.
+    autonat_server: autonat::v2::server::Behaviour,
+    /// Maps listen ports on an IGD gateway; off when listening on loopback only.
+    upnp: Toggle<upnp::tokio::Behaviour>,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+}
+
+/// Whether this node can be dialled from outside its network, as far as it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// No address tested yet.
+    Unknown,
+    /// At least one non-relayed address is confirmed (by AutoNAT, UPnP, the operator,
+    /// or because it is loopback).
+    Public,
+    /// Addresses were tested and none could be dialled back: behind NAT or a firewall.
+    Private,
+}
+
+impl std::fmt::Display for Reachability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reachability::Unknown => "unknown",
+            Reachability::Public => "public",
+            Reachability::Private => "private",
+        })
+    }
+}
+
+/// One swarm's view of its own reachability.
+#[derive(Debug, Clone)]
+pub struct SwarmReach {
+    /// The swarm.
+    pub swarm: String,
+    /// What the node knows.
+    pub reachability: Reachability,
+    /// Whether Kademlia runs in server mode (answers other peers' queries).
+    pub kad_server: bool,
+    /// The confirmed addresses, sorted.
+    pub confirmed: Vec<Multiaddr>,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its address on this connection.
+    pub addr: Multiaddr,
+    /// Whether the connection runs through a relay (`/p2p-circuit`).
+    pub relayed: bool,
+}
+
+/// Whether `addr` goes through a relay.
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// Whether `addr` is loopback or in-process (memory). A swarm that listens on such
+/// addresses only is reachable by every peer that can learn of it (on this host, in
+/// this process), so they count as confirmed; a node that also listens elsewhere
+/// (`0.0.0.0` expands to loopback too) must have its other addresses confirmed.
+fn self_evident(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        Protocol::Memory(_) => true,
+        _ => false,
+    })
+}
+
+/// Whether `addr` is an IPv6 address.
+fn is_ip6(addr: &Multiaddr) -> bool {
+    matches!(addr.iter().next(), Some(Protocol::Ip6(_)))
+}
+
+/// Whether `addr` uses QUIC.
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
 }
 
 /// The outcome of one provider lookup.
@@ -102,6 +193,12 @@ pub(crate) enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Connections {
+        reply: oneshot::Sender<Vec<Connection>>,
+    },
+    Reach {
+        reply: oneshot::Sender<SwarmReach>,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
@@ -185,11 +282,34 @@ fn build_transport(
         reason: e.to_string(),
     })?;
     Ok(match cfg.transport {
-        TransportKind::Tcp => secure(
-            tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
-            psk,
-            noise,
-        ),
+        TransportKind::Tcp => {
+            let base = || {
+                let tcp = secure(
+                    tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
+                    psk,
+                    noise.clone(),
+                );
+                // pnet cannot wrap QUIC (rust-libp2p#3275): private swarms are TCP only.
+                match psk {
+                    Some(_) => tcp,
+                    None => {
+                        let quic = quic::tokio::Transport::new(quic::Config::new(keypair))
+                            .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+                        OrTransport::new(quic, tcp)
+                            .map(|either, _| either.into_inner())
+                            .boxed()
+                    }
+                }
+            };
+            match dns::tokio::Transport::system(base()) {
+                Ok(dns) => dns.boxed(),
+                Err(e) => {
+                    // No resolver configuration: addresses still work, names do not.
+                    warn!(swarm = %cfg.name, "no DNS resolver (/etc/resolv.conf): {e}; /dns and /dnsaddr addresses will not resolve");
+                    base()
+                }
+            }
+        }
         TransportKind::Memory => secure(MemoryTransport::default(), psk, noise),
     })
 }
@@ -244,8 +364,21 @@ fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) ->
     kcfg.set_provider_record_ttl(Some(cfg.provider_ttl));
     kcfg.set_provider_publication_interval(Some(cfg.provider_republish));
     let mut kad = kad::Behaviour::with_config(peer, store, kcfg);
-    kad.set_mode(Some(kad::Mode::Server));
+    // Client until an address is confirmed (`Task::update_mode`): an unreachable
+    // server would poison other peers' routing tables.
+    kad.set_mode(Some(kad::Mode::Client));
+    // UPnP searches for a gateway on the local network as soon as it starts; a node
+    // listening on loopback only has nothing to map.
+    let upnp = cfg.upnp && cfg.listen.iter().any(|a| !self_evident(a));
+    let l = cfg.limits;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(l.per_peer))
+        .with_max_established(Some(l.total))
+        .with_max_established_incoming(Some(l.inbound))
+        .with_max_pending_incoming(Some(l.pending_inbound))
+        .with_max_pending_outgoing(Some(l.pending_outbound));
     Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
         blocked: allow_block_list::Behaviour::default(),
         guard: Guard::new(health),
         kad,
@@ -253,6 +386,12 @@ fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) ->
             wire::IDENTIFY_VERSION.to_string(),
             keypair.public(),
         )),
+        autonat_client: autonat::v2::client::Behaviour::new(
+            rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
+            autonat::v2::client::Config::default().with_probe_interval(AUTONAT_PROBE),
+        ),
+        autonat_server: autonat::v2::server::Behaviour::default(),
+        upnp: upnp.then(upnp::tokio::Behaviour::default).into(),
         ping: ping::Behaviour::default(),
         stream: libp2p_stream::Behaviour::new(),
     }
@@ -287,6 +426,20 @@ struct Task {
     health: Arc<Health>,
     /// Listen addresses double as external addresses (none were configured).
     advertise_listen: bool,
+    /// Always a Kademlia server (an anchor node).
+    anchor: bool,
+    /// Every configured listen address is loopback or memory (see [`self_evident`]).
+    local_only: bool,
+    /// Non-relayed and relayed addresses confirmed reachable, by AutoNAT v2, UPnP, the
+    /// operator (`external`), or because they are loopback or memory addresses.
+    confirmed: HashSet<Multiaddr>,
+    /// AutoNAT v2 tests of our addresses that failed.
+    autonat_failures: u64,
+    kad_mode: kad::Mode,
+    /// Open connections and the peer's address on each.
+    conns: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// Our addresses changed since our own provider records were last rewritten.
+    addrs_changed: bool,
     boot_peers: HashSet<PeerId>,
     boot_ok: bool,
     boot_failed: usize,
@@ -321,6 +474,13 @@ pub(crate) async fn start(
         bans: HashMap::new(),
         health,
         advertise_listen: cfg.external.is_empty(),
+        anchor: cfg.anchor,
+        local_only: !cfg.listen.is_empty() && cfg.listen.iter().all(self_evident),
+        confirmed: cfg.external.iter().cloned().collect(),
+        autonat_failures: 0,
+        kad_mode: kad::Mode::Client,
+        conns: HashMap::new(),
+        addrs_changed: false,
         boot_peers: cfg.bootstrap.iter().map(|b| b.peer).collect(),
         boot_ok: false,
         boot_failed: 0,
@@ -345,21 +505,39 @@ pub(crate) async fn start(
     for addr in &cfg.external {
         task.swarm.add_external_address(addr.clone());
     }
+    task.update_mode();
     // Listen, and wait until every listener has an address.
     let mut listeners = HashMap::new();
     for addr in &cfg.listen {
-        let id = task
-            .swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
+        if cfg.key.is_some() && is_quic(addr) {
+            return Err(NetError::Listen {
                 swarm: cfg.name.clone(),
                 addr: addr.clone(),
+                reason: "a private swarm runs on TCP only: its pre-shared key (pnet) cannot \
+                         protect QUIC (rust-libp2p#3275); use a /tcp/ address"
+                    .into(),
+            });
+        }
+        let id = match task.swarm.listen_on(addr.clone()) {
+            Ok(id) => id,
+            Err(e) => {
                 // TransportError's Display is empty for I/O errors; keep the cause.
-                reason: match &e {
+                let reason = match &e {
                     libp2p::TransportError::Other(io) => io.to_string(),
                     other => other.to_string(),
-                },
-            })?;
+                };
+                // A host without IPv6 cannot bind `::`; its IPv4 addresses still serve.
+                if is_ip6(addr) && cfg.listen.iter().any(|a| !is_ip6(a)) {
+                    warn!(parent: &span, %addr, "not listening on an IPv6 address: {reason}");
+                    continue;
+                }
+                return Err(NetError::Listen {
+                    swarm: cfg.name.clone(),
+                    addr: addr.clone(),
+                    reason,
+                });
+            }
+        };
         listeners.insert(id, addr.clone());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -476,6 +654,7 @@ impl Task {
                 _ = tick.tick() => {
                     self.expire_bans();
                     self.end_lookups_past_grace();
+                    self.refresh_own_records();
                 }
             }
         }
@@ -496,6 +675,7 @@ impl Task {
                 {
                     Ok(qid) => {
                         self.provides.insert(qid, reply);
+                        self.write_own_record(key.kad_key());
                     }
                     Err(e) => {
                         warn!(%key, "cannot provide: {e}");
@@ -535,6 +715,22 @@ impl Task {
             },
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Connections { reply } => {
+                let mut conns: Vec<Connection> = self
+                    .conns
+                    .values()
+                    .map(|(peer, addr)| Connection {
+                        peer: *peer,
+                        addr: addr.clone(),
+                        relayed: is_relayed(addr),
+                    })
+                    .collect();
+                conns.sort_by(|a, b| (a.peer, a.relayed).cmp(&(b.peer, b.relayed)));
+                let _ = reply.send(conns);
+            }
+            Command::Reach { reply } => {
+                let _ = reply.send(self.reach());
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -578,12 +774,40 @@ impl Task {
                     matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
                         || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
                 });
+                if self.local_only && self_evident(&address) {
+                    self.confirmed.insert(address.clone());
+                    self.update_mode();
+                }
                 if self.advertise_listen && concrete {
                     self.swarm.add_external_address(address);
                 }
+                self.addrs_changed = true;
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                debug!(peer = %peer_id, "connected");
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.confirmed.remove(&address);
+                self.update_mode();
+                self.addrs_changed = true;
+            }
+            SwarmEvent::ExternalAddrConfirmed { .. } => self.addrs_changed = true,
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.confirmed.remove(&address);
+                self.update_mode();
+                self.addrs_changed = true;
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.conns.remove(&connection_id);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.conns.insert(
+                    connection_id,
+                    (peer_id, endpoint.get_remote_address().clone()),
+                );
                 if self.boot_peers.contains(&peer_id) {
                     self.boot_ok = true;
                 }
@@ -610,7 +834,109 @@ impl Task {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(ev)) => match ev.result {
+                Ok(()) => {
+                    info!(addr = %ev.tested_addr, server = %ev.server, "address confirmed reachable (AutoNAT)");
+                    self.confirmed.insert(ev.tested_addr);
+                    self.update_mode();
+                }
+                Err(e) => {
+                    debug!(addr = %ev.tested_addr, server = %ev.server, "address not reachable (AutoNAT): {e}");
+                    self.autonat_failures += 1;
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => match ev {
+                upnp::Event::NewExternalAddr { external_addr, .. } => {
+                    info!(addr = %external_addr, "port mapped on the gateway (UPnP)");
+                    self.confirmed.insert(external_addr);
+                    self.update_mode();
+                }
+                upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                    info!(addr = %external_addr, "gateway port mapping expired (UPnP)");
+                    self.confirmed.remove(&external_addr);
+                    self.update_mode();
+                }
+                upnp::Event::GatewayNotFound => debug!("no UPnP gateway found"),
+                upnp::Event::NonRoutableGateway => {
+                    debug!("the UPnP gateway is not on the public network")
+                }
+            },
             _ => {}
+        }
+    }
+
+    /// Kademlia serves other peers only while an address that is not relayed is
+    /// confirmed (or on an anchor): an unreachable server poisons routing tables.
+    fn update_mode(&mut self) {
+        let server = self.anchor || self.confirmed.iter().any(|a| !is_relayed(a));
+        let mode = if server {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        };
+        if mode != self.kad_mode {
+            info!(swarm = %self.name, ?mode, "kademlia mode");
+            self.kad_mode = mode;
+            self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+        }
+    }
+
+    fn reach(&self) -> SwarmReach {
+        let mut confirmed: Vec<Multiaddr> = self.confirmed.iter().cloned().collect();
+        confirmed.sort();
+        let reachability = if confirmed.iter().any(|a| !is_relayed(a)) {
+            Reachability::Public
+        } else if self.autonat_failures > 0 {
+            Reachability::Private
+        } else {
+            Reachability::Unknown
+        };
+        SwarmReach {
+            swarm: self.name.clone(),
+            reachability,
+            kad_server: self.kad_mode == kad::Mode::Server,
+            confirmed,
+        }
+    }
+
+    /// The addresses our provider records carry: the external ones, each once.
+    /// (Kademlia's own answer for a local record with no addresses lists the listen
+    /// addresses and then the external ones, which include them: each address twice.)
+    fn own_addresses(&self) -> Vec<Multiaddr> {
+        let mut seen = HashSet::new();
+        self.swarm
+            .external_addresses()
+            .filter(|a| seen.insert((*a).clone()))
+            .cloned()
+            .collect()
+    }
+
+    fn write_own_record(&mut self, key: kad::RecordKey) {
+        let addrs = self.own_addresses();
+        let local = self.local;
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Err(e) = store.add_provider(kad::ProviderRecord::new(key, local, addrs)) {
+            debug!("rewriting our provider record: {e}");
+        }
+    }
+
+    /// After our addresses changed, rewrites our own provider records so that peers
+    /// asking this node get the current addresses (an in-memory pass over what we
+    /// provide; addresses change rarely).
+    fn refresh_own_records(&mut self) {
+        if !std::mem::take(&mut self.addrs_changed) {
+            return;
+        }
+        let keys: Vec<kad::RecordKey> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .provided()
+            .map(|r| r.key.clone())
+            .collect();
+        for k in keys {
+            self.write_own_record(k);
         }
     }
 
