@@ -49,6 +49,9 @@ use crate::wire::{self, Frame, ProviderKey};
 /// nothing and lets a fresh swarm confirm its nodes, and turn their DHT to server mode,
 /// about a second after they connect.
 const AUTONAT_PROBE: Duration = Duration::from_secs(1);
+/// How long a bootstrap dial over QUIC goes alone before the peer's other addresses
+/// (TCP) are dialled too: go-libp2p's ranking delay for TCP after QUIC.
+const QUIC_HEAD_START: Duration = Duration::from_millis(250);
 /// Buffer of the block stream writer.
 const WRITE_BUFFER: usize = 256 * 1024;
 /// How long a requester may take to send its request.
@@ -579,25 +582,57 @@ pub(crate) async fn start(
         }
     }
 
-    // Bootstrap: dial every peer, succeed on the first connection.
+    // Bootstrap: dial every peer once per stage with its addresses, QUIC first and the
+    // others [`QUIC_HEAD_START`] later unless it connected meanwhile (as go-libp2p
+    // ranks its dials; libp2p tries one dial's addresses concurrently, and TCP would
+    // win the race); succeed on the first connection.
+    let mut boot: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
     for b in &cfg.bootstrap {
         task.swarm
             .behaviour_mut()
             .kad
             .add_address(&b.peer, b.addr.clone());
-        let opts = DialOpts::peer_id(b.peer)
-            .addresses(vec![b.addr.clone()])
-            .build();
-        if let Err(e) = task.swarm.dial(opts) {
-            task.boot_failed += 1;
-            task.boot_error = e.to_string();
+        match boot.iter_mut().find(|(p, _)| *p == b.peer) {
+            Some((_, addrs)) => addrs.push(b.addr.clone()),
+            None => boot.push((b.peer, vec![b.addr.clone()])),
+        }
+    }
+    let mut later: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+    let mut dials = 0;
+    for (peer, addrs) in boot {
+        let (quic, other): (Vec<Multiaddr>, Vec<Multiaddr>) = addrs.into_iter().partition(is_quic);
+        dials += 1;
+        if quic.is_empty() {
+            task.dial_boot(peer, other);
+        } else {
+            task.dial_boot(peer, quic);
+            if !other.is_empty() {
+                dials += 1;
+                later.push((peer, other));
+            }
         }
     }
     if !cfg.bootstrap.is_empty() {
         let deadline = tokio::time::Instant::now() + cfg.bootstrap_timeout;
-        while !task.boot_ok && task.boot_failed < cfg.bootstrap.len() {
-            match tokio::time::timeout_at(deadline, task.swarm.select_next_some()).await {
+        let stage = tokio::time::Instant::now() + QUIC_HEAD_START;
+        while !task.boot_ok && task.boot_failed < dials {
+            if !later.is_empty() && tokio::time::Instant::now() >= stage {
+                for (peer, addrs) in std::mem::take(&mut later) {
+                    if task.swarm.is_connected(&peer) {
+                        dials -= 1;
+                    } else {
+                        task.dial_boot(peer, addrs);
+                    }
+                }
+            }
+            let until = if later.is_empty() {
+                deadline
+            } else {
+                stage.min(deadline)
+            };
+            match tokio::time::timeout_at(until, task.swarm.select_next_some()).await {
                 Ok(ev) => task.on_event(ev),
+                Err(_) if until < deadline => {}
                 Err(_) => {
                     task.boot_error = format!("timed out after {:?}", cfg.bootstrap_timeout);
                     break;
@@ -642,6 +677,18 @@ pub(crate) async fn start(
 }
 
 impl Task {
+    /// Dials bootstrap peer `peer` at `addrs`, even while another dial to it runs.
+    fn dial_boot(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Disconnected)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            self.boot_failed += 1;
+            self.boot_error = e.to_string();
+        }
+    }
+
     async fn run(&mut self, mut cmds: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         loop {
