@@ -7,11 +7,13 @@
 //! rules, and cutting or restoring one node's link. Does not own: the processes inside
 //! them (`net.rs`, or the test that starts them).
 //!
-//! Invariant: every interface and address is created inside namespaces this module
-//! created (`<prefix>-hub`, `<prefix>-n<I>`); the caller's own namespace, and so the
-//! machine's real interfaces, are never touched. The subnet (10.213.0.0/24) exists
-//! only on the private bridge, so it cannot clash with the host's networks, and two
-//! testnets (distinct prefixes) do not see each other.
+//! Invariant: every interface, address, route and NAT rule is created inside
+//! namespaces this module created (`<prefix>-hub`, `<prefix>-n<I>`; `rdnat-…-*`), and
+//! a resolver file only under `/etc/netns/<one of them>/`; the caller's own namespace,
+//! and so the machine's real interfaces, are never touched. The subnets
+//! (10.213.0.0/24; 10.214.0.0/24 and 10.215.K.0/24) exist only inside those
+//! namespaces, so they cannot clash with the host's networks, and two testnets
+//! (distinct prefixes) do not see each other.
 
 use std::process::Command;
 
@@ -314,8 +316,25 @@ impl NatNet {
         Ok(())
     }
 
-    /// Deletes every namespace of this topology that exists.
+    /// Makes programs run in public host `i`'s namespace (through `ip netns exec`,
+    /// which mounts `/etc/netns/<ns>/resolv.conf` over `/etc/resolv.conf` for them) ask
+    /// the DNS server at `server`. The file goes with [`NatNet::delete`].
+    pub fn set_resolver(&self, i: usize, server: &str) -> Result<(), Error> {
+        let dir = std::path::Path::new("/etc/netns").join(self.public_ns(i));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let file = dir.join("resolv.conf");
+        std::fs::write(&file, format!("nameserver {server}\n")).map_err(|e| Error::io(&file, e))
+    }
+
+    /// Deletes every namespace of this topology that exists, and the resolver files
+    /// of [`NatNet::set_resolver`].
     pub fn delete(&self) -> Result<(), Error> {
+        for ns in self.all_ns() {
+            let dir = std::path::Path::new("/etc/netns").join(&ns);
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
         let list = run(Command::new("ip").args(["netns", "list"]))?;
         let list = String::from_utf8_lossy(&list.stdout).into_owned();
         let mut first = None;

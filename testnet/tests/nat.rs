@@ -265,3 +265,111 @@ fn the_public_swarm_connects_over_quic_and_over_tcp_when_udp_is_dropped() {
         assert_eq!(p["connection"], "direct");
     }
 }
+
+/// Kills the process it holds when dropped (a server the test started).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether something in namespace `ns` listens on UDP port 53.
+fn dns_listening(ns: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-lun"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(":53 "))
+}
+
+#[test]
+fn a_dnsaddr_bootstrap_entry_resolves_through_dns_and_the_node_joins() {
+    require_nat();
+    assert!(
+        std::process::Command::new("dnsmasq")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "dnsmasq is not installed (testnet/test.sh installs dnsmasq-base)"
+    );
+    // Host 1: the swarm's first node; host 2: the DNS server; host 3 joins by name.
+    let net = NatNet::new(3, &[]);
+    net.create().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("swarm.key"), KEY).unwrap();
+    std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
+    let first = private_node(
+        dir,
+        "host1",
+        &net.public_ns(1),
+        &format!("/ip4/{}/tcp/0", net.public_addr(1)),
+        &["--anchor"],
+    );
+    let line = first.stdout(&["swarm", "bootstrap-line"]);
+    let line = line.trim();
+    let peer = first.json(&["id"])["peer_id"].as_str().unwrap().to_string();
+    let dns = net.public_addr(2);
+    let _server = Server(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &net.public_ns(2), "dnsmasq"])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                &format!("--listen-address={dns}"),
+                &format!("--txt-record=_dnsaddr.boot.rdht.test,dnsaddr={line}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !dns_listening(&net.public_ns(2)) {
+        assert!(start.elapsed() < DEADLINE, "dnsmasq never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    net.set_resolver(3, &dns).unwrap();
+    // The only bootstrap entry is the name.
+    std::fs::write(
+        dir.join("bootstrap.txt"),
+        format!("/dnsaddr/boot.rdht.test/p2p/{peer}\n"),
+    )
+    .unwrap();
+    let joined = private_node(
+        dir,
+        "host3",
+        &net.public_ns(3),
+        &format!("/ip4/{}/tcp/0", net.public_addr(3)),
+        &[],
+    );
+    // The connection is listed under the name it was dialled by; the first node sees
+    // it come from host 3's address.
+    let c = wait_conn(&joined, &peer);
+    assert!(
+        c.iter()
+            .any(|p| p["addr"] == format!("/dnsaddr/boot.rdht.test/p2p/{peer}")),
+        "{c:?}"
+    );
+    let joined_id = joined.json(&["id"])["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let back = wait_conn(&first, &joined_id);
+    assert!(
+        back.iter().any(|p| p["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/ip4/{}/tcp/", net.public_addr(3)))),
+        "{back:?}"
+    );
+    let log = std::fs::read_to_string(joined.log()).unwrap();
+    assert!(!log.contains("no bootstrap peer is reachable"), "{log}");
+}

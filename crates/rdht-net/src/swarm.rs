@@ -773,7 +773,7 @@ impl Task {
                         relayed: is_relayed(addr),
                     })
                     .collect();
-                conns.sort_by(|a, b| (a.peer, a.relayed).cmp(&(b.peer, b.relayed)));
+                conns.sort_by_key(|c| (c.peer, c.relayed));
                 let _ = reply.send(conns);
             }
             Command::Reach { reply } => {
