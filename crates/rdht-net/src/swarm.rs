@@ -427,7 +427,8 @@ struct Task {
     finds: HashMap<kad::QueryId, Find>,
     bans: HashMap<PeerId, Instant>,
     health: Arc<Health>,
-    /// Listen addresses double as external addresses (none were configured).
+    /// No external address was configured: listen addresses go into our own provider
+    /// answers, and where they are loopback only (`local_only`) they are external ones.
     advertise_listen: bool,
     /// Always a Kademlia server (an anchor node).
     anchor: bool,
@@ -825,7 +826,11 @@ impl Task {
                     self.confirmed.insert(address.clone());
                     self.update_mode();
                 }
-                if self.advertise_listen && concrete {
+                // Listen addresses are external ones only where they are evident (see
+                // `local_only`); elsewhere a confirmed external address would hide
+                // its own test from AutoNAT (libp2p drops candidates already
+                // confirmed), so they only go into our own answers (`own_addresses`).
+                if self.advertise_listen && concrete && self.local_only {
                     self.swarm.add_external_address(address);
                 }
                 self.addrs_changed = true;
@@ -946,13 +951,26 @@ impl Task {
         }
     }
 
-    /// The addresses our provider records carry: the external ones, each once.
-    /// (Kademlia's own answer for a local record with no addresses lists the listen
-    /// addresses and then the external ones, which include them: each address twice.)
+    /// The addresses our own provider records carry when we answer a lookup: the
+    /// external ones, then (with no external address configured) the concrete listen
+    /// addresses, which peers on the same network can dial; each once. (Kademlia's own
+    /// answer for a local record with no addresses lists the listen addresses and then
+    /// the external ones, which often include them: each address twice.)
     fn own_addresses(&self) -> Vec<Multiaddr> {
         let mut seen = HashSet::new();
+        let listen = self
+            .swarm
+            .listeners()
+            .filter(|_| self.advertise_listen)
+            .filter(|a| {
+                !a.iter().any(|p| {
+                    matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+                })
+            });
         self.swarm
             .external_addresses()
+            .chain(listen)
             .filter(|a| seen.insert((*a).clone()))
             .cloned()
             .collect()
