@@ -257,6 +257,9 @@ pub struct SwarmConfig {
     /// Ask an IGD gateway on the local network to forward our listen ports (UPnP).
     /// Used only when some listen address is not loopback. Default: true.
     pub upnp: bool,
+    /// Relay circuits for other peers of this swarm (relay v2 server; always on for an
+    /// anchor). Default: false.
+    pub relay: bool,
     /// Bounds on connections (specs/swarm.md §2.5).
     pub limits: ConnLimits,
 }
@@ -318,6 +321,7 @@ impl SwarmConfig {
             provider_republish: PROVIDER_REPUBLISH,
             anchor: false,
             upnp: true,
+            relay: false,
             limits: ConnLimits::default(),
         }
     }

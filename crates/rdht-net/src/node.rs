@@ -913,6 +913,7 @@ impl NodeHandle {
             .into_iter()
             .filter(|p| *p != self.inner.peer_id && !self.is_banned(p) && !self.skip_unreachable(p))
             .collect();
+        let providers = direct_first(s, providers).await;
         let ctx = FetchCtx {
             swarm: &s.name,
             control: s.control.clone(),
@@ -923,6 +924,43 @@ impl NodeHandle {
         };
         fetch::fetch_artifact(&ctx, root, providers, sink).await
     }
+}
+
+/// How long a provider connected only through a relay may take to be reached directly
+/// (hole punching: about one round trip through the relay, then a simultaneous dial)
+/// before the fetch goes on without it.
+const DIRECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The providers in the order a fetch asks them: those with a direct connection (or
+/// none yet), then those connected only through a relay once hole punching made their
+/// connection direct, within [`DIRECT_WAIT`]; a provider still relayed then is left
+/// out, since blocks never stream over a relayed circuit (relay v2 cuts it at 128 KiB
+/// or 2 min; specs/swarm.md §2.6).
+async fn direct_first(s: &SwarmHandle, providers: Vec<PeerId>) -> Vec<PeerId> {
+    let relayed_only = |conns: &[swarm::Connection], p: &PeerId| {
+        let mine: Vec<&swarm::Connection> = conns.iter().filter(|c| c.peer == *p).collect();
+        !mine.is_empty() && mine.iter().all(|c| c.relayed)
+    };
+    let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
+        return providers;
+    };
+    let (mut waiting, mut order): (Vec<PeerId>, Vec<PeerId>) =
+        providers.into_iter().partition(|p| relayed_only(&conns, p));
+    let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
+            break;
+        };
+        let (still, direct): (Vec<PeerId>, Vec<PeerId>) =
+            waiting.into_iter().partition(|p| relayed_only(&conns, p));
+        order.extend(direct);
+        waiting = still;
+    }
+    for p in &waiting {
+        info!(peer = %p, "provider reachable only through a relay (hole punching failed): skipped");
+    }
+    order
 }
 
 /// An announcement whose key is already in the local provider store, with its DHT

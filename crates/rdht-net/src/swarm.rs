@@ -29,8 +29,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, autonat, connection_limits, dns,
-    identify, noise, ping, quic, tcp, upnp, yamux,
+    Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, autonat, connection_limits,
+    dcutr, dns, identify, noise, ping, quic, relay, tcp, upnp, yamux,
 };
 use rdht_core::block::INTERIOR_TAG;
 use rdht_core::{Block, Encoded};
@@ -52,6 +52,8 @@ const AUTONAT_PROBE: Duration = Duration::from_secs(1);
 /// How long a bootstrap dial over QUIC goes alone before the peer's other addresses
 /// (TCP) are dialled too: go-libp2p's ranking delay for TCP after QUIC.
 const QUIC_HEAD_START: Duration = Duration::from_millis(250);
+/// Relays a node behind NAT keeps a reservation on.
+const RELAYS: usize = 2;
 /// Buffer of the block stream writer.
 const WRITE_BUFFER: usize = 256 * 1024;
 /// How long a requester may take to send its request.
@@ -72,6 +74,12 @@ pub(crate) struct Behaviour {
     autonat_server: autonat::v2::server::Behaviour,
     /// Maps listen ports on an IGD gateway; off when listening on loopback only.
     upnp: Toggle<upnp::tokio::Behaviour>,
+    /// Reservations on relays and circuits through them (relay v2 client).
+    relay_client: relay::client::Behaviour,
+    /// Relays circuits for other peers (relay v2 server): anchors and relays only.
+    relay_server: Toggle<relay::Behaviour>,
+    /// Turns relayed connections into direct ones (hole punching).
+    dcutr: dcutr::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
 }
@@ -278,13 +286,21 @@ impl SwarmHandle {
 fn build_transport(
     cfg: &SwarmConfig,
     keypair: &Keypair,
+    relayed: relay::client::Transport,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
     let psk = cfg.key.map(|k| k.psk());
     let noise = noise::Config::new(keypair).map_err(|e| NetError::Transport {
         swarm: cfg.name.clone(),
         reason: e.to_string(),
     })?;
-    Ok(match cfg.transport {
+    // Circuits through a relay run noise and yamux end to end; the hops to the relay
+    // are the relay's own connections (pnet-protected in a private swarm).
+    let relayed = relayed
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise.clone())
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20));
+    let direct = match cfg.transport {
         TransportKind::Tcp => {
             let base = || {
                 let tcp = secure(
@@ -314,7 +330,13 @@ fn build_transport(
             }
         }
         TransportKind::Memory => secure(MemoryTransport::default(), psk, noise),
-    })
+    };
+    Ok(OrTransport::new(relayed, direct)
+        .map(|either, _| match either {
+            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            Either::Right(out) => out,
+        })
+        .boxed())
 }
 
 /// The layers above the byte transport, the same for TCP and memory: optional pnet,
@@ -348,7 +370,12 @@ where
     .boxed()
 }
 
-fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) -> Behaviour {
+fn build_behaviour(
+    cfg: &SwarmConfig,
+    keypair: &Keypair,
+    health: Arc<Health>,
+    relay_client: relay::client::Behaviour,
+) -> Behaviour {
     let peer = keypair.public().to_peer_id();
     let store = MemoryStore::with_config(
         peer,
@@ -395,6 +422,20 @@ fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) ->
         ),
         autonat_server: autonat::v2::server::Behaviour::default(),
         upnp: upnp.then(upnp::tokio::Behaviour::default).into(),
+        relay_client,
+        relay_server: (cfg.anchor || cfg.relay)
+            .then(|| {
+                let mut r = relay::Behaviour::new(peer, relay::Config::default());
+                // A relay offers itself once an external address is confirmed; an
+                // anchor is public by its operator's word (nothing tests the address
+                // of a node that others dial and that dials nobody).
+                if cfg.anchor {
+                    r.set_status(Some(relay::Status::Enable));
+                }
+                r
+            })
+            .into(),
+        dcutr: dcutr::Behaviour::new(peer),
         ping: ping::Behaviour::default(),
         stream: libp2p_stream::Behaviour::new(),
     }
@@ -444,6 +485,10 @@ struct Task {
     conns: HashMap<ConnectionId, (PeerId, Multiaddr)>,
     /// Our addresses changed since our own provider records were last rewritten.
     addrs_changed: bool,
+    /// Connected peers that offer relay v2 (hop), by the address we reached them at.
+    relays_seen: HashMap<PeerId, Multiaddr>,
+    /// The relays we hold (or asked for) a reservation on, and its listener.
+    reservations: HashMap<PeerId, libp2p::core::transport::ListenerId>,
     boot_peers: HashSet<PeerId>,
     boot_ok: bool,
     boot_failed: usize,
@@ -459,8 +504,9 @@ pub(crate) async fn start(
     health: Arc<Health>,
 ) -> Result<SwarmHandle, NetError> {
     let span = info_span!("swarm", swarm = %cfg.name);
-    let transport = build_transport(cfg, keypair)?;
-    let behaviour = build_behaviour(cfg, keypair, health.clone());
+    let (relayed, relay_client) = relay::client::new(keypair.public().to_peer_id());
+    let transport = build_transport(cfg, keypair, relayed)?;
+    let behaviour = build_behaviour(cfg, keypair, health.clone(), relay_client);
     let local = keypair.public().to_peer_id();
     let swarm = Swarm::new(
         transport,
@@ -485,6 +531,8 @@ pub(crate) async fn start(
         kad_mode: kad::Mode::Client,
         conns: HashMap::new(),
         addrs_changed: false,
+        relays_seen: HashMap::new(),
+        reservations: HashMap::new(),
         boot_peers: cfg.bootstrap.iter().map(|b| b.peer).collect(),
         boot_ok: false,
         boot_failed: 0,
@@ -703,6 +751,7 @@ impl Task {
                     self.expire_bans();
                     self.end_lookups_past_grace();
                     self.refresh_own_records();
+                    self.reserve_relays();
                 }
             }
         }
@@ -816,6 +865,24 @@ impl Task {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
+            SwarmEvent::NewListenAddr { address, .. } if is_relayed(&address) => {
+                // A reservation was accepted: peers reach us through the relay there.
+                info!(%address, "reachable through a relay");
+                self.confirmed.insert(address.clone());
+                self.swarm.add_external_address(address);
+                self.addrs_changed = true;
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some((relay, _)) = self.reservations.iter().find(|(_, l)| **l == listener_id)
+                {
+                    debug!(%relay, "relay reservation ended: {reason:?}");
+                }
+                self.reservations.retain(|_, l| *l != listener_id);
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 debug!(%address, "listening");
                 let concrete = !address.iter().any(|p| {
@@ -830,12 +897,21 @@ impl Task {
                 // `local_only`); elsewhere a confirmed external address would hide
                 // its own test from AutoNAT (libp2p drops candidates already
                 // confirmed), so they only go into our own answers (`own_addresses`).
-                if self.advertise_listen && concrete && self.local_only {
+                // An anchor's listen addresses are public by its operator's word
+                // (loopback aside); a relay needs external addresses to hand out.
+                let anchor_public = self.anchor && !self_evident(&address);
+                if self.advertise_listen && concrete && (self.local_only || anchor_public) {
+                    if anchor_public {
+                        self.confirmed.insert(address.clone());
+                    }
                     self.swarm.add_external_address(address);
                 }
                 self.addrs_changed = true;
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if is_relayed(&address) {
+                    self.swarm.remove_external_address(&address);
+                }
                 self.confirmed.remove(&address);
                 self.update_mode();
                 self.addrs_changed = true;
@@ -846,8 +922,19 @@ impl Task {
                 self.update_mode();
                 self.addrs_changed = true;
             }
-            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                connection_id,
+                peer_id,
+                ..
+            } => {
                 self.conns.remove(&connection_id);
+                let direct_left = self
+                    .conns
+                    .values()
+                    .any(|(p, a)| *p == peer_id && !is_relayed(a));
+                if !direct_left {
+                    self.relays_seen.remove(&peer_id);
+                }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -856,10 +943,23 @@ impl Task {
                 ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.conns.insert(
-                    connection_id,
-                    (peer_id, endpoint.get_remote_address().clone()),
-                );
+                let addr = endpoint.get_remote_address().clone();
+                if !is_relayed(&addr) {
+                    // Blocks never stream over a relayed circuit (relay v2 cuts it at
+                    // 128 KiB or 2 min): once a direct connection exists, close the
+                    // relayed ones, so every stream to the peer goes direct.
+                    let relayed: Vec<ConnectionId> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, (p, a))| *p == peer_id && is_relayed(a))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in relayed {
+                        debug!(peer = %peer_id, "direct connection up; closing the relayed one");
+                        self.swarm.close_connection(id);
+                    }
+                }
+                self.conns.insert(connection_id, (peer_id, addr));
                 if self.boot_peers.contains(&peer_id) {
                     self.boot_ok = true;
                 }
@@ -879,10 +979,22 @@ impl Task {
                 peer_id,
                 info,
                 ..
-            })) if info.protocols.contains(&wire::KAD_PROTOCOL) => {
+            })) => {
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    let direct = self
+                        .conns
+                        .values()
+                        .find(|(p, a)| *p == peer_id && !is_relayed(a))
+                        .map(|(_, a)| a.clone());
+                    if let Some(addr) = direct {
+                        self.relays_seen.insert(peer_id, addr);
+                    }
+                }
                 // Identify does not feed Kademlia by itself.
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                if info.protocols.contains(&wire::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
@@ -897,6 +1009,17 @@ impl Task {
                     self.autonat_failures += 1;
                 }
             },
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => match ev.result {
+                Ok(_) => info!(peer = %ev.remote_peer_id, "hole punched: direct connection"),
+                Err(e) => info!(peer = %ev.remote_peer_id, "hole punching failed: {e}"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => info!(relay = %relay_peer_id, "relay reservation accepted"),
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => match ev {
                 upnp::Event::NewExternalAddr { external_addr, .. } => {
                     info!(addr = %external_addr, "port mapped on the gateway (UPnP)");
@@ -914,6 +1037,39 @@ impl Task {
                 }
             },
             _ => {}
+        }
+    }
+
+    /// Behind NAT (tested, nothing confirmed but relayed addresses), keeps
+    /// reservations on [`RELAYS`] relays among the connected peers that offer relay v2
+    /// (rust-libp2p chooses none by itself): each is listened on through its
+    /// `/p2p-circuit` address.
+    fn reserve_relays(&mut self) {
+        if self.reach().reachability != Reachability::Private || self.reservations.len() >= RELAYS {
+            return;
+        }
+        let mut candidates: Vec<(PeerId, Multiaddr)> = self
+            .relays_seen
+            .iter()
+            .filter(|(p, _)| !self.reservations.contains_key(p))
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        candidates.sort();
+        for (relay, addr) in candidates {
+            if self.reservations.len() >= RELAYS {
+                break;
+            }
+            let circuit = addr
+                .with_p2p(relay)
+                .unwrap_or_else(|a| a)
+                .with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    info!(%relay, "asking for a relay reservation");
+                    self.reservations.insert(relay, id);
+                }
+                Err(e) => debug!(%circuit, "cannot listen through relay: {e}"),
+            }
         }
     }
 
