@@ -147,6 +147,10 @@ pub struct NatNet {
     pub public: usize,
     /// The NAT of each LAN, in order (LAN K is `nats[K-1]`).
     pub nats: Vec<NatKind>,
+    /// Routers drop unsolicited packets from the internet silently, as home routers
+    /// do, instead of answering with a TCP reset (Linux's own answer, which kills a
+    /// simultaneous open). Default: false.
+    pub silent: bool,
 }
 
 impl NatNet {
@@ -156,6 +160,7 @@ impl NatNet {
             prefix: format!("rdnat-{:08x}", unique()),
             public,
             nats: nats.to_vec(),
+            silent: false,
         }
     }
 
@@ -300,6 +305,25 @@ impl NatNet {
                 rule.push("--random-fully");
             }
             in_ns(&router, &rule)?;
+            if self.silent {
+                in_ns(
+                    &router,
+                    &[
+                        "iptables",
+                        "-A",
+                        "INPUT",
+                        "-i",
+                        "wan0",
+                        "-m",
+                        "conntrack",
+                        "!",
+                        "--ctstate",
+                        "ESTABLISHED,RELATED",
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+            }
         }
         Ok(())
     }

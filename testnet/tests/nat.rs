@@ -376,3 +376,80 @@ fn a_dnsaddr_bootstrap_entry_resolves_through_dns_and_the_node_joins() {
     let log = std::fs::read_to_string(joined.log()).unwrap();
     assert!(!log.contains("no bootstrap peer is reachable"), "{log}");
 }
+/// Polls until node's first swarm lists a relayed (`/p2p-circuit`) confirmed address.
+fn wait_relayed(node: &Node) -> Duration {
+    let (_, took) = wait_swarm(node, "a relay reservation", |s| {
+        s["confirmed"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|a| a.as_str().unwrap().contains("/p2p-circuit"))
+        })
+    });
+    took
+}
+
+#[test]
+fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
+    require_nat();
+    let mut net = NatNet::new(1, &[NatKind::Cone, NatKind::Cone]);
+    net.silent = true;
+    net.create().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("swarm.key"), KEY).unwrap();
+    std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
+    let anchor = private_node(
+        dir,
+        "anchor",
+        &net.public_ns(1),
+        &format!("/ip4/{}/tcp/0", net.public_addr(1)),
+        &["--anchor"],
+    );
+    let line = anchor.stdout(&["swarm", "bootstrap-line"]);
+    std::fs::write(dir.join("bootstrap.txt"), &line).unwrap();
+    let laptops: Vec<Node> = (1..=2)
+        .map(|k| {
+            private_node(
+                dir,
+                &format!("laptop{k}"),
+                &net.lan_ns(k),
+                "/ip4/0.0.0.0/tcp/0",
+                &[],
+            )
+        })
+        .collect();
+    for (k, l) in laptops.iter().enumerate() {
+        let took = wait_relayed(l);
+        eprintln!("laptop {} reserved a relayed address after {took:?}", k + 1);
+    }
+    // Laptop 1 stores 2 MiB (far over a relay v2 circuit's 128 KiB).
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let bytes = rdht_testnet::content("nat", 2 << 20);
+    std::fs::write(src.join("big.bin"), &bytes).unwrap();
+    let put = laptops[0].json(&["put", src.to_str().unwrap()]);
+    let root = put["root"].as_str().unwrap().to_string();
+    let dest = dir.join("dest");
+    let start = Instant::now();
+    let got = laptops[1].json(&["get", &root, dest.to_str().unwrap()]);
+    let took = start.elapsed();
+    assert_eq!(got["files"], 1, "{got}");
+    assert!(std::fs::read(dest.join("big.bin")).unwrap() == bytes);
+    eprintln!("laptop 2 fetched 2 MiB from laptop 1 in {took:?}");
+    let peer1 = laptops[0].json(&["id"])["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = conns_to(&laptops[1], &peer1);
+    assert!(!c.is_empty(), "laptop 2 is not connected to laptop 1");
+    for p in &c {
+        assert_eq!(p["connection"], "direct", "{c:?}");
+        let from = format!("/ip4/{}/tcp/", net.router_addr(1));
+        assert!(p["addr"].as_str().unwrap().starts_with(&from), "{c:?}");
+    }
+    let log = std::fs::read_to_string(laptops[1].log()).unwrap();
+    let log1 = std::fs::read_to_string(laptops[0].log()).unwrap();
+    assert!(
+        log.contains("hole punched") || log1.contains("hole punched"),
+        "{log}\n--- laptop 1 ---\n{log1}"
+    );
+}

@@ -52,6 +52,9 @@ const AUTONAT_PROBE: Duration = Duration::from_secs(1);
 /// How long a bootstrap dial over QUIC goes alone before the peer's other addresses
 /// (TCP) are dialled too: go-libp2p's ranking delay for TCP after QUIC.
 const QUIC_HEAD_START: Duration = Duration::from_millis(250);
+/// How long a node whose reachability is still unknown waits before it reserves
+/// itself on relays.
+const UNKNOWN_GRACE: Duration = Duration::from_secs(10);
 /// Relays a node behind NAT keeps a reservation on.
 const RELAYS: usize = 2;
 /// Buffer of the block stream writer.
@@ -485,6 +488,8 @@ struct Task {
     conns: HashMap<ConnectionId, (PeerId, Multiaddr)>,
     /// Our addresses changed since our own provider records were last rewritten.
     addrs_changed: bool,
+    /// When the swarm started.
+    started: Instant,
     /// Connected peers that offer relay v2 (hop), by the address we reached them at.
     relays_seen: HashMap<PeerId, Multiaddr>,
     /// The relays we hold (or asked for) a reservation on, and its listener.
@@ -531,6 +536,7 @@ pub(crate) async fn start(
         kad_mode: kad::Mode::Client,
         conns: HashMap::new(),
         addrs_changed: false,
+        started: Instant::now(),
         relays_seen: HashMap::new(),
         reservations: HashMap::new(),
         boot_peers: cfg.bootstrap.iter().map(|b| b.peer).collect(),
@@ -1045,7 +1051,15 @@ impl Task {
     /// (rust-libp2p chooses none by itself): each is listened on through its
     /// `/p2p-circuit` address.
     fn reserve_relays(&mut self) {
-        if self.reach().reachability != Reachability::Private || self.reservations.len() >= RELAYS {
+        // Behind a router that drops what it did not ask for, AutoNAT's dial-backs
+        // time out and are retried rather than reported failed: a node still not
+        // known reachable after [`UNKNOWN_GRACE`] reserves as if private.
+        let behind_nat = match self.reach().reachability {
+            Reachability::Private => true,
+            Reachability::Unknown => !self.anchor && self.started.elapsed() >= UNKNOWN_GRACE,
+            Reachability::Public => false,
+        };
+        if !behind_nat || self.reservations.len() >= RELAYS {
             return;
         }
         let mut candidates: Vec<(PeerId, Multiaddr)> = self
