@@ -36,8 +36,9 @@ listen = ["/ip4/0.0.0.0/tcp/4517"]
 
 # An anchor is an always-on helper of its swarms, for a server with a public address:
 # its DHT always runs in server mode (other nodes' run in server mode only once their
-# address is confirmed reachable) and it dials other nodes' addresses back for them
-# (AutoNAT). Flag: --anchor. Env: RDHT_ANCHOR.
+# address is confirmed reachable), it dials other nodes' addresses back for them
+# (AutoNAT), and it relays for nodes behind NAT so they can hole-punch (relay v2; no
+# blocks go through it). Flag: --anchor. Env: RDHT_ANCHOR.
 # anchor = false
 
 # The store's size cap in bytes, counted as the artifacts' uncompressed size. Above

@@ -38,7 +38,8 @@ struct Args {
     #[arg(long, env = "RDHT_SWARM_KEY", value_name = "FILE")]
     swarm_key: Option<PathBuf>,
     /// Run as an anchor: an always-on helper of its swarms (a server with a public
-    /// address): DHT server from the start, AutoNAT server for the other nodes.
+    /// address): DHT server from the start, AutoNAT server and relay (for hole
+    /// punching) for the other nodes.
     #[arg(long, env = "RDHT_ANCHOR")]
     anchor: bool,
     /// Store size cap in bytes, counted uncompressed (0: no cap; the store is usually

@@ -1017,7 +1017,20 @@ impl Task {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => match ev.result {
                 Ok(_) => info!(peer = %ev.remote_peer_id, "hole punched: direct connection"),
-                Err(e) => info!(peer = %ev.remote_peer_id, "hole punching failed: {e}"),
+                Err(e) => {
+                    // The relayed connection cannot carry blocks and DCUtR does not try
+                    // again on it: close it, so the next need dials and punches anew.
+                    info!(peer = %ev.remote_peer_id, "hole punching failed: {e}");
+                    let relayed: Vec<ConnectionId> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, (p, a))| *p == ev.remote_peer_id && is_relayed(a))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in relayed {
+                        self.swarm.close_connection(id);
+                    }
+                }
             },
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
                 relay::client::Event::ReservationReqAccepted {
