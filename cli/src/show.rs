@@ -71,8 +71,17 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
     let mut text = text;
     for sw in &s.swarms {
         text.push_str(&format!(
-            "swarm:     {}: {} peers, {} lookups\n",
-            sw.name, sw.peers, sw.lookups
+            "swarm:     {}: {} peers, {} lookups; reachability {}, DHT {}{}\n",
+            sw.name,
+            sw.peers,
+            sw.lookups,
+            sw.reachability,
+            if sw.kad_server { "server" } else { "client" },
+            if sw.confirmed.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", sw.confirmed.join(" "))
+            }
         ));
     }
     text.push_str(&format!(
@@ -104,7 +113,16 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
     let swarms: Vec<Value> = s
         .swarms
         .iter()
-        .map(|sw| json!({ "name": sw.name, "peers": sw.peers, "lookups": sw.lookups }))
+        .map(|sw| {
+            json!({
+                "name": sw.name,
+                "peers": sw.peers,
+                "lookups": sw.lookups,
+                "reachability": sw.reachability,
+                "kad_server": sw.kad_server,
+                "confirmed": sw.confirmed,
+            })
+        })
         .collect();
     let unreachable: Vec<Value> = s
         .unreachable
@@ -241,11 +259,21 @@ pub fn sync(r: &DrainReport) -> (String, Vec<String>, Value) {
 pub fn peers(peers: &[PeerInfo]) -> (String, Value) {
     let text: String = peers
         .iter()
-        .map(|p| format!("{}  {}\n", p.peer_id, p.swarm))
+        .map(|p| {
+            let how = if p.relayed { "relayed" } else { "direct" };
+            format!("{}  {}  {how}  {}\n", p.peer_id, p.swarm, p.addr)
+        })
         .collect();
     let v = peers
         .iter()
-        .map(|p| json!({ "peer_id": p.peer_id, "swarm": p.swarm }))
+        .map(|p| {
+            json!({
+                "peer_id": p.peer_id,
+                "swarm": p.swarm,
+                "addr": p.addr,
+                "connection": if p.relayed { "relayed" } else { "direct" },
+            })
+        })
         .collect();
     (text, Value::Array(v))
 }
@@ -330,6 +358,9 @@ mod tests {
                 name: "private".into(),
                 peers: 2,
                 lookups: 7,
+                reachability: "private".into(),
+                kad_server: false,
+                confirmed: Vec::new(),
             }],
             store: StoreStatus {
                 blocks: 3,
@@ -358,7 +389,7 @@ mod tests {
         assert!(
             text.ends_with(
                 "sharing:   2 jobs queued or running; since start 5 published, 1 failed\n\
-                 swarm:     private: 2 peers, 7 lookups\n\
+                 swarm:     private: 2 peers, 7 lookups; reachability private, DHT client\n\
                  reach:     0 dials, 0 skipped for back-off, 0 failures, 0 resolves waited the bound; 0 peer(s) unreachable\n"
             ),
             "{text}"
@@ -368,6 +399,28 @@ mod tests {
             json!({"trusted_builders": 3, "required_signatures": 2, "verify_sample_rate": 0.02})
         );
         assert_eq!(v["swarms"][0]["lookups"], 7);
+        assert_eq!(v["swarms"][0]["reachability"], "private");
+        assert_eq!(v["swarms"][0]["kad_server"], false);
+        let (peers_text, pv) = peers(&[
+            PeerInfo {
+                peer_id: "a".into(),
+                swarm: "private".into(),
+                addr: "/ip4/10.0.0.1/tcp/1".into(),
+                relayed: false,
+            },
+            PeerInfo {
+                peer_id: "b".into(),
+                swarm: "public".into(),
+                addr: "/ip4/10.0.0.2/tcp/1/p2p/r/p2p-circuit".into(),
+                relayed: true,
+            },
+        ]);
+        assert_eq!(
+            peers_text,
+            "a  private  direct  /ip4/10.0.0.1/tcp/1\nb  public  relayed  /ip4/10.0.0.2/tcp/1/p2p/r/p2p-circuit\n"
+        );
+        assert_eq!(pv[1]["connection"], "relayed");
+        assert_eq!(pv[0]["addr"], "/ip4/10.0.0.1/tcp/1");
         assert_eq!(
             (percent(5_000), percent(1_000_000), percent(0)),
             ("0.5%".into(), "100%".into(), "0%".into())

@@ -21,8 +21,9 @@ pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4517";
 pub const DEFAULT_CONFIG: &str = r#"# rdht-node configuration.
 # Precedence: command-line flags, then RDHT_* environment variables, then this file.
 
-# Addresses to accept peers on (libp2p multiaddrs). Used only when a swarm is
-# configured below; with none, the node is a local cache and listens on nothing.
+# Addresses the private swarm accepts peers on (libp2p multiaddrs, TCP only: the
+# swarm key cannot protect QUIC). Used only when a private swarm is configured below;
+# with none, the node listens on nothing here, and giving --listen is an error.
 # Flag: --listen (repeatable). Env: RDHT_LISTEN (comma-separated).
 listen = ["/ip4/0.0.0.0/tcp/4517"]
 
@@ -32,6 +33,13 @@ listen = ["/ip4/0.0.0.0/tcp/4517"]
 # Flags: --swarm-key, --bootstrap. Env: RDHT_SWARM_KEY, RDHT_BOOTSTRAP.
 # swarm_key = "/etc/rdht/swarm.key"
 # bootstrap = "/etc/rdht/bootstrap.txt"
+
+# An anchor is an always-on helper of its swarms, for a server with a public address:
+# its DHT always runs in server mode (other nodes' run in server mode only once their
+# address is confirmed reachable), it dials other nodes' addresses back for them
+# (AutoNAT), and it relays for nodes behind NAT so they can hole-punch (relay v2; no
+# blocks go through it). Flag: --anchor. Env: RDHT_ANCHOR.
+# anchor = false
 
 # The store's size cap in bytes, counted as the artifacts' uncompressed size. Above
 # it, garbage collection evicts the least recently used artifacts this node did not
@@ -44,8 +52,11 @@ store_max_bytes = 21474836480
 # looked up there. It carries the records of builders you chose to trust (a community
 # CI key, your team's CI) from any peer that holds them; it is not a source of trust
 # itself: records by builders you do not trust are never used, however many agree.
+# It listens on QUIC and TCP, IPv4 and IPv6 (an IPv6 address the host cannot bind is
+# skipped with a warning).
 # public = false
-# public_listen = ["/ip4/0.0.0.0/tcp/4518"]
+# public_listen = ["/ip4/0.0.0.0/udp/4518/quic-v1", "/ip4/0.0.0.0/tcp/4518",
+#                  "/ip6/::/udp/4518/quic-v1", "/ip6/::/tcp/4518"]
 # public_bootstrap = "/etc/rdht/public-bootstrap.txt"
 
 # Trust (specs/trust.md). Trusted builders are this node, the keys listed here (hex
@@ -87,8 +98,14 @@ pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 300;
 /// Default first back-off of an unreachable peer.
 pub const DEFAULT_UNREACHABLE_BACKOFF_MS: u64 = 60_000;
 
-/// Default public-swarm listen address.
-pub const DEFAULT_PUBLIC_LISTEN: &str = "/ip4/0.0.0.0/tcp/4518";
+/// Default public-swarm listen addresses: QUIC and TCP, IPv4 and IPv6
+/// (specs/swarm.md §2.1).
+pub const DEFAULT_PUBLIC_LISTEN: [&str; 4] = [
+    "/ip4/0.0.0.0/udp/4518/quic-v1",
+    "/ip4/0.0.0.0/tcp/4518",
+    "/ip6/::/udp/4518/quic-v1",
+    "/ip6/::/tcp/4518",
+];
 
 /// Configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +143,8 @@ pub struct FileConfig {
     pub swarm_key: Option<PathBuf>,
     /// Store size cap in bytes.
     pub store_max_bytes: Option<u64>,
+    /// Run as an anchor node.
+    pub anchor: Option<bool>,
     /// Join the public swarm.
     pub public: Option<bool>,
     /// Public-swarm listen addresses.
@@ -157,6 +176,8 @@ pub struct Overrides {
     pub swarm_key: Option<PathBuf>,
     /// `--store-max-bytes` / `RDHT_STORE_MAX_BYTES`.
     pub store_max_bytes: Option<u64>,
+    /// `--anchor` / `RDHT_ANCHOR` (false when not given: the file decides).
+    pub anchor: bool,
 }
 
 /// The effective configuration.
@@ -168,12 +189,17 @@ pub struct Config {
     pub config_file: PathBuf,
     /// Peer listen addresses.
     pub listen: Vec<String>,
+    /// Whether `listen` came from `--listen` / `RDHT_LISTEN` (an error when no swarm is
+    /// configured: a flag given and then ignored would hide a mistake).
+    pub listen_given: bool,
     /// Bootstrap list file of the private swarm.
     pub bootstrap: Option<PathBuf>,
     /// Pre-shared key file of the private swarm.
     pub swarm_key: Option<PathBuf>,
     /// Store size cap in bytes.
     pub store_max_bytes: u64,
+    /// Run as an anchor node (specs/swarm.md §2.4).
+    pub anchor: bool,
     /// Join the public swarm.
     pub public: bool,
     /// Public-swarm listen addresses.
@@ -242,6 +268,7 @@ pub fn load(
     let config = Config {
         data_dir: data_dir.to_path_buf(),
         config_file: path,
+        listen_given: !overrides.listen.is_empty(),
         listen: if overrides.listen.is_empty() {
             file.listen
                 .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()])
@@ -254,10 +281,11 @@ pub fn load(
             .store_max_bytes
             .or(file.store_max_bytes)
             .unwrap_or(DEFAULT_STORE_MAX_BYTES),
+        anchor: overrides.anchor || file.anchor.unwrap_or(false),
         public: file.public.unwrap_or(false),
         public_listen: file
             .public_listen
-            .unwrap_or_else(|| vec![DEFAULT_PUBLIC_LISTEN.to_string()]),
+            .unwrap_or_else(|| DEFAULT_PUBLIC_LISTEN.map(String::from).to_vec()),
         public_bootstrap: file.public_bootstrap,
         trusted_keys: file.trusted_keys.unwrap_or_default(),
         required_signatures: file

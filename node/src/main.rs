@@ -37,6 +37,11 @@ struct Args {
     /// Pre-shared key of the private swarm (IPFS swarm.key format; `rdht swarm keygen`).
     #[arg(long, env = "RDHT_SWARM_KEY", value_name = "FILE")]
     swarm_key: Option<PathBuf>,
+    /// Run as an anchor: an always-on helper of its swarms (a server with a public
+    /// address): DHT server from the start, AutoNAT server and relay (for hole
+    /// punching) for the other nodes.
+    #[arg(long, env = "RDHT_ANCHOR")]
+    anchor: bool,
     /// Store size cap in bytes, counted uncompressed (0: no cap; the store is usually
     /// about half that on disk).
     #[arg(long, env = "RDHT_STORE_MAX_BYTES", value_name = "N")]
@@ -66,6 +71,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bootstrap: args.bootstrap,
         swarm_key: args.swarm_key,
         store_max_bytes: args.store_max_bytes,
+        anchor: args.anchor,
     };
     let (config, created) = config::load(&dir, args.config, overrides)?;
     if created {

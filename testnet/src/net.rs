@@ -170,7 +170,33 @@ impl Testnet {
             node.bootstrap_line = line;
             net.save()?;
         }
+        net.wait_for_dht_servers()?;
         Ok(net)
+    }
+
+    /// Waits until every node but the first serves the DHT: on their own addresses (in
+    /// namespaces) a node's DHT is a client until a peer has dialled it back (AutoNAT,
+    /// specs/swarm.md §2.3), about a second after it joined. (The first node is only
+    /// ever dialled, never dials, so nothing tests its address; it does not need to
+    /// serve for the others to find each other.)
+    fn wait_for_dht_servers(&self) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for node in self.state.nodes.iter().skip(1) {
+            loop {
+                let status = self.json(node.index, &["status"])?;
+                if status["swarms"][0]["kad_server"] == true {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Daemon {
+                        index: node.index,
+                        message: format!("its DHT never turned to server mode: {status}"),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        Ok(())
     }
 
     /// The testnet recorded in `dir`, for commands run by another process. Dropping it

@@ -416,6 +416,24 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The error and its causes joined by ": ", leaving out a cause whose text its
+/// parent's message already ends with (an error that prints its source, as most
+/// `thiserror` enums here do), so a message never repeats (`rdht: X: X`).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -435,12 +453,43 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rdht: {e:#}");
+            eprintln!("rdht: {}", error_chain(&e));
             if e.downcast_ref::<NotRunning>().is_some() {
                 ExitCode::from(3)
             } else {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("socket error: {0}")]
+        Io(#[from] std::io::Error),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("{0}")]
+        Api(#[from] Inner),
+    }
+
+    /// Regression (issue 18): causes that their parent already prints are not repeated.
+    #[test]
+    fn error_chain_never_repeats_a_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let e = anyhow::Error::new(Outer::Api(Inner::Io(io))).context("status");
+        assert_eq!(
+            format!("{e:#}"),
+            "status: socket error: broken pipe: socket error: broken pipe: broken pipe"
+        );
+        assert_eq!(error_chain(&e), "status: socket error: broken pipe");
+        let plain = anyhow::anyhow!("no such file").context("reading x");
+        assert_eq!(error_chain(&plain), "reading x: no such file");
     }
 }

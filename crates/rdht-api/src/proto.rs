@@ -14,7 +14,7 @@ use rdht_core::{BlockId, BuildKey, BuilderKey, Labels, Needs};
 use serde::{Deserialize, Serialize};
 
 /// The API version this build speaks.
-pub const API_VERSION: u16 = 3;
+pub const API_VERSION: u16 = 4;
 
 /// One file to put into an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -422,6 +422,14 @@ pub struct SwarmStatus {
     pub peers: u32,
     /// Provider lookups this node started in it (for records and for artifacts).
     pub lookups: u64,
+    /// Whether peers outside this node's network can dial it: `public` (an address is
+    /// confirmed), `private` (tested, none reachable: behind NAT) or `unknown`.
+    pub reachability: String,
+    /// Whether its Kademlia runs in server mode (only with a confirmed, non-relayed
+    /// address, or on an anchor).
+    pub kad_server: bool,
+    /// The addresses confirmed reachable (AutoNAT v2, UPnP, configured, loopback).
+    pub confirmed: Vec<String>,
 }
 
 /// A connected peer.
@@ -431,6 +439,11 @@ pub struct PeerInfo {
     pub peer_id: String,
     /// The swarm it is connected in.
     pub swarm: String,
+    /// Its address on the connection (one entry per connection).
+    pub addr: String,
+    /// Whether the connection runs through a relay (`/p2p-circuit`) rather than
+    /// directly.
+    pub relayed: bool,
 }
 
 /// A file written by an export, as the verified manifest lists it.

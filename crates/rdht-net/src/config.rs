@@ -251,6 +251,46 @@ pub struct SwarmConfig {
     /// How often we republish our provider records; well under `provider_ttl`.
     /// Default: [`PROVIDER_REPUBLISH`].
     pub provider_republish: Duration,
+    /// An always-on helper of its swarm (specs/swarm.md §2.4): Kademlia server whatever
+    /// AutoNAT says, AutoNAT server, relay. Default: false.
+    pub anchor: bool,
+    /// Ask an IGD gateway on the local network to forward our listen ports (UPnP).
+    /// Used only when some listen address is not loopback. Default: true.
+    pub upnp: bool,
+    /// Relay circuits for other peers of this swarm (relay v2 server; always on for an
+    /// anchor). Default: false.
+    pub relay: bool,
+    /// Bounds on connections (specs/swarm.md §2.5).
+    pub limits: ConnLimits,
+}
+
+/// Connection limits of one swarm (libp2p's `connection_limits`): a node exposed to
+/// the internet (an anchor) must not let one peer, or many, take all its sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Established connections to or from one peer (a direct one per transport, a
+    /// relayed one and the one that replaces it leave room). Default: 8.
+    pub per_peer: u32,
+    /// Established connections in all. Default: 1024.
+    pub total: u32,
+    /// Established inbound connections (leaves room for our own dials). Default: 768.
+    pub inbound: u32,
+    /// Inbound connections still in their handshake. Default: 128.
+    pub pending_inbound: u32,
+    /// Our own dials still in progress. Default: 256.
+    pub pending_outbound: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            per_peer: 8,
+            total: 1024,
+            inbound: 768,
+            pending_inbound: 128,
+            pending_outbound: 256,
+        }
+    }
 }
 
 /// Default provider record TTL: 6 h, so the records of a laptop that left in the
@@ -279,6 +319,10 @@ impl SwarmConfig {
             transport: TransportKind::Tcp,
             provider_ttl: PROVIDER_TTL,
             provider_republish: PROVIDER_REPUBLISH,
+            anchor: false,
+            upnp: true,
+            relay: false,
+            limits: ConnLimits::default(),
         }
     }
 

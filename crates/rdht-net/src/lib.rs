@@ -38,7 +38,7 @@ mod swarm;
 pub mod wire;
 
 pub use config::{
-    AnnouncePolicy, BootstrapPeer, FetchConfig, MAX_CONFIG_FILE_LEN, NodeConfig,
+    AnnouncePolicy, BootstrapPeer, ConnLimits, FetchConfig, MAX_CONFIG_FILE_LEN, NodeConfig,
     PROVIDER_REPUBLISH, PROVIDER_TTL, REPLY_BOUND, SWARM_KEY_ENCODING, SWARM_KEY_HEADER,
     SwarmConfig, SwarmKey, TransportKind, inline_path, parse_bootstrap, read_bootstrap_file,
 };
@@ -49,5 +49,5 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Announcement, FetchedRecord, NodeHandle, Reach, RecordsReport};
 pub use source::{BlockSink, BlockSource, MemoryBlocks};
-pub use swarm::Lookup;
+pub use swarm::{Connection, Lookup, Reachability, SwarmReach};
 pub use wire::ProviderKey;

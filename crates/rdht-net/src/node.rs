@@ -30,7 +30,7 @@ use crate::error::{DropReason, FetchError, NetError, PeerFailure};
 use crate::fetch::{self, FetchCtx, FetchReport, OPEN_TIMED_OUT, RECONNECT_PAUSE};
 use crate::health::{Health, UnreachablePeer};
 use crate::source::{BlockSink, BlockSource};
-use crate::swarm::{self, Command, Lookup, ProvideFailure, SwarmHandle};
+use crate::swarm::{self, Command, Connection, Lookup, ProvideFailure, SwarmHandle, SwarmReach};
 use crate::wire::{self, ProviderKey};
 
 /// Most announcements in flight at once during [`NodeHandle::reannounce`].
@@ -326,17 +326,19 @@ impl NodeHandle {
 
     /// Re-announces everything the node holds (after a restart), with bounded
     /// concurrency: in `swarm` when given, else following each swarm's policy as
-    /// [`NodeHandle::provide`] does. Returns how many keys were announced.
+    /// [`NodeHandle::provide`] does. Returns how many keys were announced in at least
+    /// one swarm (0 when no swarm's policy takes them).
     pub async fn reannounce(
         &self,
         swarm: Option<&str>,
         keys: impl IntoIterator<Item = ProviderKey>,
     ) -> Result<usize, NetError> {
-        let results: Vec<Result<(), NetError>> = futures::stream::iter(keys)
+        // Whether each key went to at least one swarm.
+        let results: Vec<Result<bool, NetError>> = futures::stream::iter(keys)
             .map(|k| async move {
                 match swarm {
-                    Some(name) => self.provide_in(name, k).await,
-                    None => self.provide(k).await.map(drop),
+                    Some(name) => self.provide_in(name, k).await.map(|()| true),
+                    None => self.provide(k).await.map(|names| !names.is_empty()),
                 }
             })
             .buffer_unordered(REANNOUNCE_CONCURRENCY)
@@ -344,8 +346,9 @@ impl NodeHandle {
             .await;
         let mut n = 0;
         for r in results {
-            r?;
-            n += 1;
+            if r? {
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -450,6 +453,28 @@ impl NodeHandle {
                 s.name.clone(),
                 s.request(|reply| Command::Peers { reply }).await?,
             ));
+        }
+        Ok(out)
+    }
+
+    /// Open connections, per swarm, in lookup order: each peer's address and whether
+    /// the connection is relayed.
+    pub async fn connections(&self) -> Result<Vec<(String, Vec<Connection>)>, NetError> {
+        let mut out = Vec::new();
+        for s in &self.inner.swarms {
+            out.push((
+                s.name.clone(),
+                s.request(|reply| Command::Connections { reply }).await?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Each swarm's reachability and Kademlia mode, in lookup order.
+    pub async fn reach(&self) -> Result<Vec<SwarmReach>, NetError> {
+        let mut out = Vec::new();
+        for s in &self.inner.swarms {
+            out.push(s.request(|reply| Command::Reach { reply }).await?);
         }
         Ok(out)
     }
@@ -888,6 +913,7 @@ impl NodeHandle {
             .into_iter()
             .filter(|p| *p != self.inner.peer_id && !self.is_banned(p) && !self.skip_unreachable(p))
             .collect();
+        let providers = direct_first(s, providers).await;
         let ctx = FetchCtx {
             swarm: &s.name,
             control: s.control.clone(),
@@ -898,6 +924,43 @@ impl NodeHandle {
         };
         fetch::fetch_artifact(&ctx, root, providers, sink).await
     }
+}
+
+/// How long a provider connected only through a relay may take to be reached directly
+/// (hole punching: about one round trip through the relay, then a simultaneous dial)
+/// before the fetch goes on without it.
+const DIRECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The providers in the order a fetch asks them: those with a direct connection (or
+/// none yet), then those connected only through a relay once hole punching made their
+/// connection direct, within [`DIRECT_WAIT`]; a provider still relayed then is left
+/// out, since blocks never stream over a relayed circuit (relay v2 cuts it at 128 KiB
+/// or 2 min; specs/swarm.md §2.6).
+async fn direct_first(s: &SwarmHandle, providers: Vec<PeerId>) -> Vec<PeerId> {
+    let relayed_only = |conns: &[swarm::Connection], p: &PeerId| {
+        let mine: Vec<&swarm::Connection> = conns.iter().filter(|c| c.peer == *p).collect();
+        !mine.is_empty() && mine.iter().all(|c| c.relayed)
+    };
+    let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
+        return providers;
+    };
+    let (mut waiting, mut order): (Vec<PeerId>, Vec<PeerId>) =
+        providers.into_iter().partition(|p| relayed_only(&conns, p));
+    let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
+            break;
+        };
+        let (still, direct): (Vec<PeerId>, Vec<PeerId>) =
+            waiting.into_iter().partition(|p| relayed_only(&conns, p));
+        order.extend(direct);
+        waiting = still;
+    }
+    for p in &waiting {
+        info!(peer = %p, "provider reachable only through a relay (hole punching failed): skipped");
+    }
+    order
 }
 
 /// An announcement whose key is already in the local provider store, with its DHT

@@ -1,12 +1,15 @@
-//! One libp2p swarm: transport (TCP, optional pnet, noise, yamux), behaviour (Kademlia in
-//! server mode, identify feeding Kademlia, ping, streams, block list, the back-off guard
-//! of `health.rs`), start-up
-//! (listen, bootstrap) and the task that owns the `Swarm` and answers commands.
+//! One libp2p swarm: transport (public: QUIC or TCP with noise and yamux; private: TCP,
+//! pnet, noise, yamux; both under libp2p's DNS resolution), behaviour (Kademlia, in
+//! server mode only while a non-relayed address is confirmed; identify feeding Kademlia;
+//! AutoNAT v2 client and server; UPnP; ping; streams; block list; the back-off guard of
+//! `health.rs`), start-up (listen, bootstrap) and the task that owns the `Swarm` and
+//! answers commands.
 //!
-//! Owns: [`SwarmHandle`], the command loop, serving inbound block and record streams.
-//! Does not own: fetching (see `fetch.rs`), deciding which swarm to ask (`node.rs`).
-//! Spec: `specs/swarm.md` §2 (transport), §3–§4 (serving), §6 (announce, provider TTL,
-//! back-off), §8 (bans).
+//! Owns: [`SwarmHandle`], the command loop, reachability (which addresses are confirmed,
+//! and so the Kademlia mode), serving inbound block and record streams. Does not own:
+//! fetching (see `fetch.rs`), deciding which swarm to ask (`node.rs`).
+//! Spec: `specs/swarm.md` §2 (transport), §2.3 (reachability), §3–§4 (serving), §6
+//! (announce, provider TTL, back-off), §8 (bans).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,18 +18,19 @@ use std::time::{Duration, Instant};
 use futures::future::Either;
 use futures::io::BufWriter;
 use futures::{AsyncWriteExt, StreamExt};
-use libp2p::core::transport::{Boxed, MemoryTransport};
+use libp2p::core::transport::{Boxed, MemoryTransport, OrTransport};
 use libp2p::core::{muxing::StreamMuxerBox, upgrade};
 use libp2p::identity::Keypair;
 use libp2p::kad;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::PnetConfig;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, identify, noise, ping, tcp,
-    yamux,
+    Multiaddr, PeerId, Stream, Swarm, Transport, allow_block_list, autonat, connection_limits,
+    dcutr, dns, identify, noise, ping, quic, relay, tcp, upnp, yamux,
 };
 use rdht_core::block::INTERIOR_TAG;
 use rdht_core::{Block, Encoded};
@@ -40,6 +44,19 @@ use crate::health::{Guard, Health};
 use crate::source::BlockSource;
 use crate::wire::{self, Frame, ProviderKey};
 
+/// How often the AutoNAT v2 client tests new candidate addresses (libp2p's default is
+/// 5 s). A tick with no untested candidate sends nothing, so a short period costs
+/// nothing and lets a fresh swarm confirm its nodes, and turn their DHT to server mode,
+/// about a second after they connect.
+const AUTONAT_PROBE: Duration = Duration::from_secs(1);
+/// How long a bootstrap dial over QUIC goes alone before the peer's other addresses
+/// (TCP) are dialled too: go-libp2p's ranking delay for TCP after QUIC.
+const QUIC_HEAD_START: Duration = Duration::from_millis(250);
+/// How long a node whose reachability is still unknown waits before it reserves
+/// itself on relays.
+const UNKNOWN_GRACE: Duration = Duration::from_secs(10);
+/// Relays a node behind NAT keeps a reservation on.
+const RELAYS: usize = 2;
 /// Buffer of the block stream writer.
 const WRITE_BUFFER: usize = 256 * 1024;
 /// How long a requester may take to send its request.
@@ -48,13 +65,101 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The behaviours of one swarm.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    limits: connection_limits::Behaviour,
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Refuses dials to peers in back-off; learns from dial failures and connections.
     guard: Guard,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
+    /// Asks AutoNAT servers among our peers to dial our candidate addresses back.
+    autonat_client: autonat::v2::client::Behaviour,
+    /// Dials back the addresses other peers ask about.
+    autonat_server: autonat::v2::server::Behaviour,
+    /// Maps listen ports on an IGD gateway; off when listening on loopback only.
+    upnp: Toggle<upnp::tokio::Behaviour>,
+    /// Reservations on relays and circuits through them (relay v2 client).
+    relay_client: relay::client::Behaviour,
+    /// Relays circuits for other peers (relay v2 server): anchors and relays only.
+    relay_server: Toggle<relay::Behaviour>,
+    /// Turns relayed connections into direct ones (hole punching).
+    dcutr: dcutr::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+}
+
+/// Whether this node can be dialled from outside its network, as far as it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// No address tested yet.
+    Unknown,
+    /// At least one non-relayed address is confirmed (by AutoNAT, UPnP, the operator,
+    /// or because it is loopback).
+    Public,
+    /// Addresses were tested and none could be dialled back: behind NAT or a firewall.
+    Private,
+}
+
+impl std::fmt::Display for Reachability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reachability::Unknown => "unknown",
+            Reachability::Public => "public",
+            Reachability::Private => "private",
+        })
+    }
+}
+
+/// One swarm's view of its own reachability.
+#[derive(Debug, Clone)]
+pub struct SwarmReach {
+    /// The swarm.
+    pub swarm: String,
+    /// What the node knows.
+    pub reachability: Reachability,
+    /// Whether Kademlia runs in server mode (answers other peers' queries).
+    pub kad_server: bool,
+    /// The confirmed addresses, sorted.
+    pub confirmed: Vec<Multiaddr>,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its address on this connection.
+    pub addr: Multiaddr,
+    /// Whether the connection runs through a relay (`/p2p-circuit`).
+    pub relayed: bool,
+}
+
+/// Whether `addr` goes through a relay.
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// Whether `addr` is loopback or in-process (memory). A swarm that listens on such
+/// addresses only is reachable by every peer that can learn of it (on this host, in
+/// this process), so they count as confirmed; a node that also listens elsewhere
+/// (`0.0.0.0` expands to loopback too) must have its other addresses confirmed.
+fn self_evident(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        Protocol::Memory(_) => true,
+        _ => false,
+    })
+}
+
+/// Whether `addr` is an IPv6 address.
+fn is_ip6(addr: &Multiaddr) -> bool {
+    matches!(addr.iter().next(), Some(Protocol::Ip6(_)))
+}
+
+/// Whether `addr` uses QUIC.
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
 }
 
 /// The outcome of one provider lookup.
@@ -102,6 +207,12 @@ pub(crate) enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Connections {
+        reply: oneshot::Sender<Vec<Connection>>,
+    },
+    Reach {
+        reply: oneshot::Sender<SwarmReach>,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
@@ -178,20 +289,57 @@ impl SwarmHandle {
 fn build_transport(
     cfg: &SwarmConfig,
     keypair: &Keypair,
+    relayed: relay::client::Transport,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
     let psk = cfg.key.map(|k| k.psk());
     let noise = noise::Config::new(keypair).map_err(|e| NetError::Transport {
         swarm: cfg.name.clone(),
         reason: e.to_string(),
     })?;
-    Ok(match cfg.transport {
-        TransportKind::Tcp => secure(
-            tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
-            psk,
-            noise,
-        ),
+    // Circuits through a relay run noise and yamux end to end; the hops to the relay
+    // are the relay's own connections (pnet-protected in a private swarm).
+    let relayed = relayed
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise.clone())
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20));
+    let direct = match cfg.transport {
+        TransportKind::Tcp => {
+            let base = || {
+                let tcp = secure(
+                    tcp::tokio::Transport::new(tcp::Config::new().nodelay(true)),
+                    psk,
+                    noise.clone(),
+                );
+                // pnet cannot wrap QUIC (rust-libp2p#3275): private swarms are TCP only.
+                match psk {
+                    Some(_) => tcp,
+                    None => {
+                        let quic = quic::tokio::Transport::new(quic::Config::new(keypair))
+                            .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+                        OrTransport::new(quic, tcp)
+                            .map(|either, _| either.into_inner())
+                            .boxed()
+                    }
+                }
+            };
+            match dns::tokio::Transport::system(base()) {
+                Ok(dns) => dns.boxed(),
+                Err(e) => {
+                    // No resolver configuration: addresses still work, names do not.
+                    warn!(swarm = %cfg.name, "no DNS resolver (/etc/resolv.conf): {e}; /dns and /dnsaddr addresses will not resolve");
+                    base()
+                }
+            }
+        }
         TransportKind::Memory => secure(MemoryTransport::default(), psk, noise),
-    })
+    };
+    Ok(OrTransport::new(relayed, direct)
+        .map(|either, _| match either {
+            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            Either::Right(out) => out,
+        })
+        .boxed())
 }
 
 /// The layers above the byte transport, the same for TCP and memory: optional pnet,
@@ -225,7 +373,12 @@ where
     .boxed()
 }
 
-fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) -> Behaviour {
+fn build_behaviour(
+    cfg: &SwarmConfig,
+    keypair: &Keypair,
+    health: Arc<Health>,
+    relay_client: relay::client::Behaviour,
+) -> Behaviour {
     let peer = keypair.public().to_peer_id();
     let store = MemoryStore::with_config(
         peer,
@@ -244,8 +397,21 @@ fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) ->
     kcfg.set_provider_record_ttl(Some(cfg.provider_ttl));
     kcfg.set_provider_publication_interval(Some(cfg.provider_republish));
     let mut kad = kad::Behaviour::with_config(peer, store, kcfg);
-    kad.set_mode(Some(kad::Mode::Server));
+    // Client until an address is confirmed (`Task::update_mode`): an unreachable
+    // server would poison other peers' routing tables.
+    kad.set_mode(Some(kad::Mode::Client));
+    // UPnP searches for a gateway on the local network as soon as it starts; a node
+    // listening on loopback only has nothing to map.
+    let upnp = cfg.upnp && cfg.listen.iter().any(|a| !self_evident(a));
+    let l = cfg.limits;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(l.per_peer))
+        .with_max_established(Some(l.total))
+        .with_max_established_incoming(Some(l.inbound))
+        .with_max_pending_incoming(Some(l.pending_inbound))
+        .with_max_pending_outgoing(Some(l.pending_outbound));
     Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
         blocked: allow_block_list::Behaviour::default(),
         guard: Guard::new(health),
         kad,
@@ -253,6 +419,26 @@ fn build_behaviour(cfg: &SwarmConfig, keypair: &Keypair, health: Arc<Health>) ->
             wire::IDENTIFY_VERSION.to_string(),
             keypair.public(),
         )),
+        autonat_client: autonat::v2::client::Behaviour::new(
+            rand_autonat::make_rng::<rand_autonat::rngs::StdRng>(),
+            autonat::v2::client::Config::default().with_probe_interval(AUTONAT_PROBE),
+        ),
+        autonat_server: autonat::v2::server::Behaviour::default(),
+        upnp: upnp.then(upnp::tokio::Behaviour::default).into(),
+        relay_client,
+        relay_server: (cfg.anchor || cfg.relay)
+            .then(|| {
+                let mut r = relay::Behaviour::new(peer, relay::Config::default());
+                // A relay offers itself once an external address is confirmed; an
+                // anchor is public by its operator's word (nothing tests the address
+                // of a node that others dial and that dials nobody).
+                if cfg.anchor {
+                    r.set_status(Some(relay::Status::Enable));
+                }
+                r
+            })
+            .into(),
+        dcutr: dcutr::Behaviour::new(peer),
         ping: ping::Behaviour::default(),
         stream: libp2p_stream::Behaviour::new(),
     }
@@ -285,8 +471,29 @@ struct Task {
     finds: HashMap<kad::QueryId, Find>,
     bans: HashMap<PeerId, Instant>,
     health: Arc<Health>,
-    /// Listen addresses double as external addresses (none were configured).
+    /// No external address was configured: listen addresses go into our own provider
+    /// answers, and where they are loopback only (`local_only`) they are external ones.
     advertise_listen: bool,
+    /// Always a Kademlia server (an anchor node).
+    anchor: bool,
+    /// Every configured listen address is loopback or memory (see [`self_evident`]).
+    local_only: bool,
+    /// Non-relayed and relayed addresses confirmed reachable, by AutoNAT v2, UPnP, the
+    /// operator (`external`), or because they are loopback or memory addresses.
+    confirmed: HashSet<Multiaddr>,
+    /// AutoNAT v2 tests of our addresses that failed.
+    autonat_failures: u64,
+    kad_mode: kad::Mode,
+    /// Open connections and the peer's address on each.
+    conns: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// Our addresses changed since our own provider records were last rewritten.
+    addrs_changed: bool,
+    /// When the swarm started.
+    started: Instant,
+    /// Connected peers that offer relay v2 (hop), by the address we reached them at.
+    relays_seen: HashMap<PeerId, Multiaddr>,
+    /// The relays we hold (or asked for) a reservation on, and its listener.
+    reservations: HashMap<PeerId, libp2p::core::transport::ListenerId>,
     boot_peers: HashSet<PeerId>,
     boot_ok: bool,
     boot_failed: usize,
@@ -302,8 +509,9 @@ pub(crate) async fn start(
     health: Arc<Health>,
 ) -> Result<SwarmHandle, NetError> {
     let span = info_span!("swarm", swarm = %cfg.name);
-    let transport = build_transport(cfg, keypair)?;
-    let behaviour = build_behaviour(cfg, keypair, health.clone());
+    let (relayed, relay_client) = relay::client::new(keypair.public().to_peer_id());
+    let transport = build_transport(cfg, keypair, relayed)?;
+    let behaviour = build_behaviour(cfg, keypair, health.clone(), relay_client);
     let local = keypair.public().to_peer_id();
     let swarm = Swarm::new(
         transport,
@@ -321,6 +529,16 @@ pub(crate) async fn start(
         bans: HashMap::new(),
         health,
         advertise_listen: cfg.external.is_empty(),
+        anchor: cfg.anchor,
+        local_only: !cfg.listen.is_empty() && cfg.listen.iter().all(self_evident),
+        confirmed: cfg.external.iter().cloned().collect(),
+        autonat_failures: 0,
+        kad_mode: kad::Mode::Client,
+        conns: HashMap::new(),
+        addrs_changed: false,
+        started: Instant::now(),
+        relays_seen: HashMap::new(),
+        reservations: HashMap::new(),
         boot_peers: cfg.bootstrap.iter().map(|b| b.peer).collect(),
         boot_ok: false,
         boot_failed: 0,
@@ -345,21 +563,39 @@ pub(crate) async fn start(
     for addr in &cfg.external {
         task.swarm.add_external_address(addr.clone());
     }
+    task.update_mode();
     // Listen, and wait until every listener has an address.
     let mut listeners = HashMap::new();
     for addr in &cfg.listen {
-        let id = task
-            .swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
+        if cfg.key.is_some() && is_quic(addr) {
+            return Err(NetError::Listen {
                 swarm: cfg.name.clone(),
                 addr: addr.clone(),
+                reason: "a private swarm runs on TCP only: its pre-shared key (pnet) cannot \
+                         protect QUIC (rust-libp2p#3275); use a /tcp/ address"
+                    .into(),
+            });
+        }
+        let id = match task.swarm.listen_on(addr.clone()) {
+            Ok(id) => id,
+            Err(e) => {
                 // TransportError's Display is empty for I/O errors; keep the cause.
-                reason: match &e {
+                let reason = match &e {
                     libp2p::TransportError::Other(io) => io.to_string(),
                     other => other.to_string(),
-                },
-            })?;
+                };
+                // A host without IPv6 cannot bind `::`; its IPv4 addresses still serve.
+                if is_ip6(addr) && cfg.listen.iter().any(|a| !is_ip6(a)) {
+                    warn!(parent: &span, %addr, "not listening on an IPv6 address: {reason}");
+                    continue;
+                }
+                return Err(NetError::Listen {
+                    swarm: cfg.name.clone(),
+                    addr: addr.clone(),
+                    reason,
+                });
+            }
+        };
         listeners.insert(id, addr.clone());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -401,25 +637,57 @@ pub(crate) async fn start(
         }
     }
 
-    // Bootstrap: dial every peer, succeed on the first connection.
+    // Bootstrap: dial every peer once per stage with its addresses, QUIC first and the
+    // others [`QUIC_HEAD_START`] later unless it connected meanwhile (as go-libp2p
+    // ranks its dials; libp2p tries one dial's addresses concurrently, and TCP would
+    // win the race); succeed on the first connection.
+    let mut boot: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
     for b in &cfg.bootstrap {
         task.swarm
             .behaviour_mut()
             .kad
             .add_address(&b.peer, b.addr.clone());
-        let opts = DialOpts::peer_id(b.peer)
-            .addresses(vec![b.addr.clone()])
-            .build();
-        if let Err(e) = task.swarm.dial(opts) {
-            task.boot_failed += 1;
-            task.boot_error = e.to_string();
+        match boot.iter_mut().find(|(p, _)| *p == b.peer) {
+            Some((_, addrs)) => addrs.push(b.addr.clone()),
+            None => boot.push((b.peer, vec![b.addr.clone()])),
+        }
+    }
+    let mut later: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+    let mut dials = 0;
+    for (peer, addrs) in boot {
+        let (quic, other): (Vec<Multiaddr>, Vec<Multiaddr>) = addrs.into_iter().partition(is_quic);
+        dials += 1;
+        if quic.is_empty() {
+            task.dial_boot(peer, other);
+        } else {
+            task.dial_boot(peer, quic);
+            if !other.is_empty() {
+                dials += 1;
+                later.push((peer, other));
+            }
         }
     }
     if !cfg.bootstrap.is_empty() {
         let deadline = tokio::time::Instant::now() + cfg.bootstrap_timeout;
-        while !task.boot_ok && task.boot_failed < cfg.bootstrap.len() {
-            match tokio::time::timeout_at(deadline, task.swarm.select_next_some()).await {
+        let stage = tokio::time::Instant::now() + QUIC_HEAD_START;
+        while !task.boot_ok && task.boot_failed < dials {
+            if !later.is_empty() && tokio::time::Instant::now() >= stage {
+                for (peer, addrs) in std::mem::take(&mut later) {
+                    if task.swarm.is_connected(&peer) {
+                        dials -= 1;
+                    } else {
+                        task.dial_boot(peer, addrs);
+                    }
+                }
+            }
+            let until = if later.is_empty() {
+                deadline
+            } else {
+                stage.min(deadline)
+            };
+            match tokio::time::timeout_at(until, task.swarm.select_next_some()).await {
                 Ok(ev) => task.on_event(ev),
+                Err(_) if until < deadline => {}
                 Err(_) => {
                     task.boot_error = format!("timed out after {:?}", cfg.bootstrap_timeout);
                     break;
@@ -464,6 +732,18 @@ pub(crate) async fn start(
 }
 
 impl Task {
+    /// Dials bootstrap peer `peer` at `addrs`, even while another dial to it runs.
+    fn dial_boot(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Disconnected)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            self.boot_failed += 1;
+            self.boot_error = e.to_string();
+        }
+    }
+
     async fn run(&mut self, mut cmds: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -476,6 +756,8 @@ impl Task {
                 _ = tick.tick() => {
                     self.expire_bans();
                     self.end_lookups_past_grace();
+                    self.refresh_own_records();
+                    self.reserve_relays();
                 }
             }
         }
@@ -496,6 +778,7 @@ impl Task {
                 {
                     Ok(qid) => {
                         self.provides.insert(qid, reply);
+                        self.write_own_record(key.kad_key());
                     }
                     Err(e) => {
                         warn!(%key, "cannot provide: {e}");
@@ -536,6 +819,22 @@ impl Task {
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Connections { reply } => {
+                let mut conns: Vec<Connection> = self
+                    .conns
+                    .values()
+                    .map(|(peer, addr)| Connection {
+                        peer: *peer,
+                        addr: addr.clone(),
+                        relayed: is_relayed(addr),
+                    })
+                    .collect();
+                conns.sort_by_key(|c| (c.peer, c.relayed));
+                let _ = reply.send(conns);
+            }
+            Command::Reach { reply } => {
+                let _ = reply.send(self.reach());
+            }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
@@ -572,18 +871,101 @@ impl Task {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
+            SwarmEvent::NewListenAddr { address, .. } if is_relayed(&address) => {
+                // A reservation was accepted: peers reach us through the relay there.
+                info!(%address, "reachable through a relay");
+                self.confirmed.insert(address.clone());
+                self.swarm.add_external_address(address);
+                self.addrs_changed = true;
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some((relay, _)) = self.reservations.iter().find(|(_, l)| **l == listener_id)
+                {
+                    debug!(%relay, "relay reservation ended: {reason:?}");
+                }
+                self.reservations.retain(|_, l| *l != listener_id);
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 debug!(%address, "listening");
                 let concrete = !address.iter().any(|p| {
                     matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
                         || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
                 });
-                if self.advertise_listen && concrete {
+                if self.local_only && self_evident(&address) {
+                    self.confirmed.insert(address.clone());
+                    self.update_mode();
+                }
+                // Listen addresses are external ones only where they are evident (see
+                // `local_only`); elsewhere a confirmed external address would hide
+                // its own test from AutoNAT (libp2p drops candidates already
+                // confirmed), so they only go into our own answers (`own_addresses`).
+                // An anchor's listen addresses are public by its operator's word
+                // (loopback aside); a relay needs external addresses to hand out.
+                let anchor_public = self.anchor && !self_evident(&address);
+                if self.advertise_listen && concrete && (self.local_only || anchor_public) {
+                    if anchor_public {
+                        self.confirmed.insert(address.clone());
+                    }
                     self.swarm.add_external_address(address);
                 }
+                self.addrs_changed = true;
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                debug!(peer = %peer_id, "connected");
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if is_relayed(&address) {
+                    self.swarm.remove_external_address(&address);
+                }
+                self.confirmed.remove(&address);
+                self.update_mode();
+                self.addrs_changed = true;
+            }
+            SwarmEvent::ExternalAddrConfirmed { .. } => self.addrs_changed = true,
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.confirmed.remove(&address);
+                self.update_mode();
+                self.addrs_changed = true;
+            }
+            SwarmEvent::ConnectionClosed {
+                connection_id,
+                peer_id,
+                ..
+            } => {
+                self.conns.remove(&connection_id);
+                let direct_left = self
+                    .conns
+                    .values()
+                    .any(|(p, a)| *p == peer_id && !is_relayed(a));
+                if !direct_left {
+                    self.relays_seen.remove(&peer_id);
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let addr = endpoint.get_remote_address().clone();
+                if !is_relayed(&addr) {
+                    // Blocks never stream over a relayed circuit (relay v2 cuts it at
+                    // 128 KiB or 2 min): once a direct connection exists, close the
+                    // relayed ones, so every stream to the peer goes direct.
+                    let relayed: Vec<ConnectionId> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, (p, a))| *p == peer_id && is_relayed(a))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in relayed {
+                        debug!(peer = %peer_id, "direct connection up; closing the relayed one");
+                        self.swarm.close_connection(id);
+                    }
+                }
+                self.conns.insert(connection_id, (peer_id, addr));
                 if self.boot_peers.contains(&peer_id) {
                     self.boot_ok = true;
                 }
@@ -603,14 +985,206 @@ impl Task {
                 peer_id,
                 info,
                 ..
-            })) if info.protocols.contains(&wire::KAD_PROTOCOL) => {
+            })) => {
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    let direct = self
+                        .conns
+                        .values()
+                        .find(|(p, a)| *p == peer_id && !is_relayed(a))
+                        .map(|(_, a)| a.clone());
+                    if let Some(addr) = direct {
+                        self.relays_seen.insert(peer_id, addr);
+                    }
+                }
                 // Identify does not feed Kademlia by itself.
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                if info.protocols.contains(&wire::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(ev)) => match ev.result {
+                Ok(()) => {
+                    info!(addr = %ev.tested_addr, server = %ev.server, "address confirmed reachable (AutoNAT)");
+                    self.confirmed.insert(ev.tested_addr);
+                    self.update_mode();
+                }
+                Err(e) => {
+                    debug!(addr = %ev.tested_addr, server = %ev.server, "address not reachable (AutoNAT): {e}");
+                    self.autonat_failures += 1;
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => match ev.result {
+                Ok(_) => info!(peer = %ev.remote_peer_id, "hole punched: direct connection"),
+                Err(e) => {
+                    // The relayed connection cannot carry blocks and DCUtR does not try
+                    // again on it: close it, so the next need dials and punches anew.
+                    info!(peer = %ev.remote_peer_id, "hole punching failed: {e}");
+                    let relayed: Vec<ConnectionId> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, (p, a))| *p == ev.remote_peer_id && is_relayed(a))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in relayed {
+                        self.swarm.close_connection(id);
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => info!(relay = %relay_peer_id, "relay reservation accepted"),
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(ev)) => match ev {
+                upnp::Event::NewExternalAddr { external_addr, .. } => {
+                    info!(addr = %external_addr, "port mapped on the gateway (UPnP)");
+                    self.confirmed.insert(external_addr);
+                    self.update_mode();
+                }
+                upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                    info!(addr = %external_addr, "gateway port mapping expired (UPnP)");
+                    self.confirmed.remove(&external_addr);
+                    self.update_mode();
+                }
+                upnp::Event::GatewayNotFound => debug!("no UPnP gateway found"),
+                upnp::Event::NonRoutableGateway => {
+                    debug!("the UPnP gateway is not on the public network")
+                }
+            },
             _ => {}
+        }
+    }
+
+    /// Behind NAT (tested, nothing confirmed but relayed addresses), keeps
+    /// reservations on [`RELAYS`] relays among the connected peers that offer relay v2
+    /// (rust-libp2p chooses none by itself): each is listened on through its
+    /// `/p2p-circuit` address.
+    fn reserve_relays(&mut self) {
+        // Behind a router that drops what it did not ask for, AutoNAT's dial-backs
+        // time out and are retried rather than reported failed: a node still not
+        // known reachable after [`UNKNOWN_GRACE`] reserves as if private.
+        let behind_nat = match self.reach().reachability {
+            Reachability::Private => true,
+            Reachability::Unknown => !self.anchor && self.started.elapsed() >= UNKNOWN_GRACE,
+            Reachability::Public => false,
+        };
+        if !behind_nat || self.reservations.len() >= RELAYS {
+            return;
+        }
+        let mut candidates: Vec<(PeerId, Multiaddr)> = self
+            .relays_seen
+            .iter()
+            .filter(|(p, _)| !self.reservations.contains_key(p))
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        candidates.sort();
+        for (relay, addr) in candidates {
+            if self.reservations.len() >= RELAYS {
+                break;
+            }
+            let circuit = addr
+                .with_p2p(relay)
+                .unwrap_or_else(|a| a)
+                .with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    info!(%relay, "asking for a relay reservation");
+                    self.reservations.insert(relay, id);
+                }
+                Err(e) => debug!(%circuit, "cannot listen through relay: {e}"),
+            }
+        }
+    }
+
+    /// Kademlia serves other peers only while an address that is not relayed is
+    /// confirmed (or on an anchor): an unreachable server poisons routing tables.
+    fn update_mode(&mut self) {
+        let server = self.anchor || self.confirmed.iter().any(|a| !is_relayed(a));
+        let mode = if server {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        };
+        if mode != self.kad_mode {
+            info!(swarm = %self.name, ?mode, "kademlia mode");
+            self.kad_mode = mode;
+            self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+        }
+    }
+
+    fn reach(&self) -> SwarmReach {
+        let mut confirmed: Vec<Multiaddr> = self.confirmed.iter().cloned().collect();
+        confirmed.sort();
+        let reachability = if confirmed.iter().any(|a| !is_relayed(a)) {
+            Reachability::Public
+        } else if self.autonat_failures > 0 {
+            Reachability::Private
+        } else {
+            Reachability::Unknown
+        };
+        SwarmReach {
+            swarm: self.name.clone(),
+            reachability,
+            kad_server: self.kad_mode == kad::Mode::Server,
+            confirmed,
+        }
+    }
+
+    /// The addresses our own provider records carry when we answer a lookup: the
+    /// external ones, then (with no external address configured) the concrete listen
+    /// addresses, which peers on the same network can dial; each once. (Kademlia's own
+    /// answer for a local record with no addresses lists the listen addresses and then
+    /// the external ones, which often include them: each address twice.)
+    fn own_addresses(&self) -> Vec<Multiaddr> {
+        let mut seen = HashSet::new();
+        let listen = self
+            .swarm
+            .listeners()
+            .filter(|_| self.advertise_listen)
+            .filter(|a| {
+                !a.iter().any(|p| {
+                    matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+                })
+            });
+        self.swarm
+            .external_addresses()
+            .chain(listen)
+            .filter(|a| seen.insert((*a).clone()))
+            .cloned()
+            .collect()
+    }
+
+    fn write_own_record(&mut self, key: kad::RecordKey) {
+        let addrs = self.own_addresses();
+        let local = self.local;
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        if let Err(e) = store.add_provider(kad::ProviderRecord::new(key, local, addrs)) {
+            debug!("rewriting our provider record: {e}");
+        }
+    }
+
+    /// After our addresses changed, rewrites our own provider records so that peers
+    /// asking this node get the current addresses (an in-memory pass over what we
+    /// provide; addresses change rarely).
+    fn refresh_own_records(&mut self) {
+        if !std::mem::take(&mut self.addrs_changed) {
+            return;
+        }
+        let keys: Vec<kad::RecordKey> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .provided()
+            .map(|r| r.key.clone())
+            .collect();
+        for k in keys {
+            self.write_own_record(k);
         }
     }
 

@@ -68,16 +68,21 @@ fn mark_of(key: &ProviderKey) -> (u8, &[u8; 32]) {
 async fn announce_now(net: NodeHandle, keys: Vec<ProviderKey>, places: Places, public: bool) {
     for key in keys {
         let work = async {
+            let mut swarms = Vec::new();
             if places.has(Places::AUTOMATIC) {
-                net.provide(key).await?;
+                swarms.extend(net.provide(key).await?);
             }
             if places.has(Places::PUBLIC) && public {
                 net.provide_in(PUBLIC_SWARM, key).await?;
+                swarms.push(PUBLIC_SWARM.to_string());
             }
-            Ok::<(), NetError>(())
+            Ok::<Vec<String>, NetError>(swarms)
         };
         match tokio::time::timeout(ANNOUNCE_TIMEOUT, work).await {
-            Ok(Ok(())) => debug!(%key, ?places, "announced"),
+            Ok(Ok(swarms)) if swarms.is_empty() => {
+                debug!(%key, ?places, "not announced: no swarm of this node takes it")
+            }
+            Ok(Ok(swarms)) => debug!(%key, ?swarms, "announced"),
             Ok(Err(e)) => warn!(%key, "announcing failed: {e}"),
             Err(_) => warn!(%key, "announcing timed out after {ANNOUNCE_TIMEOUT:?}"),
         }
@@ -217,6 +222,14 @@ impl Shared {
                 return;
             }
         };
+        if running.is_empty() {
+            debug!(
+                ?places,
+                keys = keys.len(),
+                "not announced: no swarm of this node takes these keys"
+            );
+            return;
+        }
         tokio::spawn(async move {
             for a in running {
                 match tokio::time::timeout(ANNOUNCE_TIMEOUT, a.done()).await {
@@ -274,6 +287,7 @@ impl Shared {
             }
         };
         match net.reannounce(None, automatic).await {
+            Ok(0) => debug!("nothing re-announced: no automatic swarm, or nothing held for one"),
             Ok(n) => info!(keys = n, "re-announced the store's contents"),
             Err(e) => warn!("re-announcing: {e}"),
         }

@@ -170,15 +170,27 @@ impl Shared {
         let swarms: Vec<SwarmStatus> = match &self.net {
             Some(net) => {
                 let peers = net.peers().await.unwrap_or_default();
+                let reach = net.reach().await.unwrap_or_default();
                 net.lookups()
                     .into_iter()
-                    .map(|(name, lookups)| SwarmStatus {
-                        peers: peers
-                            .iter()
-                            .find(|(n, _)| *n == name)
-                            .map_or(0, |(_, p)| p.len() as u32),
-                        name,
-                        lookups,
+                    .map(|(name, lookups)| {
+                        let r = reach.iter().find(|r| r.swarm == name);
+                        SwarmStatus {
+                            peers: peers
+                                .iter()
+                                .find(|(n, _)| *n == name)
+                                .map_or(0, |(_, p)| p.len() as u32),
+                            lookups,
+                            reachability: r.map_or_else(
+                                || "unknown".to_string(),
+                                |r| r.reachability.to_string(),
+                            ),
+                            kad_server: r.is_some_and(|r| r.kad_server),
+                            confirmed: r.map_or_else(Vec::new, |r| {
+                                r.confirmed.iter().map(ToString::to_string).collect()
+                            }),
+                            name,
+                        }
                     })
                     .collect()
             }
@@ -251,16 +263,18 @@ impl Shared {
             return Ok(Response::Peers(Vec::new()));
         };
         let per_swarm = net
-            .peers()
+            .connections()
             .await
             .map_err(|e| api_err(ErrorKind::Unavailable, e))?;
         Ok(Response::Peers(
             per_swarm
                 .into_iter()
-                .flat_map(|(swarm, peers)| {
-                    peers.into_iter().map(move |p| PeerInfo {
-                        peer_id: p.to_string(),
+                .flat_map(|(swarm, conns)| {
+                    conns.into_iter().map(move |c| PeerInfo {
+                        peer_id: c.peer.to_string(),
                         swarm: swarm.clone(),
+                        addr: c.addr.to_string(),
+                        relayed: c.relayed,
                     })
                 })
                 .collect(),

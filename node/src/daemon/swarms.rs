@@ -32,6 +32,7 @@ pub(super) fn swarm_configs(config: &Config, me: PeerId) -> Result<Vec<SwarmConf
             }
             s.bootstrap.retain(|b| b.peer != me);
             s.announce = AnnouncePolicy::Automatic;
+            s.anchor = config.anchor;
             swarms.push(s);
         }
         (None, Some(b)) => {
@@ -40,7 +41,13 @@ pub(super) fn swarm_configs(config: &Config, me: PeerId) -> Result<Vec<SwarmConf
                 b.display()
             )));
         }
-        (None, None) => {}
+        (None, None) => {
+            if config.listen_given {
+                // --listen sets the private swarm's addresses; given without one it
+                // would be silently ignored.
+                return Err(DaemonError::Config(no_swarm_for_listen(config)));
+            }
+        }
     }
     if config.public {
         let mut s = SwarmConfig::new(PUBLIC_SWARM);
@@ -49,11 +56,33 @@ pub(super) fn swarm_configs(config: &Config, me: PeerId) -> Result<Vec<SwarmConf
             s.bootstrap = rdht_net::read_bootstrap_file(b)?;
         }
         s.bootstrap.retain(|b| b.peer != me);
+        s.anchor = config.anchor;
         // Only what the caller explicitly scopes as public goes here.
         s.announce = AnnouncePolicy::Explicit;
         swarms.push(s);
     }
     Ok(swarms)
+}
+
+/// The error for `--listen` with no private swarm to listen for.
+fn no_swarm_for_listen(config: &Config) -> String {
+    let public = if config.public {
+        format!(
+            "; the public swarm listens on `public_listen` in {}",
+            config.config_file.display()
+        )
+    } else {
+        format!(
+            ", or join the public swarm with `public = true` in {} (its addresses are \
+             `public_listen`)",
+            config.config_file.display()
+        )
+    };
+    format!(
+        "--listen {} is given but no private swarm is configured, so nothing would listen \
+         there: join one with --swarm-key FILE (and --bootstrap FILE){public}",
+        config.listen.join(",")
+    )
 }
 
 /// The fetch settings: a record request unanswered within the decision bound
@@ -118,5 +147,55 @@ pub(super) fn reach(scope: Scope) -> Reach {
     match scope {
         Scope::Private => Reach::Automatic,
         Scope::Everywhere => Reach::All,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 18): `--listen` with no swarm to listen for was ignored in
+    /// silence; it is an error naming the settings that would use it.
+    #[test]
+    fn listen_without_a_swarm_is_an_error_naming_the_missing_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let over = crate::config::Overrides {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            ..Default::default()
+        };
+        let (config, _) = crate::config::load(dir.path(), None, over.clone()).unwrap();
+        let me = PeerId::random();
+        let err = swarm_configs(&config, me).unwrap_err().to_string();
+        let file = dir.path().join("config.toml");
+        assert!(
+            err.ends_with(&format!(
+                "--listen /ip4/127.0.0.1/tcp/0 is given but no private swarm is configured, so \
+                 nothing would listen there: join one with --swarm-key FILE (and --bootstrap \
+                 FILE), or join the public swarm with `public = true` in {} (its addresses are \
+                 `public_listen`)",
+                file.display()
+            )),
+            "{err}"
+        );
+        // Without the flag, the file's default `listen` is no error: a local cache.
+        let (config, _) =
+            crate::config::load(dir.path(), None, crate::config::Overrides::default()).unwrap();
+        assert!(swarm_configs(&config, me).unwrap().is_empty());
+        // With the public swarm only, the flag is still unused, and the error says where
+        // the public swarm's addresses go.
+        std::fs::write(
+            &file,
+            "public = true\npublic_listen = [\"/ip4/127.0.0.1/tcp/0\"]\n",
+        )
+        .unwrap();
+        let (config, _) = crate::config::load(dir.path(), None, over).unwrap();
+        let err = swarm_configs(&config, me).unwrap_err().to_string();
+        assert!(
+            err.ends_with(&format!(
+                "(and --bootstrap FILE); the public swarm listens on `public_listen` in {}",
+                file.display()
+            )),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,480 @@
+//! Swarms across networks (issue 18), with real daemons in network namespaces: an
+//! "internet" bridge with public hosts, and LANs behind NAT routers (iptables
+//! MASQUERADE), built by `netns::NatNet`.
+//!
+//! - Behind NAT, a node's AutoNAT v2 tests fail: its reachability is `private`, its
+//!   Kademlia stays a client and it takes a relay reservation on the anchor; the
+//!   anchor serves the DHT.
+//! - A `/dnsaddr/` bootstrap entry resolves through a DNS server in the topology.
+//! - The public swarm connects over QUIC, and over TCP when UDP is dropped.
+//!
+//! Needs root, `ip` and `iptables` (testnet/test.sh installs them; CI runs as root):
+//! where they are missing the tests fail, saying why, rather than skip.
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdht_testnet::netns::{NatKind, NatNet, nat_unavailable};
+use rdht_testnet::{Launch, Node, bin};
+
+const KEY: &str = "/key/swarm/psk/1.0.0/\n/base16/\n\
+    6e61742d746573742d6b65792d6e61742d746573742d6b65792d6e61742d7465\n";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn require_nat() {
+    if let Some(why) = nat_unavailable() {
+        panic!("these tests need network namespaces and iptables (CI runs them as root): {why}");
+    }
+}
+
+/// `rdht-node` run inside namespace `ns`.
+fn in_ns(ns: &str) -> Launch {
+    Launch {
+        argv: vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            ns.into(),
+            bin("rdht-node").into(),
+        ],
+        env: None,
+    }
+}
+
+/// Polls `rdht --json status` on `node` until `ok` holds for its first swarm; returns
+/// that swarm's entry and how long it took.
+fn wait_swarm(
+    node: &Node,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let status = node.json(&["status"]);
+        let swarm = &status["swarms"][0];
+        if ok(swarm) {
+            return (swarm.clone(), start.elapsed());
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: still {swarm} after {DEADLINE:?}\n--- log ---\n{}",
+            std::fs::read_to_string(node.log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A private-swarm daemon in `ns`, listening on `listen`, bootstrapping from `boot`,
+/// with `extra` arguments.
+fn private_node(dir: &Path, name: &str, ns: &str, listen: &str, extra: &[&str]) -> Node {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    let key = dir.join("swarm.key");
+    let boot = dir.join("bootstrap.txt");
+    let mut args = vec![
+        "--swarm-key",
+        key.to_str().unwrap(),
+        "--bootstrap",
+        boot.to_str().unwrap(),
+        "--listen",
+        listen,
+    ];
+    args.extend_from_slice(extra);
+    Node::start_with(in_ns(ns), &data, &args)
+}
+
+#[test]
+fn behind_nat_a_node_is_private_and_a_dht_client_and_the_public_node_serves() {
+    require_nat();
+    let net = NatNet::new(1, &[NatKind::Cone, NatKind::Cone]);
+    net.create().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("swarm.key"), KEY).unwrap();
+    std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
+
+    let anchor = private_node(
+        dir,
+        "anchor",
+        &net.public_ns(1),
+        &format!("/ip4/{}/tcp/0", net.public_addr(1)),
+        &["--anchor"],
+    );
+    let line = anchor.stdout(&["swarm", "bootstrap-line"]);
+    std::fs::write(dir.join("bootstrap.txt"), &line).unwrap();
+    let laptops: Vec<Node> = (1..=2)
+        .map(|k| {
+            private_node(
+                dir,
+                &format!("laptop{k}"),
+                &net.lan_ns(k),
+                "/ip4/0.0.0.0/tcp/0",
+                &[],
+            )
+        })
+        .collect();
+
+    // The anchor serves the DHT from the start. (Its address is not tested: AutoNAT
+    // v2 asks for dial-backs over its own outbound connections, and an anchor that
+    // others dial has none.)
+    wait_swarm(&anchor, "the anchor serving", |s| {
+        s["kad_server"] == true && s["peers"] == 2
+    });
+    for (k, laptop) in laptops.iter().enumerate() {
+        // The anchor cannot dial a laptop back through its NAT: private, DHT client.
+        let (s, took) = wait_swarm(laptop, "the laptop found private", |s| {
+            s["reachability"] == "private"
+        });
+        assert_eq!(s["kad_server"], false, "laptop {}: {s}", k + 1);
+        // Only relayed addresses (its reservation on the anchor) are confirmed.
+        for a in s["confirmed"].as_array().unwrap() {
+            assert!(
+                a.as_str().unwrap().contains("/p2p-circuit/"),
+                "laptop {}: {s}",
+                k + 1
+            );
+        }
+        eprintln!("laptop {} found private after {took:?}", k + 1);
+        // Its connection to the anchor is direct, to the anchor's public address.
+        let peers = laptop.json(&["peers"]);
+        let to_anchor: Vec<&serde_json::Value> = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| line.contains(p["peer_id"].as_str().unwrap()))
+            .collect();
+        assert!(!to_anchor.is_empty(), "{peers}");
+        for p in to_anchor {
+            assert_eq!(p["connection"], "direct", "{p}");
+            assert!(
+                p["addr"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("/ip4/{}/tcp/", net.public_addr(1))),
+                "{p}"
+            );
+        }
+    }
+    // A laptop never turned server meanwhile: its log never says so.
+    for laptop in &laptops {
+        let log = std::fs::read_to_string(laptop.log()).unwrap();
+        assert!(!log.contains("mode=Server"), "{log}");
+    }
+    // The anchor sees each laptop through its router's public address.
+    let peers = anchor.json(&["peers"]);
+    for k in 1..=2 {
+        let from = format!("/ip4/{}/tcp/", net.router_addr(k));
+        assert!(
+            peers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["addr"].as_str().unwrap().starts_with(&from)),
+            "router {k}: {peers}"
+        );
+    }
+}
+
+/// A public-swarm daemon in `ns` listening on QUIC and TCP at `ip`, bootstrapping from
+/// the lines in `DIR/public-bootstrap.txt`.
+fn public_node(dir: &Path, name: &str, ns: &str, ip: &str) -> Node {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    let boot = dir.join("public-bootstrap.txt");
+    std::fs::write(
+        data.join("config.toml"),
+        format!(
+            "public = true\npublic_listen = [\"/ip4/{ip}/udp/0/quic-v1\", \"/ip4/{ip}/tcp/0\"]\n\
+             public_bootstrap = {:?}\n",
+            boot.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    Node::start_with(in_ns(ns), &data, &[])
+}
+
+/// The connections of `node` to the peer named in `line` (a `/p2p/` address).
+fn conns_to(node: &Node, peer: &str) -> Vec<serde_json::Value> {
+    let peers = node.json(&["peers"]);
+    peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["peer_id"] == peer)
+        .cloned()
+        .collect()
+}
+
+fn wait_conn(node: &Node, peer: &str) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let c = conns_to(node, peer);
+        if !c.is_empty() {
+            return c;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "never connected to {peer}\n--- log ---\n{}",
+            std::fs::read_to_string(node.log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_public_swarm_connects_over_quic_and_over_tcp_when_udp_is_dropped() {
+    require_nat();
+    let net = NatNet::new(3, &[]);
+    net.create().unwrap();
+    // Host 3 drops every UDP packet.
+    net.block_udp_public(3).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("public-bootstrap.txt"), "").unwrap();
+    let first = public_node(dir, "host1", &net.public_ns(1), &net.public_addr(1));
+    let lines: Vec<String> = first
+        .json(&["swarm", "bootstrap-line", "--all"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/udp/") && l.contains("/quic-v1/")),
+        "{lines:?}"
+    );
+    // QUIC first: a dialer that can use it does.
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|l| !l.contains("/quic-v1/"));
+    std::fs::write(dir.join("public-bootstrap.txt"), sorted.join("\n") + "\n").unwrap();
+    let peer = first.json(&["id"])["peer_id"].as_str().unwrap().to_string();
+
+    let quic = public_node(dir, "host2", &net.public_ns(2), &net.public_addr(2));
+    let c = wait_conn(&quic, &peer);
+    assert!(
+        c.iter()
+            .any(|p| p["addr"].as_str().unwrap().contains("/quic-v1")),
+        "{c:?}"
+    );
+    let tcp = public_node(dir, "host3", &net.public_ns(3), &net.public_addr(3));
+    let c = wait_conn(&tcp, &peer);
+    for p in &c {
+        let addr = p["addr"].as_str().unwrap();
+        assert!(addr.contains("/tcp/") && !addr.contains("/quic"), "{c:?}");
+        assert_eq!(p["connection"], "direct");
+    }
+}
+
+/// Kills the process it holds when dropped (a server the test started).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether something in namespace `ns` listens on UDP port 53.
+fn dns_listening(ns: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-lun"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(":53 "))
+}
+
+#[test]
+fn a_dnsaddr_bootstrap_entry_resolves_through_dns_and_the_node_joins() {
+    require_nat();
+    assert!(
+        std::process::Command::new("dnsmasq")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "dnsmasq is not installed (testnet/test.sh installs dnsmasq-base)"
+    );
+    // Host 1: the swarm's first node; host 2: the DNS server; host 3 joins by name.
+    let net = NatNet::new(3, &[]);
+    net.create().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("swarm.key"), KEY).unwrap();
+    std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
+    let first = private_node(
+        dir,
+        "host1",
+        &net.public_ns(1),
+        &format!("/ip4/{}/tcp/0", net.public_addr(1)),
+        &["--anchor"],
+    );
+    let line = first.stdout(&["swarm", "bootstrap-line"]);
+    let line = line.trim();
+    let peer = first.json(&["id"])["peer_id"].as_str().unwrap().to_string();
+    let dns = net.public_addr(2);
+    let _server = Server(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &net.public_ns(2), "dnsmasq"])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                &format!("--listen-address={dns}"),
+                &format!("--txt-record=_dnsaddr.boot.rdht.test,dnsaddr={line}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !dns_listening(&net.public_ns(2)) {
+        assert!(start.elapsed() < DEADLINE, "dnsmasq never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    net.set_resolver(3, &dns).unwrap();
+    // The only bootstrap entry is the name.
+    std::fs::write(
+        dir.join("bootstrap.txt"),
+        format!("/dnsaddr/boot.rdht.test/p2p/{peer}\n"),
+    )
+    .unwrap();
+    let joined = private_node(
+        dir,
+        "host3",
+        &net.public_ns(3),
+        &format!("/ip4/{}/tcp/0", net.public_addr(3)),
+        &[],
+    );
+    // The connection is listed under the name it was dialled by; the first node sees
+    // it come from host 3's address.
+    let c = wait_conn(&joined, &peer);
+    assert!(
+        c.iter()
+            .any(|p| p["addr"] == format!("/dnsaddr/boot.rdht.test/p2p/{peer}")),
+        "{c:?}"
+    );
+    let joined_id = joined.json(&["id"])["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let back = wait_conn(&first, &joined_id);
+    assert!(
+        back.iter().any(|p| p["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/ip4/{}/tcp/", net.public_addr(3)))),
+        "{back:?}"
+    );
+    let log = std::fs::read_to_string(joined.log()).unwrap();
+    assert!(!log.contains("no bootstrap peer is reachable"), "{log}");
+}
+/// Polls until node's first swarm lists a relayed (`/p2p-circuit`) confirmed address.
+fn wait_relayed(node: &Node) -> Duration {
+    let (_, took) = wait_swarm(node, "a relay reservation", |s| {
+        s["confirmed"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|a| a.as_str().unwrap().contains("/p2p-circuit"))
+        })
+    });
+    took
+}
+
+#[test]
+fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
+    require_nat();
+    let mut net = NatNet::new(1, &[NatKind::Cone, NatKind::Cone]);
+    net.silent = true;
+    net.create().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("swarm.key"), KEY).unwrap();
+    std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
+    let anchor = private_node(
+        dir,
+        "anchor",
+        &net.public_ns(1),
+        &format!("/ip4/{}/tcp/0", net.public_addr(1)),
+        &["--anchor"],
+    );
+    let line = anchor.stdout(&["swarm", "bootstrap-line"]);
+    std::fs::write(dir.join("bootstrap.txt"), &line).unwrap();
+    let laptops: Vec<Node> = (1..=2)
+        .map(|k| {
+            private_node(
+                dir,
+                &format!("laptop{k}"),
+                &net.lan_ns(k),
+                "/ip4/0.0.0.0/tcp/0",
+                &[],
+            )
+        })
+        .collect();
+    for (k, l) in laptops.iter().enumerate() {
+        let took = wait_relayed(l);
+        eprintln!("laptop {} reserved a relayed address after {took:?}", k + 1);
+    }
+    // Laptop 1 stores 2 MiB (far over a relay v2 circuit's 128 KiB).
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let bytes = rdht_testnet::content("nat", 2 << 20);
+    std::fs::write(src.join("big.bin"), &bytes).unwrap();
+    let put = laptops[0].json(&["put", src.to_str().unwrap()]);
+    let root = put["root"].as_str().unwrap().to_string();
+    let dest = dir.join("dest");
+    // A simultaneous open can miss (DCUtR tries 3 times within milliseconds; 18 of 20
+    // runs punched on the first `get` here); a failed punch closes the relayed
+    // connection, so a second `get` dials through the relay and punches anew.
+    let get = || {
+        std::process::Command::new(bin("rdht"))
+            .arg("--data-dir")
+            .arg(&laptops[1].dir)
+            .args(["--json", "get", &root, dest.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let start = Instant::now();
+    let mut out = get();
+    if !out.status.success() {
+        eprintln!(
+            "first get failed ({}), trying again",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        out = get();
+    }
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n--- laptop 2 ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(laptops[1].log()).unwrap_or_default()
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["files"], 1, "{got}");
+    assert!(std::fs::read(dest.join("big.bin")).unwrap() == bytes);
+    eprintln!("laptop 2 fetched 2 MiB from laptop 1 in {took:?}");
+    let peer1 = laptops[0].json(&["id"])["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = conns_to(&laptops[1], &peer1);
+    assert!(!c.is_empty(), "laptop 2 is not connected to laptop 1");
+    for p in &c {
+        assert_eq!(p["connection"], "direct", "{c:?}");
+        let from = format!("/ip4/{}/tcp/", net.router_addr(1));
+        assert!(p["addr"].as_str().unwrap().starts_with(&from), "{c:?}");
+    }
+    let log = std::fs::read_to_string(laptops[1].log()).unwrap();
+    let log1 = std::fs::read_to_string(laptops[0].log()).unwrap();
+    assert!(
+        log.contains("hole punched") || log1.contains("hole punched"),
+        "{log}\n--- laptop 1 ---\n{log1}"
+    );
+}
