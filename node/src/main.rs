@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rdht-node: {e:#}");
+            eprintln!("rdht-node: {}", rdht_api::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -420,18 +420,7 @@ async fn run(cli: Cli) -> Result<()> {
 /// parent's message already ends with (an error that prints its source, as most
 /// `thiserror` enums here do), so a message never repeats (`rdht: X: X`).
 fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    rdht_api::error_chain(e.as_ref())
 }
 
 fn main() -> ExitCode {

@@ -50,3 +50,22 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub fn default_data_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "rdht").map(|p| p.data_dir().to_path_buf())
 }
+
+/// An error and its causes on one line, as rdht's binaries print them: `a: b: c`, each
+/// cause once. Errors whose message already ends with their source's (`"{path}:
+/// {source}"`) would otherwise print it twice.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.ends_with(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
