@@ -6,7 +6,8 @@
 //! for callers and [`ServerConn`] for the daemon's side of one connection.
 //!
 //! Owns: the wire format and both ends of a connection. Does not own: what the daemon
-//! does with a request, or how the CLI prints a response.
+//! does with a request, or how the CLI prints a response (but for [`error_chain`], the
+//! one line every rdht binary prints an error as).
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
