@@ -177,8 +177,8 @@ impl Testnet {
     /// Waits until every node but the first serves the DHT: on their own addresses (in
     /// namespaces) a node's DHT is a client until a peer has dialled it back (AutoNAT,
     /// specs/swarm.md §2.3), about a second after it joined. (The first node is only
-    /// ever dialled, never dials, so nothing tests its address; it does not need to
-    /// serve for the others to find each other.)
+    /// ever dialled, never dials, so nothing tests its address: in namespaces it runs as
+    /// the anchor, which serves from the start.)
     fn wait_for_dht_servers(&self) -> Result<(), Error> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         for node in self.state.nodes.iter().skip(1) {
@@ -407,17 +407,24 @@ impl Testnet {
             .arg("--bootstrap")
             .arg(&self.state.bootstrap)
             .arg("--listen")
-            .arg(&node.listen)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Its own process group: a Ctrl-C meant for the caller does not reach the
-            // daemons of a detached testnet.
-            .process_group(0);
+            .arg(&node.listen);
+        // In namespaces the first node is the swarm's anchor (always on, serving the DHT
+        // from its own address): nothing dials it back to confirm the address, and as a
+        // DHT client its provider records would reach the others only once its
+        // announcements did, after `rdht put` has answered.
+        if node.netns.is_some() && index == 1 {
+            cmd.arg("--anchor");
+        }
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        // Its own process group: a Ctrl-C meant for the caller does not reach the
+        // daemons of a detached testnet.
+        .process_group(0);
         let child = cmd.spawn().map_err(|e| Error::io(&daemon, e))?;
         let pid = child.id();
         self.children.insert(index, child);
