@@ -80,14 +80,6 @@ fn program_output(dir: &Path, i: usize) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
     let swarm = Swarm::new();
@@ -122,8 +114,7 @@ fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
         }
     }
     a.rdht(&["sync"]);
-    let pid = b.pid().unwrap();
-    let rss_before = status_kib(pid, "VmRSS");
+    let rss_before = b.status_kib("VmRSS");
     let start = Instant::now();
     let builds: Vec<_> = (0..8)
         .map(|i| {
@@ -147,11 +138,7 @@ fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
     let mut running: Vec<_> = builds.into_iter().enumerate().collect();
     let mut summaries = vec![serde_json::Value::Null; 8];
     while !running.is_empty() {
-        peak_fds = peak_fds.max(
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .unwrap()
-                .count(),
-        );
+        peak_fds = peak_fds.max(b.open_fds());
         let mut still = Vec::new();
         for (i, (p, mut child)) in running {
             if child.try_wait().unwrap().is_some() {
@@ -167,7 +154,7 @@ fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
         running = still;
         std::thread::sleep(rdht_testnet::POLL);
     }
-    let hwm = status_kib(pid, "VmHWM");
+    let hwm = b.status_kib("VmHWM");
     eprintln!(
         "8 builds at once through one daemon: {:?}; daemon RSS {rss_before} KiB before, peak {hwm} KiB; peak descriptors {peak_fds}",
         start.elapsed()

@@ -21,31 +21,15 @@ const ANSWER_BOUND: Duration = Duration::from_secs(30);
 /// The daemon's resident memory may grow by at most this during the flood.
 const MEMORY_BOUND_KIB: u64 = 128 << 10;
 
-/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_clients_and_fifty_stalled_ones_are_all_served_in_bounded_memory() {
     // Our own descriptors: 1,050 sockets at once.
     rlimit::increase_nofile_limit(4096).unwrap();
     let swarm = Swarm::new();
     let node = swarm.node("a");
-    let pid = node.pid().unwrap();
     let socket = rdht_api::socket_path(&node.dir);
-    let rss_before = status_kib(pid, "VmRSS");
-    let fds_before = open_fds(pid);
+    let rss_before = node.status_kib("VmRSS");
+    let fds_before = node.open_fds();
 
     // Half a frame each: a length prefix promising 64 KiB, and 100 bytes of it.
     let mut stalled = Vec::with_capacity(STALLED);
@@ -90,12 +74,12 @@ async fn a_thousand_clients_and_fifty_stalled_ones_are_all_served_in_bounded_mem
                 answered += 1;
             }
             _ = tokio::time::sleep(Duration::from_millis(5)) => {
-                peak_fds = peak_fds.max(open_fds(pid));
+                peak_fds = peak_fds.max(node.open_fds());
             }
         }
     }
     let total = start.elapsed();
-    let hwm = status_kib(pid, "VmHWM");
+    let hwm = node.status_kib("VmHWM");
     eprintln!(
         "{CLIENTS} clients with {STALLED} stalled: all answered in {total:?}, slowest {slowest:?}; \
          daemon RSS {rss_before} KiB before, peak {hwm} KiB; descriptors {fds_before} before, peak {peak_fds}"
@@ -111,11 +95,11 @@ async fn a_thousand_clients_and_fifty_stalled_ones_are_all_served_in_bounded_mem
     drop(stalled);
     // Their connections are closed: the descriptors come back.
     let deadline = Instant::now() + rdht_testnet::DEADLINE;
-    while open_fds(pid) > fds_before + 5 {
+    while node.open_fds() > fds_before + 5 {
         assert!(
             Instant::now() < deadline,
             "descriptors leak: {}",
-            open_fds(pid)
+            node.open_fds()
         );
         tokio::time::sleep(rdht_testnet::POLL).await;
     }

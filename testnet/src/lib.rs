@@ -253,6 +253,30 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
+    /// A field of the daemon's `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+    ///
+    /// # Panics
+    /// When the daemon is not running or the field is missing.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.pid().expect("daemon is running");
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+    }
+
+    /// How many descriptors the daemon has open.
+    ///
+    /// # Panics
+    /// When the daemon is not running.
+    pub fn open_fds(&self) -> usize {
+        let pid = self.pid().expect("daemon is running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("proc fd")
+            .count()
+    }
+
     /// The daemon's log file (stderr, `RUST_LOG=info`).
     pub fn log(&self) -> PathBuf {
         self.dir.with_extension("log")
