@@ -49,6 +49,15 @@ impl Reserve {
         self.file.parent().unwrap_or(Path::new("."))
     }
 
+    /// Whether the filesystem has room again: for the reserve and twice the floor (with
+    /// the reserve file itself counted as free). A write that succeeds only ends the
+    /// store's write failure then; small writes that fit while big ones fail do not.
+    pub(crate) fn roomy(&self) -> bool {
+        let held = *self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let extra = if held { RESERVE } else { 0 };
+        free(self.dir()).is_ok_and(|f| f + extra >= RESERVE + 2 * FLOOR)
+    }
+
     /// Allocates the reserve file again when it is gone and the filesystem has room
     /// for it and twice the floor besides.
     fn refill(&self) {
@@ -75,18 +84,28 @@ impl Reserve {
     }
 
     /// Before an index write: a filesystem with less than the floor free gets the
-    /// reserve back.
-    pub(crate) fn before_index_write(&self) {
+    /// reserve back. Returns the full disk as an error when it gave the reserve up,
+    /// for the store's write failure (the write itself goes on).
+    pub(crate) fn before_index_write(&self) -> Option<io::Error> {
         if free(self.dir()).is_ok_and(|f| f >= FLOOR) {
-            return;
+            return None;
         }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if *held {
-            tracing::warn!(path = %self.file.display(),
-                "the store's filesystem is full: releasing its reserve for the index");
-            let _ = std::fs::remove_file(&self.file);
-            *held = false;
+        if !*held {
+            return None;
         }
+        tracing::warn!(path = %self.file.display(),
+            "the store's filesystem is full: releasing its reserve for the index");
+        let _ = std::fs::remove_file(&self.file);
+        *held = false;
+        Some(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "No space left on device: less than {} MiB free; the store gave up its {} MiB reserve to keep its index writable",
+                FLOOR >> 20,
+                RESERVE >> 20
+            ),
+        ))
     }
 
     /// Before a bulk write of `len` bytes: refused, as a full disk, when it would leave

@@ -532,11 +532,22 @@ impl Inner {
         if batch.is_empty() {
             return Ok(());
         }
-        if let Some(r) = &self.reserve {
-            r.before_index_write();
-        }
+        self.before_index_write();
         let r = self.backend.apply(batch).map_err(self.err("write"));
         self.noted_failure(r)
+    }
+
+    /// Gives the index the reserve when the filesystem is full, recording that as a
+    /// write failure (specs/store.md §7.1).
+    fn before_index_write(&self) {
+        if let Some(source) = self.reserve.as_ref().and_then(|r| r.before_index_write()) {
+            let e = StoreError::Backend {
+                op: "write",
+                path: self.path.parent().unwrap_or(&self.path).to_path_buf(),
+                source,
+            };
+            self.condition.failed(&e, &self.path);
+        }
     }
 
     /// Checks that a bulk write of `len` bytes into `path` (packs, `files/tmp`) leaves
@@ -566,12 +577,20 @@ impl Inner {
     /// database again (§7.1), the counters are rebuilt from the index here.
     pub(crate) fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if r.is_ok() {
-            self.condition.cleared();
+            self.cleared();
         }
         if let Err(e) = self.recount_if_reopened() {
             tracing::warn!(error = %e, "recounting the store after its index was reopened");
         }
         self.noted_failure(r)
+    }
+
+    /// A write succeeded: the write failure ends if the filesystem has room again
+    /// (specs/store.md §7.1), not while small writes fit and large ones fail.
+    fn cleared(&self) {
+        if self.reserve.as_ref().is_none_or(|r| r.roomy()) {
+            self.condition.cleared();
+        }
     }
 
     /// Rebuilds the counters of §3 from the index if the backend opened its database
@@ -608,9 +627,7 @@ impl Inner {
 
     /// Makes everything written so far durable: pack files first, then the index.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        if let Some(r) = &self.reserve {
-            r.before_index_write();
-        }
+        self.before_index_write();
         let r = match &self.packs {
             Some(p) => p.sync().map_err(self.pack_err("flush")),
             None => Ok(()),
@@ -631,7 +648,7 @@ impl Inner {
                 self.room_for(len, p.dir())?;
                 let locs =
                     self.noted_failure(p.append(&encoded).map_err(self.pack_err("write")))?;
-                self.condition.cleared();
+                self.cleared();
                 Ok(locs.into_iter().map(|l| Bytes::from(l.encode())).collect())
             }
         }
