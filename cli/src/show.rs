@@ -7,7 +7,8 @@ use indicatif::HumanBytes;
 use std::collections::BTreeMap;
 
 use rdht_api::proto::{
-    DrainReport, JobsStatus, NodeStatus, PeerInfo, PrefetchState, PrefetchStatus, RecordView,
+    DiskStatus, DrainReport, JobsStatus, NodeStatus, PeerInfo, PrefetchState, PrefetchStatus,
+    RecordView,
 };
 use rdht_core::{BuildRecord, BuilderKey};
 use serde_json::{Value, json};
@@ -69,6 +70,7 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
         jobs.failed,
     );
     let mut text = text;
+    text.push_str(&disk_text(&s.disk));
     for sw in &s.swarms {
         text.push_str(&format!(
             "swarm:     {}: {} peers, {} lookups; reachability {}, DHT {}{}\n",
@@ -179,8 +181,51 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
             "failed": jobs.failed,
         },
         "prefetches": prefetches,
+        "disk": disk_json(&s.disk),
     });
     (text, v)
+}
+
+/// The `disk:` line of `rdht status`, and a second one while store writes fail.
+fn disk_text(d: &DiskStatus) -> String {
+    let mut t = if d.total_bytes > 0 {
+        format!(
+            "disk:      {} free of {} at {}\n",
+            HumanBytes(d.free_bytes),
+            HumanBytes(d.total_bytes),
+            d.path
+        )
+    } else {
+        format!("disk:      {}\n", d.path)
+    };
+    if let Some(f) = &d.failure {
+        t.push_str(&format!(
+            "           store writes failing: {} at {} ({} failure(s) since {:.1} s ago, last {:.1} s ago): {}; builds go on, nothing new is stored or shared until writes succeed\n",
+            f.error,
+            f.path,
+            f.failures,
+            f.since_ms as f64 / 1000.0,
+            f.last_ms as f64 / 1000.0,
+            f.message
+        ));
+    }
+    t
+}
+
+fn disk_json(d: &DiskStatus) -> Value {
+    json!({
+        "path": d.path,
+        "free_bytes": d.free_bytes,
+        "total_bytes": d.total_bytes,
+        "write_failure": d.failure.as_ref().map(|f| json!({
+            "error": f.error,
+            "message": f.message,
+            "path": f.path,
+            "failures": f.failures,
+            "since_ms": f.since_ms,
+            "last_ms": f.last_ms,
+        })),
+    })
 }
 
 fn prefetch_text(state: &PrefetchState) -> String {
