@@ -289,7 +289,6 @@ fn a_full_data_dir_fails_no_build_and_loses_nothing_stored() {
     let ballast = fill(&fs, 256 << 10);
     let q1 = project("q1", q_lib);
     let (_, s) = dht_build(&q1, &home, &a.dir);
-    eprintln!("fetch phase: {s}");
     assert_eq!(run_bin(&q1), want_q);
     assert_eq!(rlibs(&q1), rlibs(&qb));
     assert!(n(&s, "misses") >= 1, "{s}");
