@@ -63,7 +63,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Inbound block and record streams one peer may have served at once (of the swarm's
 /// `max_inbound_streams`): one peer cannot take every slot (specs/swarm.md §2.5).
-const MAX_INBOUND_STREAMS_PER_PEER: usize = 64;
+const MAX_INBOUND_STREAMS_PER_PEER: usize = 128;
 
 /// The behaviours of one swarm.
 #[derive(NetworkBehaviour)]
