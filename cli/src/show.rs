@@ -195,8 +195,10 @@ fn disk_text(d: &DiskStatus) -> String {
             HumanBytes(d.total_bytes),
             d.path
         )
+    } else if d.path.is_empty() {
+        "disk:      unknown\n".to_string()
     } else {
-        format!("disk:      {}\n", d.path)
+        format!("disk:      {} (space unknown)\n", d.path)
     };
     if let Some(f) = &d.failure {
         t.push_str(&format!(
@@ -413,6 +415,19 @@ mod tests {
                 max_bytes: 0,
                 ..Default::default()
             },
+            disk: rdht_api::proto::DiskStatus {
+                path: "/d/store".into(),
+                free_bytes: 0,
+                total_bytes: 16 << 20,
+                failure: Some(rdht_api::proto::WriteFailureStatus {
+                    error: "ENOSPC".into(),
+                    message: "store write failed at /d/store/packs: No space left on device (os error 28)".into(),
+                    path: "/d/store/packs".into(),
+                    failures: 3,
+                    since_ms: 12_500,
+                    last_ms: 400,
+                }),
+            },
             ..Default::default()
         };
         let jobs = JobsStatus {
@@ -421,6 +436,15 @@ mod tests {
             failed: 1,
         };
         let (text, v) = status(&s, &jobs);
+        assert!(
+            text.contains(
+                "disk:      0 B free of 16.00 MiB at /d/store\n           store writes failing: ENOSPC at /d/store/packs (3 failure(s) since 12.5 s ago, last 0.4 s ago): store write failed at /d/store/packs: No space left on device (os error 28); builds go on, nothing new is stored or shared until writes succeed\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(v["disk"]["write_failure"]["error"], "ENOSPC");
+        assert_eq!(v["disk"]["write_failure"]["path"], "/d/store/packs");
+        assert_eq!(v["disk"]["free_bytes"], 0);
         assert!(
             text.contains("store:     3 blocks, 2.00 KiB (0 B on disk), 0 B pinned, no cap\n"),
             "{text}"
@@ -434,6 +458,8 @@ mod tests {
         assert!(
             text.ends_with(
                 "sharing:   2 jobs queued or running; since start 5 published, 1 failed\n\
+                 disk:      0 B free of 16.00 MiB at /d/store\n\
+                 \x20          store writes failing: ENOSPC at /d/store/packs (3 failure(s) since 12.5 s ago, last 0.4 s ago): store write failed at /d/store/packs: No space left on device (os error 28); builds go on, nothing new is stored or shared until writes succeed\n\
                  swarm:     private: 2 peers, 7 lookups; reachability private, DHT client\n\
                  reach:     0 dials, 0 skipped for back-off, 0 failures, 0 resolves waited the bound; 0 peer(s) unreachable\n"
             ),
