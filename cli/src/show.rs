@@ -7,7 +7,8 @@ use indicatif::HumanBytes;
 use std::collections::BTreeMap;
 
 use rdht_api::proto::{
-    DrainReport, JobsStatus, NodeStatus, PeerInfo, PrefetchState, PrefetchStatus, RecordView,
+    DiskStatus, DrainReport, JobsStatus, NodeStatus, PeerInfo, PrefetchState, PrefetchStatus,
+    RecordView,
 };
 use rdht_core::{BuildRecord, BuilderKey};
 use serde_json::{Value, json};
@@ -69,6 +70,7 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
         jobs.failed,
     );
     let mut text = text;
+    text.push_str(&disk_text(&s.disk));
     for sw in &s.swarms {
         text.push_str(&format!(
             "swarm:     {}: {} peers, {} lookups; reachability {}, DHT {}{}\n",
@@ -179,8 +181,53 @@ pub fn status(s: &NodeStatus, jobs: &JobsStatus) -> (String, Value) {
             "failed": jobs.failed,
         },
         "prefetches": prefetches,
+        "disk": disk_json(&s.disk),
     });
     (text, v)
+}
+
+/// The `disk:` line of `rdht status`, and a second one while store writes fail.
+fn disk_text(d: &DiskStatus) -> String {
+    let mut t = if d.total_bytes > 0 {
+        format!(
+            "disk:      {} free of {} at {}\n",
+            HumanBytes(d.free_bytes),
+            HumanBytes(d.total_bytes),
+            d.path
+        )
+    } else if d.path.is_empty() {
+        "disk:      unknown\n".to_string()
+    } else {
+        format!("disk:      {} (space unknown)\n", d.path)
+    };
+    if let Some(f) = &d.failure {
+        t.push_str(&format!(
+            "           store writes failing: {} at {} ({} failure(s) since {:.1} s ago, last {:.1} s ago): {}; builds go on, nothing new is stored or shared until writes succeed\n",
+            f.error,
+            f.path,
+            f.failures,
+            f.since_ms as f64 / 1000.0,
+            f.last_ms as f64 / 1000.0,
+            f.message
+        ));
+    }
+    t
+}
+
+fn disk_json(d: &DiskStatus) -> Value {
+    json!({
+        "path": d.path,
+        "free_bytes": d.free_bytes,
+        "total_bytes": d.total_bytes,
+        "write_failure": d.failure.as_ref().map(|f| json!({
+            "error": f.error,
+            "message": f.message,
+            "path": f.path,
+            "failures": f.failures,
+            "since_ms": f.since_ms,
+            "last_ms": f.last_ms,
+        })),
+    })
 }
 
 fn prefetch_text(state: &PrefetchState) -> String {
@@ -368,6 +415,19 @@ mod tests {
                 max_bytes: 0,
                 ..Default::default()
             },
+            disk: rdht_api::proto::DiskStatus {
+                path: "/d/store".into(),
+                free_bytes: 0,
+                total_bytes: 16 << 20,
+                failure: Some(rdht_api::proto::WriteFailureStatus {
+                    error: "ENOSPC".into(),
+                    message: "store write failed at /d/store/packs: No space left on device (os error 28)".into(),
+                    path: "/d/store/packs".into(),
+                    failures: 3,
+                    since_ms: 12_500,
+                    last_ms: 400,
+                }),
+            },
             ..Default::default()
         };
         let jobs = JobsStatus {
@@ -376,6 +436,15 @@ mod tests {
             failed: 1,
         };
         let (text, v) = status(&s, &jobs);
+        assert!(
+            text.contains(
+                "disk:      0 B free of 16.00 MiB at /d/store\n           store writes failing: ENOSPC at /d/store/packs (3 failure(s) since 12.5 s ago, last 0.4 s ago): store write failed at /d/store/packs: No space left on device (os error 28); builds go on, nothing new is stored or shared until writes succeed\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(v["disk"]["write_failure"]["error"], "ENOSPC");
+        assert_eq!(v["disk"]["write_failure"]["path"], "/d/store/packs");
+        assert_eq!(v["disk"]["free_bytes"], 0);
         assert!(
             text.contains("store:     3 blocks, 2.00 KiB (0 B on disk), 0 B pinned, no cap\n"),
             "{text}"
@@ -389,6 +458,8 @@ mod tests {
         assert!(
             text.ends_with(
                 "sharing:   2 jobs queued or running; since start 5 published, 1 failed\n\
+                 disk:      0 B free of 16.00 MiB at /d/store\n\
+                 \x20          store writes failing: ENOSPC at /d/store/packs (3 failure(s) since 12.5 s ago, last 0.4 s ago): store write failed at /d/store/packs: No space left on device (os error 28); builds go on, nothing new is stored or shared until writes succeed\n\
                  swarm:     private: 2 peers, 7 lookups; reachability private, DHT client\n\
                  reach:     0 dials, 0 skipped for back-off, 0 failures, 0 resolves waited the bound; 0 peer(s) unreachable\n"
             ),

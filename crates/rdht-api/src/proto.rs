@@ -14,7 +14,7 @@ use rdht_core::{BlockId, BuildKey, BuilderKey, Labels, Needs};
 use serde::{Deserialize, Serialize};
 
 /// The API version this build speaks.
-pub const API_VERSION: u16 = 4;
+pub const API_VERSION: u16 = 5;
 
 /// One file to put into an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,6 +357,41 @@ pub struct NodeStatus {
     /// The latest build plans prefetched (at most [`MAX_PREFETCHES_SHOWN`]), oldest
     /// first.
     pub prefetches: Vec<PrefetchStatus>,
+    /// The filesystem of the store, and whether its writes fail (version 5).
+    pub disk: DiskStatus,
+}
+
+/// The store's filesystem, for [`NodeStatus`] (specs/local-api.md §3, specs/store.md
+/// §7.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    /// The store's directory.
+    pub path: String,
+    /// Bytes free for the daemon on its filesystem (0 when unknown).
+    pub free_bytes: u64,
+    /// Size of that filesystem (0 when unknown).
+    pub total_bytes: u64,
+    /// The last write of the store that failed for a reason of the filesystem, while
+    /// none has succeeded since; `None` when writes succeed.
+    pub failure: Option<WriteFailureStatus>,
+}
+
+/// A write of the store that failed for a reason of its filesystem, for
+/// [`DiskStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFailureStatus {
+    /// The error's `errno` name: `ENOSPC` (disk full), `EDQUOT`, `EROFS`, `EIO`…
+    pub error: String,
+    /// The whole error message.
+    pub message: String,
+    /// The directory written to.
+    pub path: String,
+    /// Writes that failed since one last succeeded.
+    pub failures: u64,
+    /// Milliseconds since the first of them failed.
+    pub since_ms: u64,
+    /// Milliseconds since the last one failed.
+    pub last_ms: u64,
 }
 
 /// Build plans a status lists at most.

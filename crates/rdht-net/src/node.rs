@@ -129,9 +129,18 @@ impl NodeHandle {
     ) -> Result<NodeHandle, NetError> {
         config.validate()?;
         let health = Arc::new(Health::new(config.fetch.backoff));
+        // Peers whose inbound requests broke the format, reported by every swarm.
+        let (offenders, mut offended) = tokio::sync::mpsc::channel(64);
         let mut swarms: Vec<SwarmHandle> = Vec::new();
         for sc in &config.swarms {
-            match swarm::start(sc, &config.keypair, source.clone(), health.clone()).await {
+            let started = swarm::start(
+                sc,
+                &config.keypair,
+                source.clone(),
+                health.clone(),
+                offenders.clone(),
+            );
+            match started.await {
                 Ok(h) => swarms.push(h),
                 Err(e) => {
                     for s in &swarms {
@@ -143,7 +152,7 @@ impl NodeHandle {
         }
         let peer_id = config.keypair.public().to_peer_id();
         info!(%peer_id, swarms = swarms.len(), "node started");
-        Ok(NodeHandle {
+        let node = NodeHandle {
             inner: Arc::new(Inner {
                 peer_id,
                 swarms,
@@ -153,7 +162,23 @@ impl NodeHandle {
                 health,
             }),
             reach: Reach::All,
-        })
+        };
+        // Bans them node-wide (specs/swarm.md §8); ends with the node or its swarms.
+        let weak = Arc::downgrade(&node.inner);
+        drop(offenders);
+        tokio::spawn(async move {
+            while let Some(peer) = offended.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                let node = NodeHandle {
+                    inner,
+                    reach: Reach::All,
+                };
+                if !node.is_banned(&peer) {
+                    node.ban(peer);
+                }
+            }
+        });
+        Ok(node)
     }
 
     /// The same node, with lookups and fetches limited to the swarms `reach` allows.

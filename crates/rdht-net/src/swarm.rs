@@ -61,6 +61,9 @@ const RELAYS: usize = 2;
 const WRITE_BUFFER: usize = 256 * 1024;
 /// How long a requester may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Inbound block and record streams one peer may have served at once (of the swarm's
+/// `max_inbound_streams`): one peer cannot take every slot (specs/swarm.md §2.5).
+const MAX_INBOUND_STREAMS_PER_PEER: usize = 128;
 
 /// The behaviours of one swarm.
 #[derive(NetworkBehaviour)]
@@ -507,6 +510,7 @@ pub(crate) async fn start(
     keypair: &Keypair,
     source: Arc<dyn BlockSource>,
     health: Arc<Health>,
+    offenders: mpsc::Sender<PeerId>,
 ) -> Result<SwarmHandle, NetError> {
     let span = info_span!("swarm", swarm = %cfg.name);
     let (relayed, relay_client) = relay::client::new(keypair.public().to_peer_id());
@@ -708,13 +712,17 @@ pub(crate) async fn start(
     info!(parent: &span, peer = %local, addrs = ?task.swarm.listeners().collect::<Vec<_>>(), "swarm started");
 
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    let limit = Arc::new(Semaphore::new(cfg.max_inbound_streams));
+    let limits = Inbound {
+        total: Arc::new(Semaphore::new(cfg.max_inbound_streams)),
+        per_peer: Arc::default(),
+        offenders,
+    };
     let name = cfg.name.clone();
     let handle = tokio::spawn(
         async move {
             let mut servers = JoinSet::new();
-            servers.spawn(accept_loop(blocks_in, source.clone(), limit.clone(), true));
-            servers.spawn(accept_loop(records_in, source, limit, false));
+            servers.spawn(accept_loop(blocks_in, source.clone(), limits.clone(), true));
+            servers.spawn(accept_loop(records_in, source, limits, false));
             task.run(cmd_rx).await;
             servers.shutdown().await;
             info!("swarm stopped");
@@ -1316,20 +1324,80 @@ impl Task {
     }
 }
 
+/// What bounds the inbound streams of one swarm, shared by its two protocols.
+#[derive(Clone)]
+struct Inbound {
+    /// Streams served at once, all peers (`SwarmConfig::max_inbound_streams`).
+    total: Arc<Semaphore>,
+    /// Streams served at once per peer ([`MAX_INBOUND_STREAMS_PER_PEER`]).
+    per_peer: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+    /// Peers that sent a malformed request, for the node to ban (specs/swarm.md §8).
+    offenders: mpsc::Sender<PeerId>,
+}
+
+/// One peer's slot among [`Inbound::per_peer`], given back when dropped.
+struct PeerSlot {
+    peer: PeerId,
+    per_peer: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+}
+
+impl PeerSlot {
+    fn take(inbound: &Inbound, peer: PeerId) -> Option<PeerSlot> {
+        let mut m = inbound
+            .per_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(peer).or_insert(0);
+        if *n >= MAX_INBOUND_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peer,
+            per_peer: inbound.per_peer.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .per_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Serves the inbound streams of one protocol, each in its own task, within the
+/// limits of `inbound`. A request that breaks the format (§3.1, §4) reports its peer
+/// as an offender; the node bans it, which closes its connections. Work per bad
+/// stream is bounded: a request is at most 262,149 bytes, read within
+/// `REQUEST_TIMEOUT`, and a malformed one ends at its first bad field.
 async fn accept_loop(
     mut incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn BlockSource>,
-    limit: Arc<Semaphore>,
+    inbound: Inbound,
     blocks: bool,
 ) {
     let mut tasks = JoinSet::new();
     while let Some((peer, stream)) = incoming.next().await {
         while tasks.try_join_next().is_some() {}
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Some(slot) = PeerSlot::take(&inbound, peer) else {
+            debug!(%peer, "too many inbound streams from one peer; refusing one");
+            continue;
+        };
+        let Ok(permit) = inbound.total.clone().try_acquire_owned() else {
             debug!(%peer, "too many inbound streams; refusing one");
             continue;
         };
         let source = source.clone();
+        let offenders = inbound.offenders.clone();
         let span = tracing::debug_span!("serve", %peer, blocks);
         tasks.spawn(
             async move {
@@ -1338,10 +1406,17 @@ async fn accept_loop(
                 } else {
                     serve_records(stream, &*source).await
                 };
-                if let Err(e) = res {
-                    debug!("serving stream ended: {e}");
+                match res {
+                    Err(e) if e.is_violation() => {
+                        info!(%peer, "malformed request: {e}");
+                        // Full: bans of earlier offenders are pending; this peer's
+                        // next bad stream reports it again.
+                        let _ = offenders.try_send(peer);
+                    }
+                    Err(e) => debug!("serving stream ended: {e}"),
+                    Ok(()) => {}
                 }
-                drop(permit);
+                drop((permit, slot));
             }
             .instrument(span),
         );

@@ -165,7 +165,8 @@ impl Store {
         files: Vec<IngestFile>,
         pin: bool,
     ) -> Result<ArtifactInfo, StoreError> {
-        self.ingest_as(labels, files, pin, Mode::OwnInode)
+        let r = self.ingest_as(labels, files, pin, Mode::OwnInode);
+        self.inner.noted(r)
     }
 
     /// [`Store::ingest`] of a build's outputs, which the compiler replaces rather than
@@ -183,7 +184,8 @@ impl Store {
         } else {
             Mode::OwnInode
         };
-        self.ingest_as(labels, files, pin, mode)
+        let r = self.ingest_as(labels, files, pin, mode);
+        self.inner.noted(r)
     }
 
     fn ingest_as(
@@ -229,6 +231,7 @@ impl Store {
             // The store's own copy is hashed, so what is registered is what it holds.
             let (mut file, tmp, memory) = match self.inner.files.dir() {
                 Some(dir) => {
+                    self.inner.room_for(meta.len(), dir)?;
                     let tmp = Files::temp(dir);
                     place(path, &tmp, mode).map_err(file_err("copying into the store", path))?;
                     temps.0.push(tmp.clone());
@@ -425,7 +428,11 @@ impl Store {
             let dest = f.path.split('/').fold(dir.to_path_buf(), |p, c| p.join(c));
             placed.push(self.export_file(root, f, &dest, mode(&f.path))?);
         }
-        self.touch(root)?;
+        // The last use only orders eviction: a store that cannot write it (a full
+        // disk) still exported verified files.
+        if let Err(e) = self.touch(root) {
+            tracing::warn!(%root, error = %e, "could not record the artifact's use");
+        }
         Ok((manifest, placed))
     }
 
@@ -832,6 +839,10 @@ impl Store {
         let mut dead = Vec::new();
         let info = {
             let mut st = inner.lock();
+            // What to put back if the batch fails (a full disk): the counters, and the
+            // files installed for it, which no entry names then.
+            let before = (st.blocks, st.logical, st.files, st.dead_bytes);
+            let installed: Vec<BlockId>;
             let akey = keys::id_key(keys::ARTIFACT, root.as_bytes());
             let ukey = keys::id_key(keys::USED, root.as_bytes());
             let mut batch = Batch::new();
@@ -853,7 +864,7 @@ impl Store {
                 }
                 // A file installed again (after it was dropped as modified) is read
                 // from the file from now on.
-                self.install_kept(&root, &kept)?;
+                installed = self.install_kept(&root, &kept)?;
                 let mut filed = HashSet::new();
                 for k in &kept {
                     if inner.file_ref(&k.root)?.is_some() {
@@ -872,7 +883,7 @@ impl Store {
                     }
                 }
                 // GC removes files under this lock: present now, present at the batch.
-                self.install_kept(&root, &kept)?;
+                installed = self.install_kept(&root, &kept)?;
                 let mut stored = 0u64;
                 for id in &ids {
                     let rkey = keys::id_key(keys::REF, id.as_bytes());
@@ -945,7 +956,15 @@ impl Store {
             };
             let used = st.clock;
             batch.put(ukey, used.to_le_bytes().to_vec());
-            inner.apply(batch)?;
+            if let Err(e) = inner.apply(batch) {
+                (st.blocks, st.logical, st.files, st.dead_bytes) = before;
+                for r in installed {
+                    if inner.file_ref(&r)?.is_none() {
+                        let _ = inner.files.remove(&r);
+                    }
+                }
+                return Err(e);
+            }
             st.clock += 1;
             if new {
                 st.artifacts += 1;
@@ -966,25 +985,38 @@ impl Store {
 
     /// Installs every kept file the store does not have (under the store lock, which
     /// GC holds while it deletes files), so each is present when the batch names it.
-    fn install_kept(&self, root: &BlockId, kept: &[Kept]) -> Result<(), StoreError> {
+    /// Returns the roots it installed. On an error it removes those again that no
+    /// entry names (a new file, not one installed again), so a full disk leaves none.
+    fn install_kept(&self, root: &BlockId, kept: &[Kept]) -> Result<Vec<BlockId>, StoreError> {
         let inner = &self.inner;
+        let mut installed = Vec::new();
         for k in kept {
             if inner.files.contains(&k.root) {
                 continue;
             }
-            match (&k.content, &inner.files) {
+            let done = match (&k.content, &inner.files) {
                 (Content::Temp(tmp), Files::Disk { dir }) => Files::commit(dir, tmp, &k.root)
-                    .map_err(file_err("installing into the store", tmp))?,
-                (Content::Memory(b), _) => inner.files.insert_memory(k.root, b.clone()),
-                _ => {
-                    return Err(StoreError::Dag {
-                        root: *root,
-                        source: Box::new(DagError::Missing { block: k.root }),
-                    });
+                    .map_err(file_err("installing into the store", tmp)),
+                (Content::Memory(b), _) => {
+                    inner.files.insert_memory(k.root, b.clone());
+                    Ok(())
                 }
+                _ => Err(StoreError::Dag {
+                    root: *root,
+                    source: Box::new(DagError::Missing { block: k.root }),
+                }),
+            };
+            if let Err(e) = done {
+                for r in installed {
+                    if inner.file_ref(&r)?.is_none() {
+                        let _ = inner.files.remove(&r);
+                    }
+                }
+                return Err(e);
             }
+            installed.push(k.root);
         }
-        Ok(())
+        Ok(installed)
     }
 
     /// Adds the locators of kept file `k`'s leaves (when it was hashed or assembled
@@ -1086,6 +1118,7 @@ impl Store {
             };
             let content = match self.inner.files.dir() {
                 Some(dir) => {
+                    self.inner.room_for(f.size, dir)?;
                     let tmp = Files::temp(dir);
                     temps.0.push(tmp.clone());
                     let file = OpenOptions::new()
@@ -1192,7 +1225,9 @@ impl Session {
         let store = self.store.clone();
         let (manifest, ids) = store.check_complete(&root)?;
         let mut temps = Temps(Vec::new());
-        let kept = store.install_files(&root, &manifest, &mut temps)?;
-        store.register(&self, root, pin, ids, kept, &manifest)
+        let r = store
+            .install_files(&root, &manifest, &mut temps)
+            .and_then(|kept| store.register(&self, root, pin, ids, kept, &manifest));
+        store.inner.noted(r)
     }
 }

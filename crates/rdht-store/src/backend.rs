@@ -8,6 +8,13 @@
 //! The trait is deliberately small so that tests can wrap a backend and inject faults
 //! (a full disk, a failed flush) the way redb's storage-backend trait does.
 //!
+//! Write errors: sled 0.34 keeps the first I/O error its log writer meets (a full disk)
+//! and fails every later write and flush with it until the database is opened again;
+//! reads go on. A [`SledBackend`] whose write failed so opens its database again, at the
+//! next write once the filesystem has room, at most once a second: what sled had applied
+//! since its last successful flush is lost then, exactly as in a crash, which the store
+//! is built to survive (specs/store.md §5.1, §7).
+//!
 //! Closing: sled 0.34 has no close call, and its detached I/O threads (log writes,
 //! segment truncation) keep clones of its file handle, and so its `flock`, for a
 //! while after the last `Db` is dropped. A [`SledBackend`] therefore waits, when it is
@@ -18,7 +25,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -109,6 +117,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Where the data lives, for error messages (`None` for memory).
     fn path(&self) -> Option<&Path>;
 
+    /// How many times the backend opened its data again after a write error (losing
+    /// what it had not flushed, as a crash would); the store then rebuilds its
+    /// counters. Backends that never do stay at 0.
+    fn generation(&self) -> u64 {
+        0
+    }
+
     /// Flushes and releases the backend. When it returns `Ok`, the same data can be
     /// opened again at once, in this process or another. Dropping a backend releases
     /// it too, but cannot report a failure.
@@ -139,6 +154,9 @@ impl<B: Backend> Backend for Arc<B> {
     }
     fn path(&self) -> Option<&Path> {
         (**self).path()
+    }
+    fn generation(&self) -> u64 {
+        (**self).generation()
     }
 }
 
@@ -251,10 +269,23 @@ impl Default for SledOptions {
 /// Its I/O threads finish a write or an fsync; seconds are already a sick disk.
 pub const SLED_RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a sled database whose write failed waits between attempts to open it
+/// again.
+const REVIVE_EVERY: Duration = Duration::from_secs(1);
+
 /// The on-disk backend: one sled 0.34 tree (the default tree of the database).
 pub struct SledBackend {
-    db: sled::Db,
+    /// `None` only after a reopen failed (every call then tries again).
+    db: RwLock<Option<sled::Db>>,
     path: PathBuf,
+    options: SledOptions,
+    /// A write or flush failed with an I/O error, which sled keeps and returns for
+    /// every later write: the database must be opened again.
+    broken: AtomicBool,
+    /// When the last reopen was tried.
+    revived: Mutex<Option<Instant>>,
+    /// Reopens that succeeded ([`Backend::generation`]).
+    reopened: std::sync::atomic::AtomicU64,
     /// Invariant: declared after `db`, so that it is dropped after it (fields drop in
     /// declaration order) and waits for the lock that `db`'s threads still hold.
     release: LockRelease,
@@ -318,28 +349,155 @@ impl std::fmt::Debug for SledBackend {
     }
 }
 
+fn open_sled(path: &Path, options: &SledOptions) -> io::Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(options.cache_capacity)
+        .segment_size(options.segment_size)
+        .mode(if options.low_space {
+            sled::Mode::LowSpace
+        } else {
+            sled::Mode::HighThroughput
+        });
+    guard("open", || config.open())
+}
+
 impl SledBackend {
     /// Opens (creating if needed) the sled database in directory `path`.
     pub fn open(path: &Path, options: &SledOptions) -> io::Result<SledBackend> {
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity)
-            .segment_size(options.segment_size)
-            .mode(if options.low_space {
-                sled::Mode::LowSpace
-            } else {
-                sled::Mode::HighThroughput
-            });
-        let db = guard("open", || config.open())?;
+        let db = open_sled(path, options)?;
         Ok(SledBackend {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
+            options: options.clone(),
+            broken: AtomicBool::new(false),
+            revived: Mutex::new(None),
+            reopened: std::sync::atomic::AtomicU64::new(0),
             release: LockRelease {
                 lock_file: path.join("db"),
                 done: false,
             },
         })
     }
+
+    /// The database, for one call.
+    fn db(&self) -> io::Result<DbRef<'_>> {
+        let g = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        if g.is_none() {
+            return Err(io::Error::other(format!(
+                "the sled database at {} could not be opened again after a write error",
+                self.path.display()
+            )));
+        }
+        Ok(DbRef(g))
+    }
+
+    /// Runs a write (`apply`, `flush`): first opens the database again if an earlier
+    /// write failed and the filesystem has room now; marks it broken when this one
+    /// fails with an I/O error.
+    fn write<T>(&self, what: &str, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> io::Result<T> {
+        if self.broken.load(Ordering::Acquire) {
+            self.revive();
+        }
+        let db = self.db()?;
+        let r = guard(what, || f(db.get()));
+        if let Err(e) = &r
+            && e.kind() != io::ErrorKind::InvalidData
+        {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Runs a lookup; one that fails while the database is broken (sled fails some
+    /// reads after its first write error) opens it again if it can and tries once more.
+    fn read<T>(&self, f: impl Fn(&sled::Db) -> sled::Result<T>) -> io::Result<T> {
+        let first = {
+            let db = self.db()?;
+            guard("get", || f(db.get()))
+        };
+        match first {
+            // sled returns the write error it kept: a full disk, a quota, a read-only
+            // device (other errors are not worth losing unflushed batches for).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull
+                        | io::ErrorKind::QuotaExceeded
+                        | io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                self.broken.store(true, Ordering::Release);
+                self.revive();
+                let db = self.db()?;
+                guard("get", || f(db.get()))
+            }
+            r => r,
+        }
+    }
+
+    /// Opens the database again after a write error, when the last attempt is more
+    /// than [`REVIVE_EVERY`] ago and the filesystem has room for a few log segments.
+    fn revive(&self) {
+        let room = 4 * self.options.segment_size as u64;
+        match free_space(&self.path) {
+            Ok(free) if free >= room => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "statvfs");
+                return;
+            }
+        }
+        {
+            let mut last = self.revived.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < REVIVE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut g = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.broken.load(Ordering::Acquire) {
+            return; // Another writer revived it meanwhile.
+        }
+        drop(g.take());
+        let mut release = LockRelease {
+            lock_file: self.path.join("db"),
+            done: false,
+        };
+        let opened = release
+            .wait(SLED_RELEASE_TIMEOUT)
+            .and_then(|()| open_sled(&self.path, &self.options));
+        match opened {
+            Ok(db) => {
+                *g = Some(db);
+                self.broken.store(false, Ordering::Release);
+                self.reopened.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(path = %self.path.display(),
+                    "index database opened again after a write error; writes since its last flush are lost, as in a crash");
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "could not open the index database again after a write error");
+            }
+        }
+    }
+}
+
+/// A read guard on an open database.
+struct DbRef<'a>(RwLockReadGuard<'a, Option<sled::Db>>);
+
+impl DbRef<'_> {
+    fn get(&self) -> &sled::Db {
+        // Invariant: `SledBackend::db` returns a `DbRef` only when the option is `Some`,
+        // and it cannot change while this read guard lives.
+        self.0.as_ref().expect("checked when the guard was taken")
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    let s = rustix::fs::statvfs(path).map_err(io::Error::from)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// Runs a sled call, turning a panic into an `InvalidData` error. sled 0.34 panics on
@@ -369,16 +527,17 @@ fn ivec_bytes(v: sled::IVec) -> Bytes {
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> io::Result<Option<Bytes>> {
-        Ok(guard("get", || self.db.get(key))?.map(ivec_bytes))
+        Ok(self.read(|db| db.get(key))?.map(ivec_bytes))
     }
 
     fn contains(&self, key: &[u8]) -> io::Result<bool> {
-        guard("get", || self.db.contains_key(key))
+        self.read(|db| db.contains_key(key))
     }
 
     fn scan_prefix(&self, prefix: &[u8], f: &mut Visitor<'_>) -> io::Result<()> {
+        let db = self.db()?;
         guard("scan", || {
-            for item in self.db.scan_prefix(prefix) {
+            for item in db.get().scan_prefix(prefix) {
                 let (k, v) = item?;
                 if f(&k, &v).is_break() {
                     break;
@@ -396,19 +555,24 @@ impl Backend for SledBackend {
                 Op::Remove(k) => b.remove(k),
             }
         }
-        guard("write", || self.db.apply_batch(b))
+        self.write("write", |db| db.apply_batch(b))
     }
 
     fn flush(&self) -> io::Result<()> {
-        guard("flush", || self.db.flush()).map(drop)
+        self.write("flush", |db| db.flush()).map(drop)
     }
 
     fn size_on_disk(&self) -> io::Result<u64> {
-        guard("measure", || self.db.size_on_disk())
+        let db = self.db()?;
+        guard("measure", || db.get().size_on_disk())
     }
 
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
+    }
+
+    fn generation(&self) -> u64 {
+        self.reopened.load(Ordering::Acquire)
     }
 
     fn close(self: Box<Self>) -> io::Result<()> {
@@ -416,7 +580,7 @@ impl Backend for SledBackend {
         let SledBackend {
             db, mut release, ..
         } = *self;
-        drop(db);
+        drop(db.into_inner().unwrap_or_else(PoisonError::into_inner));
         release.wait(SLED_RELEASE_TIMEOUT)
     }
 }

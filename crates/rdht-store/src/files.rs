@@ -56,8 +56,19 @@ pub enum Mode {
 
 /// Places `src` at `dest` (which must not exist) without passing its bytes through
 /// user space where the filesystem allows: a reflink, else (for [`Mode::Link`]) a hard
-/// link, else `copy_file_range`.
+/// link, else `copy_file_range`. On failure nothing is left at `dest`: a copy cut short
+/// by a full disk gives its space back at once.
 pub fn place(src: &Path, dest: &Path, mode: Mode) -> io::Result<Placed> {
+    // Only what this call made is removed (a `dest` already there is an error).
+    let existed = fs::symlink_metadata(dest).is_ok();
+    let placed = place_inner(src, dest, mode);
+    if placed.is_err() && !existed && fs::symlink_metadata(dest).is_ok() {
+        let _ = fs::remove_file(dest);
+    }
+    placed
+}
+
+fn place_inner(src: &Path, dest: &Path, mode: Mode) -> io::Result<Placed> {
     let from = File::open(src)?;
     let to = OpenOptions::new().write(true).create_new(true).open(dest)?;
     if rustix::fs::ioctl_ficlone(&to, &from).is_ok() {

@@ -38,6 +38,7 @@
 
 pub mod artifact;
 pub mod backend;
+pub mod condition;
 pub mod error;
 pub(crate) mod files;
 pub mod gc;
@@ -45,10 +46,12 @@ pub mod keys;
 pub mod marks;
 pub mod packs;
 pub mod records;
+pub(crate) mod reserve;
 pub mod store;
 
 pub use artifact::{ArtifactInfo, IngestFile};
 pub use backend::{Backend, Batch, MemoryBackend, Op, SledBackend, SledOptions};
+pub use condition::WriteFailure;
 pub use error::StoreError;
 pub use files::{Mode, Placed};
 pub use gc::GcReport;

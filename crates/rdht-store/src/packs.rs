@@ -221,9 +221,20 @@ impl Packs {
             buf.extend_from_slice(bytes);
         }
         let pack = w.pack;
-        match w.file.as_mut() {
-            Some(f) => f.write_all(&buf)?,
-            None => return Err(io::Error::other("pack file not open")),
+        let len = w.len;
+        // A write that failed part way (a full disk) appended some bytes: they are cut
+        // off, so the next Locs, computed from `len`, point at their own bytes. If even
+        // that fails, the pack is closed: the next append opens it again and reads its
+        // real length.
+        let written = match w.file.as_mut() {
+            Some(f) => f.write_all(&buf).map_err(|e| (e, f.set_len(len).is_ok())),
+            None => Err((io::Error::other("pack file not open"), true)),
+        };
+        if let Err((e, cut)) = written {
+            if !cut {
+                w.file = None;
+            }
+            return Err(e);
         }
         w.len += buf.len() as u64;
         w.dirty.insert(pack);

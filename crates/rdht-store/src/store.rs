@@ -129,6 +129,12 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) next_session: AtomicU64,
     pub(crate) counters: Counters,
+    /// The last write that failed for a reason of the filesystem, until one succeeds.
+    pub(crate) condition: crate::condition::Condition,
+    /// The backend's [`Backend::generation`] the counters were built at.
+    pub(crate) generation: AtomicU64,
+    /// Space kept for the index (on disk only).
+    pub(crate) reserve: Option<crate::reserve::Reserve>,
 }
 
 /// The node's store of blocks, artifacts and build records. Clone it freely: clones
@@ -227,6 +233,9 @@ impl Store {
         config: Config,
     ) -> Result<Store, StoreError> {
         let path = backend.path().map(Path::to_path_buf).unwrap_or_default();
+        let reserve = files
+            .dir()
+            .map(|d| crate::reserve::Reserve::open(d.with_file_name("reserve")));
         let mut inner = Inner {
             backend,
             packs,
@@ -237,6 +246,9 @@ impl Store {
             state: Mutex::new(State::default()),
             next_session: AtomicU64::new(1),
             counters: Counters::default(),
+            condition: Default::default(),
+            generation: AtomicU64::new(0),
+            reserve,
         };
         inner.recover()?;
         Ok(Store {
@@ -246,6 +258,7 @@ impl Store {
 
     /// Current counters and sizes.
     pub fn stats(&self) -> Result<Stats, StoreError> {
+        self.inner.recount_if_reopened()?;
         let mut disk_bytes = self
             .inner
             .backend
@@ -279,6 +292,51 @@ impl Store {
     /// The database directory (empty for a memory store).
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The last write that failed for a reason of the filesystem (a full disk, a
+    /// quota, a read-only device), while no ingest, registration or put of new blocks
+    /// has succeeded since (specs/store.md §7.1).
+    pub fn write_failure(&self) -> Option<crate::WriteFailure> {
+        self.inner.condition.get()
+    }
+
+    /// Free and total bytes of the filesystem holding the store (`None` for a memory
+    /// store).
+    pub fn disk_space(&self) -> Option<io::Result<(u64, u64)>> {
+        let dir = self.inner.files.dir()?;
+        Some(
+            rustix::fs::statvfs(dir)
+                .map(|s| {
+                    (
+                        s.f_bavail.saturating_mul(s.f_frsize),
+                        s.f_blocks.saturating_mul(s.f_frsize),
+                    )
+                })
+                .map_err(io::Error::from),
+        )
+    }
+
+    /// Writes and removes a 64 KiB temporary in the store's `files/tmp`, so that a
+    /// filesystem that has filled up is seen (and recorded, [`Store::write_failure`])
+    /// before a write of the store fails on it. A success clears nothing: only the
+    /// store's own writes do. Nothing is written for a memory store.
+    pub fn probe_writes(&self) -> Result<(), StoreError> {
+        let Some(dir) = self.inner.files.dir() else {
+            return Ok(());
+        };
+        let tmp = Files::temp(dir);
+        let wrote = std::fs::File::create(&tmp).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &[0u8; 64 << 10])?;
+            f.sync_data()
+        });
+        let _ = std::fs::remove_file(&tmp);
+        self.inner
+            .noted_failure(wrote.map_err(|source| StoreError::Backend {
+                op: "write",
+                path: dir.to_path_buf(),
+                source,
+            }))
     }
 
     /// Makes every write so far durable.
@@ -474,7 +532,85 @@ impl Inner {
         if batch.is_empty() {
             return Ok(());
         }
-        self.backend.apply(batch).map_err(self.err("write"))
+        self.before_index_write();
+        let r = self.backend.apply(batch).map_err(self.err("write"));
+        self.noted_failure(r)
+    }
+
+    /// Gives the index the reserve when the filesystem is full, recording that as a
+    /// write failure (specs/store.md §7.1).
+    fn before_index_write(&self) {
+        if let Some(source) = self.reserve.as_ref().and_then(|r| r.before_index_write()) {
+            let e = StoreError::Backend {
+                op: "write",
+                path: self.path.parent().unwrap_or(&self.path).to_path_buf(),
+                source,
+            };
+            self.condition.failed(&e, &self.path);
+        }
+    }
+
+    /// Checks that a bulk write of `len` bytes into `path` (packs, `files/tmp`) leaves
+    /// the space kept for the index (specs/store.md §7.1); a refusal is a full disk.
+    pub(crate) fn room_for(&self, len: u64, path: &Path) -> Result<(), StoreError> {
+        let Some(r) = &self.reserve else {
+            return Ok(());
+        };
+        self.noted_failure(r.room_for(len).map_err(|source| StoreError::Backend {
+            op: "write",
+            path: path.to_path_buf(),
+            source,
+        }))
+    }
+
+    /// Records a failed write of `r` in the store's condition; returns `r`.
+    pub(crate) fn noted_failure<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            self.condition
+                .failed(e, self.files.dir().unwrap_or(self.path.as_path()));
+        }
+        r
+    }
+
+    /// [`Inner::noted_failure`], and a success ends the condition: `r` is an ingest or
+    /// a registration. Called without the store lock: after the backend opened its
+    /// database again (§7.1), the counters are rebuilt from the index here.
+    pub(crate) fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_ok() {
+            self.cleared();
+        }
+        if let Err(e) = self.recount_if_reopened() {
+            tracing::warn!(error = %e, "recounting the store after its index was reopened");
+        }
+        self.noted_failure(r)
+    }
+
+    /// A write succeeded: the write failure ends if the filesystem has room again
+    /// (specs/store.md §7.1), not while small writes fit and large ones fail.
+    fn cleared(&self) {
+        if self.reserve.as_ref().is_none_or(|r| r.roomy()) {
+            self.condition.cleared();
+        }
+    }
+
+    /// Rebuilds the counters of §3 from the index if the backend opened its database
+    /// again since they were last built (its batches after the last flush are gone).
+    pub(crate) fn recount_if_reopened(&self) -> Result<(), StoreError> {
+        let generation = self.backend.generation();
+        if self.generation.load(Ordering::Acquire) == generation {
+            return Ok(());
+        }
+        let (fresh, _) = self.count_index()?;
+        let mut st = self.lock();
+        st.blocks = fresh.blocks;
+        st.logical = fresh.logical;
+        st.files = fresh.files;
+        st.artifacts = fresh.artifacts;
+        st.pinned = fresh.pinned;
+        st.clock = st.clock.max(fresh.clock);
+        self.generation.store(generation, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "store counters rebuilt after its index was reopened");
+        Ok(())
     }
 
     pub(crate) fn pack_err(&self, op: &'static str) -> impl Fn(io::Error) -> StoreError + '_ {
@@ -491,10 +627,13 @@ impl Inner {
 
     /// Makes everything written so far durable: pack files first, then the index.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
-        if let Some(p) = &self.packs {
-            p.sync().map_err(self.pack_err("flush"))?;
+        self.before_index_write();
+        let r = match &self.packs {
+            Some(p) => p.sync().map_err(self.pack_err("flush")),
+            None => Ok(()),
         }
-        self.backend.flush().map_err(self.err("flush"))
+        .and_then(|()| self.backend.flush().map_err(self.err("flush")));
+        self.noted_failure(r)
     }
 
     /// Index values for `blocks`: their locations after appending them to the current
@@ -505,7 +644,11 @@ impl Inner {
             None => Ok(blocks.iter().map(|b| b.bytes().clone()).collect()),
             Some(p) => {
                 let encoded: Vec<Encoded> = blocks.iter().map(|b| b.encoded()).collect();
-                let locs = p.append(&encoded).map_err(self.pack_err("write"))?;
+                let len = encoded.iter().map(|e| e.stored_len() as u64).sum();
+                self.room_for(len, p.dir())?;
+                let locs =
+                    self.noted_failure(p.append(&encoded).map_err(self.pack_err("write")))?;
+                self.cleared();
                 Ok(locs.into_iter().map(|l| Bytes::from(l.encode())).collect())
             }
         }
@@ -842,10 +985,26 @@ impl Inner {
         self.apply(batch)?;
         self.flush()?;
 
-        let mut st = State {
+        let (st, kept) = self.count_index()?;
+        // Files installed by a registration that never wrote its batch.
+        for root in self.files.list().map_err(self.files_err("open"))? {
+            if !kept.contains(&root) {
+                self.files.remove(&root).map_err(self.files_err("open"))?;
+            }
+        }
+        let st = State {
             compact_pending: true,
-            ..State::default()
+            ..st
         };
+        *self.state.get_mut().unwrap_or_else(PoisonError::into_inner) = st;
+        Ok(())
+    }
+
+    /// The counters of §3 and the kept files' roots, rebuilt from the index: at open,
+    /// and after the backend opened its database again (a write error, §7.1).
+    fn count_index(&self) -> Result<(State, HashSet<BlockId>), StoreError> {
+        let b = &self.backend;
+        let mut st = State::default();
         let mut bad = None;
         b.scan_prefix(&[keys::REF], &mut |k, v| {
             match (keys::id_after_prefix(k), RefEntry::decode(v)) {
@@ -858,6 +1017,21 @@ impl Inner {
             ControlFlow::Continue(())
         })
         .map_err(self.err("open"))?;
+        // Loose blocks (none at open, after recovery): the live sessions' blocks.
+        let mut loose = Vec::new();
+        b.scan_prefix(&[keys::LOOSE], &mut |k, v| {
+            if let (Some(id), Some(l)) = (keys::id_after_prefix(k), LooseEntry::decode(v)) {
+                loose.push((id, l.len));
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(self.err("open"))?;
+        for (id, len) in loose {
+            if self.ref_entry(&id)?.is_none() {
+                st.blocks += 1;
+                st.logical += u64::from(len);
+            }
+        }
         let mut kept = std::collections::HashSet::new();
         b.scan_prefix(&[keys::FILE], &mut |k, v| {
             match (keys::id_after_prefix(k), FileRef::decode(v)) {
@@ -871,12 +1045,6 @@ impl Inner {
             ControlFlow::Continue(())
         })
         .map_err(self.err("open"))?;
-        // Files installed by a registration that never wrote its batch.
-        for root in self.files.list().map_err(self.files_err("open"))? {
-            if !kept.contains(&root) {
-                self.files.remove(&root).map_err(self.files_err("open"))?;
-            }
-        }
         b.scan_prefix(&[keys::ARTIFACT], &mut |k, v| {
             match (keys::id_after_prefix(k), keys::ArtifactMeta::decode(v)) {
                 (Some(_), Some(m)) => {
@@ -901,7 +1069,6 @@ impl Inner {
         if let Some(k) = bad {
             return Err(self.corrupt_index(&k, "index entry has the wrong length or version"));
         }
-        *self.state.get_mut().unwrap_or_else(PoisonError::into_inner) = st;
-        Ok(())
+        Ok((st, kept))
     }
 }

@@ -224,6 +224,7 @@ impl Shared {
                 t.required() as u32,
             )
         };
+        let disk = blocking(&self.store, |s| Ok(disk_status(s))).await?;
         Ok(Response::Status(Box::new(NodeStatus {
             peer_id: self.peer_id.to_string(),
             listen_addrs: self.listen_addrs().await,
@@ -255,6 +256,7 @@ impl Shared {
             unreachable,
             bound_waits: self.bound_waits.load(Ordering::Relaxed),
             prefetches: self.lock_prefetches().list(),
+            disk,
         })))
     }
 
@@ -301,5 +303,46 @@ impl Shared {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(r)
+    }
+}
+
+/// Below this much free space, a status writes a probe into the store, so that a full
+/// filesystem is reported before one of the store's own writes fails on it.
+const PROBE_BELOW: u64 = 8 << 20;
+
+/// The store's filesystem and its write failure, if any (specs/store.md §7.1).
+fn disk_status(store: &Store) -> DiskStatus {
+    let dir = store.path().parent().unwrap_or(store.path());
+    let (free_bytes, total_bytes) = match store.disk_space() {
+        Some(Ok(space)) => space,
+        Some(Err(e)) => {
+            debug!(path = %dir.display(), "statvfs: {e}");
+            (0, 0)
+        }
+        None => (0, 0),
+    };
+    if total_bytes > 0
+        && free_bytes < PROBE_BELOW
+        && let Err(e) = store.probe_writes()
+    {
+        debug!("the store cannot write: {e}");
+    }
+    let ago = |t: SystemTime| {
+        SystemTime::now()
+            .duration_since(t)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    DiskStatus {
+        path: dir.display().to_string(),
+        free_bytes,
+        total_bytes,
+        failure: store.write_failure().map(|f| WriteFailureStatus {
+            error: f.errno,
+            message: f.message,
+            path: f.path.display().to_string(),
+            failures: f.failures,
+            since_ms: ago(f.first),
+            last_ms: ago(f.last),
+        }),
     }
 }

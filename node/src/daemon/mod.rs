@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use rdht_api::proto::{
-    BlockedBuilder, ExportedFile, JobsStatus, MAX_PREFETCHES_SHOWN, MissCause, NodeStatus,
-    PeerInfo, PrefetchState, PrefetchStatus, RecordView, Resolution, Scope, StoreStatus,
-    SwarmStatus, UnreachableStatus,
+    BlockedBuilder, DiskStatus, ExportedFile, JobsStatus, MAX_PREFETCHES_SHOWN, MissCause,
+    NodeStatus, PeerInfo, PrefetchState, PrefetchStatus, RecordView, Resolution, Scope,
+    StoreStatus, SwarmStatus, UnreachableStatus, WriteFailureStatus,
 };
 use rdht_api::{ApiError, ErrorKind, Incoming, Progress, Request, Response, ServerConn};
 use rdht_core::{BlockId, BuildKey, BuildRecord, Labels, Needs, RecordBody, plan};
