@@ -44,6 +44,7 @@ pub mod gc;
 pub mod keys;
 pub mod marks;
 pub mod packs;
+pub(crate) mod partial;
 pub mod records;
 pub mod store;
 

@@ -24,6 +24,7 @@ use crate::error::{StoreError, hex_key};
 use crate::files::Files;
 use crate::keys::{self, FileRef, LeafLoc, LooseEntry, RefEntry};
 use crate::packs::{Loc, Packs};
+use crate::partial::Partials;
 
 /// How a store behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +314,7 @@ impl Store {
         Session {
             store: self.clone(),
             id,
+            partials: Mutex::new(Partials::default()),
         }
     }
 }
@@ -337,6 +339,9 @@ pub(crate) struct Raw {
 pub struct Session {
     pub(crate) store: Store,
     pub(crate) id: u64,
+    /// Files being written in place by [`Session::write_leaf`], removed with the
+    /// session unless registration installed them.
+    pub(crate) partials: Mutex<Partials>,
 }
 
 impl Session {
@@ -359,6 +364,39 @@ impl Session {
         let block =
             Block::verified(id, bytes).map_err(|source| StoreError::InvalidBlock { id, source })?;
         self.put(&block)
+    }
+
+    /// Writes verified leaf `block` of the file whose DAG root is `file` (`size` bytes)
+    /// at `offset`, in place in a temporary file this session owns (specs/store.md
+    /// §4.4). Nothing reads it until [`Session::register`] has checked every leaf
+    /// against the DAG and installed the file; the leaf is not a block of the store
+    /// before that, and is gone with the session if it never registers.
+    pub fn write_leaf(
+        &self,
+        file: BlockId,
+        size: u64,
+        offset: u64,
+        block: &Block,
+    ) -> Result<(), StoreError> {
+        if block.kind() != rdht_core::BlockKind::Leaf {
+            return Err(StoreError::Dag {
+                root: file,
+                source: Box::new(rdht_core::DagError::BadShape {
+                    block: block.id(),
+                    reason: "an interior block is not file data".into(),
+                }),
+            });
+        }
+        let dir = self.store.inner.files.dir();
+        self.partials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write(dir, file, size, offset, block.id(), block.payload())
+            .map_err(|source| StoreError::File {
+                op: "writing a fetched leaf into",
+                path: dir.map_or_else(PathBuf::new, |d| d.join("tmp")),
+                source,
+            })
     }
 
     /// The store this session writes to.
