@@ -30,6 +30,7 @@ use crate::files::{Files, Mode, Placed, place};
 use crate::keys::{self, ArtifactMeta, FileRef, IDS_PER_CHUNK, LeafLoc, RefEntry};
 use crate::partial::{Finished, Partial, Partials};
 use crate::store::{Session, State, Store};
+use crate::verified::Stamp;
 
 /// Bytes read from a file per call while ingesting.
 const READ_CHUNK: usize = 256 << 10;
@@ -522,18 +523,38 @@ impl Store {
             self.write_from_blocks(root, f, tmp)?;
             return Ok(Placed::Copy);
         };
-        let file = File::open(tmp).map_err(file_err("opening", tmp))?;
-        if let Err(e) = self.verify_file(root, f, &file) {
-            if let StoreError::Dag { source, .. } = &e
-                && matches!(
-                    **source,
-                    DagError::HashMismatch { .. } | DagError::SizeMismatch { .. }
-                )
-            {
-                self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-                self.inner.drop_file(&f.root, source)?;
+        // A link or reflink of a kept file that still has the identity it had when it
+        // last hashed to its DAG is not hashed again (verified.rs); a copy always is.
+        let src = match (&self.inner.files, how) {
+            (Files::Disk { dir }, Placed::HardLink | Placed::Reflink) => {
+                Some(Files::path(dir, &f.root))
             }
-            return Err(e);
+            _ => None,
+        };
+        let stamp = || {
+            src.as_ref()
+                .and_then(|p| fs::metadata(p).ok())
+                .map(|m| Stamp::of(&m))
+        };
+        let before = stamp();
+        if !before.is_some_and(|s| self.inner.verified.holds(&f.root, &s)) {
+            let file = File::open(tmp).map_err(file_err("opening", tmp))?;
+            if let Err(e) = self.verify_file(root, f, &file) {
+                self.inner.verified.forget(&f.root);
+                if let StoreError::Dag { source, .. } = &e
+                    && matches!(
+                        **source,
+                        DagError::HashMismatch { .. } | DagError::SizeMismatch { .. }
+                    )
+                {
+                    self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    self.inner.drop_file(&f.root, source)?;
+                }
+                return Err(e);
+            }
+            if let Some(s) = before.filter(|s| stamp().as_ref() == Some(s)) {
+                self.inner.verified.checked(f.root, s);
+            }
         }
         let file = OpenOptions::new()
             .write(true)
@@ -544,6 +565,10 @@ impl Store {
             // new file's would be, so cargo sees outputs in the order they were made.
             file.set_modified(std::time::SystemTime::now())
                 .map_err(file_err("setting the time of", tmp))?;
+            // Verified just above (or known), and this time is the store's own.
+            if let Some(s) = stamp() {
+                self.inner.verified.touched(f.root, s);
+            }
         } else {
             let mode = if f.executable { 0o755 } else { 0o644 };
             file.set_permissions(fs::Permissions::from_mode(mode))

@@ -47,6 +47,7 @@ pub mod packs;
 pub(crate) mod partial;
 pub mod records;
 pub mod store;
+pub(crate) mod verified;
 
 pub use artifact::{ArtifactInfo, IngestFile};
 pub use backend::{Backend, Batch, MemoryBackend, Op, SledBackend, SledOptions};

@@ -25,6 +25,7 @@ use crate::files::Files;
 use crate::keys::{self, FileRef, LeafLoc, LooseEntry, RefEntry};
 use crate::packs::{Loc, Packs};
 use crate::partial::Partials;
+use crate::verified::Verified;
 
 /// How a store behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +131,8 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) next_session: AtomicU64,
     pub(crate) counters: Counters,
+    /// Kept files verified whole since open, and as what (`verified.rs`).
+    pub(crate) verified: Verified,
 }
 
 /// The node's store of blocks, artifacts and build records. Clone it freely: clones
@@ -238,6 +241,7 @@ impl Store {
             state: Mutex::new(State::default()),
             next_session: AtomicU64::new(1),
             counters: Counters::default(),
+            verified: Verified::default(),
         };
         inner.recover()?;
         Ok(Store {
@@ -736,6 +740,7 @@ impl Inner {
         tracing::error!(file = %root, error = %e, path = %self.path.display(),
             "kept file in store was modified; removing it");
         self.counters.corruptions.fetch_add(1, Ordering::Relaxed);
+        self.verified.forget(root);
         self.files.remove(root).map_err(self.files_err("remove"))
     }
 

@@ -961,6 +961,52 @@ fn outputs_are_linked_into_the_store_and_a_rewrite_in_place_is_caught() {
     }
 }
 
+/// Issue 17 part 5: a kept file hard-linked out is not hashed again while it keeps the
+/// identity it had when it was checked (the second export reads only the manifest, not
+/// the file's interior block); written in place through a link, it is hashed, caught
+/// and never exported again.
+#[test]
+fn a_linked_export_of_an_unchanged_kept_file_is_not_hashed_again_and_a_write_is_caught() {
+    use rdht_store::{Mode, Placed};
+    let fx = fixture(Kind::Sled, Config::default());
+    let files = [("lib.rlib", 8, 700_000, false)];
+    let root = ingest(&fx, "a", &files, false);
+    let reads = || fx.store.stats().unwrap().reads;
+    let export = |to: &str| {
+        let r0 = reads();
+        let out = fx
+            .store
+            .export_with(&root, &fx.dir.path().join(to), &|_| Mode::Link)
+            .map(|(_, placed)| placed);
+        (out, reads() - r0)
+    };
+    let (placed, n1) = export("x1");
+    if placed.unwrap() != [Placed::HardLink] {
+        return; // A reflink or a copy (another filesystem): hashed every time.
+    }
+    // The manifest's block, then the file's interior block (its leaves are hashed
+    // from the file).
+    assert_eq!(n1, 2);
+    let (placed, n2) = export("x2");
+    assert_eq!(placed.unwrap(), [Placed::HardLink]);
+    assert_eq!(n2, 1, "only the manifest is read");
+    let linked = fx.dir.path().join("x2/lib.rlib");
+    assert_eq!(std::fs::read(&linked).unwrap(), data(8, 700_000));
+    // A write in place through the link (same size, new bytes at offset 5000).
+    use std::os::unix::fs::FileExt;
+    std::fs::File::options()
+        .write(true)
+        .open(&linked)
+        .unwrap()
+        .write_all_at(b"changed", 5000)
+        .unwrap();
+    let (res, n3) = export("x3");
+    assert!(matches!(res, Err(StoreError::Dag { .. })), "{res:?}");
+    assert_eq!(n3, 2, "hashed again");
+    assert!(!fx.dir.path().join("x3/lib.rlib").exists());
+    assert_eq!(fx.store.stats().unwrap().corruptions, 1);
+}
+
 /// Issue 17: a fetch's leaves, kept in packs until registration, leave the disk once
 /// their file is kept whole: their pack bytes are punched out, so the fetched bytes
 /// are on disk once, not twice.
