@@ -1,7 +1,8 @@
 //! Adapters that let the swarm layer read and fill the store without knowing its format.
 //!
 //! Owns: [`ServeStore`] (rdht-net's `BlockSource` over the store) and [`FetchSink`]
-//! (rdht-net's `BlockSink` into a store session, counting bytes for progress). Does not
+//! (rdht-net's `BlockSink` into a store session, counting bytes for progress: a file's
+//! leaves are written in place, at their offsets, the other blocks put in batches). Does not
 //! own: verification (rdht-net verifies before handing blocks over; the store verifies
 //! again on read) or registration (the caller registers the session once complete).
 
@@ -102,7 +103,29 @@ impl<'a> FetchSink<'a> {
     }
 }
 
+impl FetchSink<'_> {
+    /// Counts a block of `len` bytes that took `wire` bytes on the wire.
+    fn count(&self, len: u64, wire: u64) {
+        self.total_in.fetch_add(wire, Ordering::Relaxed);
+        let done = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(done);
+        }
+    }
+}
+
 impl rdht_net::BlockSink for FetchSink<'_> {
+    fn put_leaf(&self, file: BlockId, size: u64, offset: u64, block: Block) -> std::io::Result<()> {
+        let len = block.bytes().len() as u64;
+        let wire = block.lz4().map_or(len, |d| d.len() as u64);
+        // Written once, in place: registration renames the file into the store.
+        self.session
+            .write_leaf(file, size, offset, &block)
+            .map_err(std::io::Error::other)?;
+        self.count(len, wire);
+        Ok(())
+    }
+
     fn put_block(&self, block: Block) -> std::io::Result<()> {
         let len = block.bytes().len() as u64;
         // As received: a block that came LZ4-encoded keeps that form.
@@ -118,11 +141,7 @@ impl rdht_net::BlockSink for FetchSink<'_> {
             // the runtime's workers, so the swarms and the API go on meanwhile.
             on_blocking_worker(|| self.finish()).map_err(|e| std::io::Error::other(e.1))?;
         }
-        self.total_in.fetch_add(wire, Ordering::Relaxed);
-        let done = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
-        if let Some(tx) = &self.progress {
-            let _ = tx.send(done);
-        }
+        self.count(len, wire);
         Ok(())
     }
 }

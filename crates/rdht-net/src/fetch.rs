@@ -75,6 +75,8 @@ struct Unit {
     verifier: DagVerifier,
     size: u64,
     collected: Option<HashMap<BlockId, Bytes>>,
+    /// Where the next leaf's data starts in the file.
+    offset: u64,
 }
 
 impl Unit {
@@ -83,15 +85,39 @@ impl Unit {
             verifier: DagVerifier::new(root, size, limits),
             size: size.unwrap_or(0),
             collected: collect.then(HashMap::new),
+            offset: 0,
         }
     }
 
-    fn accept(&mut self, encoded: Encoded) -> Result<rdht_core::Block, rdht_core::DagError> {
+    /// Verifies the next block; a file's leaf comes back with its offset in the file.
+    fn accept(
+        &mut self,
+        encoded: Encoded,
+    ) -> Result<(rdht_core::Block, Option<u64>), rdht_core::DagError> {
         let block = self.verifier.push_encoded(encoded)?;
         if let Some(c) = &mut self.collected {
             c.insert(block.id(), block.bytes().clone());
+            return Ok((block, None));
         }
-        Ok(block)
+        let at = (block.kind() == rdht_core::BlockKind::Leaf).then(|| {
+            let at = self.offset;
+            self.offset += block.payload().len() as u64;
+            at
+        });
+        Ok((block, at))
+    }
+
+    /// Hands a block `accept` returned to `sink`: a file's leaf with its place.
+    fn deliver(
+        &self,
+        sink: &dyn BlockSink,
+        block: rdht_core::Block,
+        at: Option<u64>,
+    ) -> std::io::Result<()> {
+        match at {
+            Some(offset) => sink.put_leaf(self.verifier.root(), self.size, offset, block),
+            None => sink.put_block(block),
+        }
     }
 
     /// Advances over blocks the local source already holds. Returns how many.
@@ -540,12 +566,12 @@ async fn fetch_batch(
                 Frame::Block(encoded) => {
                     (ctx.heard)(watch.peer);
                     let wire = encoded.stored_len() as u64;
-                    let block = unit
+                    let (block, at) = unit
                         .accept(encoded)
                         .map_err(|e| BatchError::Drop(DropReason::Corrupt(e.to_string())))?;
                     let id = block.id();
                     let len = block.bytes().len() as u64;
-                    sink.put_block(block).map_err(|source| {
+                    unit.deliver(sink, block, at).map_err(|source| {
                         BatchError::Fatal(FetchError::Sink {
                             root: unit.verifier.root(),
                             block: id,

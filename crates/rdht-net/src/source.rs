@@ -32,13 +32,27 @@ pub trait BlockSource: Send + Sync + 'static {
 /// Where a fetch delivers blocks. Every block given has been verified against the DAG
 /// being fetched (hash, kind, size, shape).
 pub trait BlockSink: Send + Sync {
-    /// Takes one verified block. An error aborts the fetch.
+    /// Takes one verified block: a block of the manifest's DAG, or an interior block
+    /// of a file's. An error aborts the fetch.
     fn put_block(&self, block: Block) -> std::io::Result<()>;
+
+    /// Takes one verified leaf of the file whose DAG root is `file` (`size` bytes, as
+    /// the manifest lists it); its data starts at `offset` in the file. A fetch hands
+    /// over every leaf of a file it fetches, in file order, except those the local
+    /// source already held. By default the leaf is taken like any block.
+    fn put_leaf(&self, file: BlockId, size: u64, offset: u64, block: Block) -> std::io::Result<()> {
+        let _ = (file, size, offset);
+        self.put_block(block)
+    }
 }
 
 impl<T: BlockSink + ?Sized> BlockSink for Arc<T> {
     fn put_block(&self, block: Block) -> std::io::Result<()> {
         (**self).put_block(block)
+    }
+
+    fn put_leaf(&self, file: BlockId, size: u64, offset: u64, block: Block) -> std::io::Result<()> {
+        (**self).put_leaf(file, size, offset, block)
     }
 }
 

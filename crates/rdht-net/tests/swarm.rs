@@ -1168,6 +1168,85 @@ async fn files_are_fetched_from_several_providers_in_parallel() {
     }
 }
 
+/// A sink that writes each file's leaves at their offsets, as the daemon's store does
+/// (issue 17 part 4), and keeps every other block.
+#[derive(Default)]
+struct InPlace {
+    files: Mutex<std::collections::HashMap<BlockId, Vec<u8>>>,
+    blocks: MemoryBlocks,
+    leaves: AtomicUsize,
+}
+
+impl rdht_net::BlockSink for InPlace {
+    fn put_block(&self, block: rdht_core::Block) -> std::io::Result<()> {
+        self.blocks.insert_blocks([block]);
+        Ok(())
+    }
+
+    fn put_leaf(
+        &self,
+        file: BlockId,
+        size: u64,
+        offset: u64,
+        block: rdht_core::Block,
+    ) -> std::io::Result<()> {
+        assert_eq!(block.kind(), rdht_core::BlockKind::Leaf);
+        let mut files = self.files.lock().unwrap();
+        let f = files.entry(file).or_insert_with(|| vec![0; size as usize]);
+        assert_eq!(f.len() as u64, size, "one size per file");
+        let (at, d) = (offset as usize, block.payload());
+        f[at..at + d.len()].copy_from_slice(d);
+        self.leaves.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Every leaf of every file reaches `put_leaf` with its file, the file's size and its
+/// offset, whichever of two providers sent it; `put_block` gets only the manifest's
+/// and interior blocks. Files of one leaf (whose root is the leaf) and empty files too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fetch_hands_each_file_leaf_over_at_its_offset() {
+    init_tracing();
+    let sizes = [40 * 16 * 1024 + 7, 16 * 1024, 5, 0, 300_000];
+    let art = Artifact::new(9, &sizes);
+    let a = node(vec![swarm("public", vec![])], art.store()).await;
+    let b = node(
+        vec![swarm("public", vec![addr(&a, "public").await])],
+        art.store(),
+    )
+    .await;
+    let sink = Arc::new(InPlace::default());
+    let mut cfg = NodeConfig::new(vec![swarm("public", vec![addr(&b, "public").await])]);
+    cfg.fetch = fetch_config();
+    cfg.fetch.batch_bytes = 1;
+    let fetcher = node_with(cfg, Arc::new(MemoryBlocks::new())).await;
+    connected_to(&fetcher, &[b.peer_id()]).await;
+    let report = fetcher
+        .fetch_artifact_from("public", art.root, &[a.peer_id(), b.peer_id()], &*sink)
+        .await
+        .unwrap();
+    assert_eq!(report.files, sizes.len());
+    let leaves: usize = sizes.iter().map(|&s| s.div_ceil(16 * 1024).max(1)).sum();
+    assert_eq!(sink.leaves.load(Ordering::Relaxed), leaves);
+    // 41 leaves and 20 leaves have an interior root each; the manifest is one block.
+    assert_eq!(sink.blocks.len(), 2 + 1);
+    assert_eq!(sink.blocks.len() + leaves, art.blocks.len());
+    let files = std::mem::take(&mut *sink.files.lock().unwrap());
+    let mut map: std::collections::HashMap<BlockId, Bytes> = art
+        .blocks
+        .iter()
+        .map(|b| (b.id(), b.bytes().clone()))
+        .collect();
+    let manifest = rdht_core::Manifest::from_dag(art.root, &mut map).unwrap();
+    for entry in manifest.files() {
+        let (_, want) = art.files.iter().find(|(p, _)| *p == entry.path).unwrap();
+        assert!(files[&entry.root] == *want, "{} differs", entry.path);
+    }
+    for n in [fetcher, b, a] {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_provider_holds_no_work_while_its_stream_opens() {
     init_tracing();

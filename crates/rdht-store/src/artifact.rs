@@ -28,7 +28,9 @@ use crate::backend::Batch;
 use crate::error::StoreError;
 use crate::files::{Files, Mode, Placed, place};
 use crate::keys::{self, ArtifactMeta, FileRef, IDS_PER_CHUNK, LeafLoc, RefEntry};
+use crate::partial::{Finished, Partial, Partials};
 use crate::store::{Session, State, Store};
+use crate::verified::Stamp;
 
 /// Bytes read from a file per call while ingesting.
 const READ_CHUNK: usize = 256 << 10;
@@ -136,8 +138,8 @@ fn file_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(io::Error) -> Store
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Takes each leaf's id and data, in file order.
-type LeafSink<'a> = dyn FnMut(&BlockId, &[u8]) -> Result<(), StoreError> + 'a;
+/// Takes each leaf's id, offset in its file and data, in file order.
+type LeafSink<'a> = dyn FnMut(&BlockId, u64, &[u8]) -> Result<(), StoreError> + 'a;
 
 /// How [`Store::walk`] treats leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,7 +361,7 @@ impl Store {
     /// file (leaves from the kept files). Returns the manifest and the distinct block
     /// ids, leaves included.
     pub fn verify_artifact(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
-        self.artifact_blocks(root, Leaves::Read)
+        self.artifact_blocks(root, Leaves::Read, None)
     }
 
     /// Checks that artifact `root` is complete without reading file data: the manifest
@@ -368,14 +370,22 @@ impl Store {
     /// it is stored ([`Block`] values only exist verified); corruption after that is
     /// caught when the block is read. Returns the manifest and the distinct ids of the
     /// blocks kept in packs (the manifest's and interior blocks; not file leaves).
-    fn check_complete(&self, root: &BlockId) -> Result<(Manifest, Vec<BlockId>), StoreError> {
-        self.artifact_blocks(root, Leaves::CheckLength)
+    ///
+    /// A leaf that `written` (files a fetch wrote in place) holds at its offset, with
+    /// its id, counts as stored.
+    fn check_complete(
+        &self,
+        root: &BlockId,
+        written: &Partials,
+    ) -> Result<(Manifest, Vec<BlockId>), StoreError> {
+        self.artifact_blocks(root, Leaves::CheckLength, Some(written))
     }
 
     fn artifact_blocks(
         &self,
         root: &BlockId,
         leaves: Leaves,
+        written: Option<&Partials>,
     ) -> Result<(Manifest, Vec<BlockId>), StoreError> {
         let mut ids = Vec::new();
         let manifest = self.read_manifest(root, Some(&mut ids))?;
@@ -387,7 +397,8 @@ impl Store {
                 Limits::default(),
                 Some(&mut ids),
                 leaves,
-                &mut |_, _| Ok(()),
+                written.and_then(|w| w.0.get(&f.root)),
+                &mut |_, _, _| Ok(()),
             )?;
         }
         ids.sort_unstable();
@@ -519,18 +530,38 @@ impl Store {
             self.write_from_blocks(root, f, tmp)?;
             return Ok(Placed::Copy);
         };
-        let file = File::open(tmp).map_err(file_err("opening", tmp))?;
-        if let Err(e) = self.verify_file(root, f, &file) {
-            if let StoreError::Dag { source, .. } = &e
-                && matches!(
-                    **source,
-                    DagError::HashMismatch { .. } | DagError::SizeMismatch { .. }
-                )
-            {
-                self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
-                self.inner.drop_file(&f.root, source)?;
+        // A link or reflink of a kept file that still has the identity it had when it
+        // last hashed to its DAG is not hashed again (verified.rs); a copy always is.
+        let src = match (&self.inner.files, how) {
+            (Files::Disk { dir }, Placed::HardLink | Placed::Reflink) => {
+                Some(Files::path(dir, &f.root))
             }
-            return Err(e);
+            _ => None,
+        };
+        let stamp = || {
+            src.as_ref()
+                .and_then(|p| fs::metadata(p).ok())
+                .map(|m| Stamp::of(&m))
+        };
+        let before = stamp();
+        if !before.is_some_and(|s| self.inner.verified.holds(&f.root, &s)) {
+            let file = File::open(tmp).map_err(file_err("opening", tmp))?;
+            if let Err(e) = self.verify_file(root, f, &file) {
+                self.inner.verified.forget(&f.root);
+                if let StoreError::Dag { source, .. } = &e
+                    && matches!(
+                        **source,
+                        DagError::HashMismatch { .. } | DagError::SizeMismatch { .. }
+                    )
+                {
+                    self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    self.inner.drop_file(&f.root, source)?;
+                }
+                return Err(e);
+            }
+            if let Some(s) = before.filter(|s| stamp().as_ref() == Some(s)) {
+                self.inner.verified.checked(f.root, s);
+            }
         }
         let file = OpenOptions::new()
             .write(true)
@@ -541,6 +572,10 @@ impl Store {
             // new file's would be, so cargo sees outputs in the order they were made.
             file.set_modified(std::time::SystemTime::now())
                 .map_err(file_err("setting the time of", tmp))?;
+            // Verified just above (or known), and this time is the store's own.
+            if let Some(s) = stamp() {
+                self.inner.verified.touched(f.root, s);
+            }
         } else {
             let mode = if f.executable { 0o755 } else { 0o644 };
             file.set_permissions(fs::Permissions::from_mode(mode))
@@ -628,15 +663,9 @@ impl Store {
             .open(tmp)
             .map_err(file_err("creating", tmp))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
-        self.walk(
-            root,
-            f.root,
-            Some(f.size),
-            Limits::default(),
-            None,
-            Leaves::Read,
-            &mut |_, d| w.write_all(d).map_err(file_err("writing", tmp)),
-        )?;
+        self.walk_file(root, f, None, &mut |_, _, d| {
+            w.write_all(d).map_err(file_err("writing", tmp))
+        })?;
         let file = w
             .into_inner()
             .map_err(|e| file_err("writing", tmp)(e.into_error()))?;
@@ -659,10 +688,19 @@ impl Store {
             ..Limits::default()
         };
         let mut bytes = Vec::new();
-        self.walk(root, *root, None, limits, ids, Leaves::Read, &mut |_, d| {
-            bytes.extend_from_slice(d);
-            Ok(())
-        })?;
+        self.walk(
+            root,
+            *root,
+            None,
+            limits,
+            ids,
+            Leaves::Read,
+            None,
+            &mut |_, _, d| {
+                bytes.extend_from_slice(d);
+                Ok(())
+            },
+        )?;
         Manifest::decode(&bytes).map_err(|source| StoreError::Manifest {
             root: *root,
             source: Box::new(source),
@@ -672,6 +710,9 @@ impl Store {
     /// Verifies the DAG under `dag_root` (part of artifact `root`) block by block in
     /// pre-order, handing leaf data to `sink`. A block that fails its hash is removed as
     /// corrupt. Returns the bytes under the root.
+    ///
+    /// A leaf that `written` holds at its offset with its id is skipped (checked by
+    /// length only, never handed to `sink`): a fetch wrote it in place, verified.
     #[allow(clippy::too_many_arguments)]
     fn walk(
         &self,
@@ -681,33 +722,62 @@ impl Store {
         limits: Limits,
         mut ids: Option<&mut Vec<BlockId>>,
         leaves: Leaves,
+        written: Option<&Partial>,
         sink: &mut LeafSink<'_>,
     ) -> Result<u64, StoreError> {
         // Registration lists the blocks kept in packs: leaves of file DAGs are kept in
         // their files (the manifest is walked with `Leaves::Read`).
         let leaf_ids = leaves == Leaves::Read;
         let inner = &self.inner;
+        let dag = |e: DagError| StoreError::Dag {
+            root: *root,
+            source: Box::new(e),
+        };
         let mut v = DagVerifier::new(dag_root, expected, limits);
+        // Where the next leaf's data starts in the file.
+        let mut offset = 0u64;
         while let Some(id) = v.next_expected() {
-            if leaves == Leaves::CheckLength && v.next_leaf().is_some() {
-                let checked = match inner.stored_len(&id)? {
-                    None => Err(DagError::Missing { block: id }),
-                    Some(len) => v.skip_leaf(u64::from(len)),
-                };
-                checked.map_err(|e| StoreError::Dag {
-                    root: *root,
-                    source: Box::new(e),
-                })?;
-                if let Some(ids) = ids.as_deref_mut().filter(|_| leaf_ids) {
-                    ids.push(id);
+            // A file of one leaf: its root is that leaf, which only reading tells.
+            let root_in_place = written
+                .filter(|_| v.blocks_verified() == 0)
+                .and_then(|w| Some((w, w.leaf_at(0).filter(|&(w, _)| w == id)?.1)));
+            if let Some((w, len)) = root_in_place {
+                let path = w.path().map(Path::to_path_buf).unwrap_or_default();
+                let data = w.read_at(0, len).map_err(file_err("reading", &path))?;
+                let mut bytes = Vec::with_capacity(data.len() + 1);
+                bytes.push(rdht_core::block::LEAF_TAG);
+                bytes.extend_from_slice(&data);
+                if v.push(bytes.into()).map_err(dag)?.kind() == BlockKind::Leaf {
+                    if let Some(ids) = ids.as_deref_mut().filter(|_| leaf_ids) {
+                        ids.push(id);
+                    }
+                    offset += u64::from(len);
                 }
                 continue;
             }
+            if let Some((_, size)) = v.next_leaf() {
+                let in_place = written
+                    .and_then(|w| w.leaf_at(offset))
+                    .filter(|&(w, _)| w == id);
+                let stored = match (in_place, leaves) {
+                    (Some((_, len)), _) => Some(Some(len + 1)),
+                    (None, Leaves::CheckLength) => Some(inner.stored_len(&id)?),
+                    (None, Leaves::Read) => None,
+                };
+                if let Some(stored) = stored {
+                    match stored {
+                        None => return Err(dag(DagError::Missing { block: id })),
+                        Some(len) => v.skip_leaf(u64::from(len)).map_err(dag)?,
+                    }
+                    if let Some(ids) = ids.as_deref_mut().filter(|_| leaf_ids) {
+                        ids.push(id);
+                    }
+                    offset += size;
+                    continue;
+                }
+            }
             let Some(raw) = inner.read_raw(&id)? else {
-                return Err(StoreError::Dag {
-                    root: *root,
-                    source: Box::new(DagError::Missing { block: id }),
-                });
+                return Err(dag(DagError::Missing { block: id }));
             };
             match v.push_encoded(raw.encoded) {
                 Ok(block) => {
@@ -717,7 +787,8 @@ impl Store {
                         ids.push(id);
                     }
                     if leaf {
-                        sink(&id, block.payload())?;
+                        sink(&id, offset, block.payload())?;
+                        offset += block.payload().len() as u64;
                     }
                 }
                 Err(e) => {
@@ -728,14 +799,33 @@ impl Store {
                         inner.counters.misses.fetch_add(1, Ordering::Relaxed);
                         inner.remove_corrupt(&id, &raw.origin, &e)?;
                     }
-                    return Err(StoreError::Dag {
-                        root: *root,
-                        source: Box::new(e),
-                    });
+                    return Err(dag(e));
                 }
             }
         }
         Ok(v.size().unwrap_or(0))
+    }
+
+    /// [`Store::walk`] over file `f` of artifact `root`, reading its leaves (those
+    /// `written` holds in place are skipped).
+    fn walk_file(
+        &self,
+        root: &BlockId,
+        f: &FileEntry,
+        written: Option<&Partial>,
+        sink: &mut LeafSink<'_>,
+    ) -> Result<u64, StoreError> {
+        let limits = Limits::default();
+        self.walk(
+            root,
+            f.root,
+            Some(f.size),
+            limits,
+            None,
+            Leaves::Read,
+            written,
+            sink,
+        )
     }
 
     /// The complete artifact `root`, if registered.
@@ -1080,14 +1170,17 @@ impl Store {
         Ok(())
     }
 
-    /// Installs the files of a fetched artifact that the store does not keep yet,
-    /// each assembled from its verified blocks into a temporary and renamed into
-    /// `files/`. Returns every distinct file, with the leaves of those installed.
+    /// Installs the files of a fetched artifact that the store does not keep yet: a
+    /// file the fetch wrote in place (`written`) is completed with any leaf it took
+    /// from the store instead of the network, and readied; any other is assembled from
+    /// its verified blocks into a temporary. Returns every distinct file, with the
+    /// leaves of those installed.
     fn install_files(
         &self,
         root: &BlockId,
         manifest: &Manifest,
         temps: &mut Temps,
+        mut written: Partials,
     ) -> Result<Vec<Kept>, StoreError> {
         let mut kept: Vec<Kept> = Vec::new();
         let mut seen = HashSet::new();
@@ -1104,9 +1197,13 @@ impl Store {
                 });
                 continue;
             }
+            if let Some(partial) = written.0.remove(&f.root) {
+                kept.push(self.complete_partial(root, f, partial, temps)?);
+                continue;
+            }
             let mut leaves = Vec::new();
             let mut offset = 0u64;
-            let mut track = |id: &BlockId, d: &[u8]| {
+            let mut track = |id: &BlockId, _: u64, d: &[u8]| {
                 leaves.push((
                     *id,
                     LeafLoc {
@@ -1127,18 +1224,10 @@ impl Store {
                         .open(&tmp)
                         .map_err(file_err("creating", &tmp))?;
                     let mut w = BufWriter::with_capacity(1 << 20, file);
-                    self.walk(
-                        root,
-                        f.root,
-                        Some(f.size),
-                        Limits::default(),
-                        None,
-                        Leaves::Read,
-                        &mut |id, d| {
-                            track(id, d);
-                            w.write_all(d).map_err(file_err("writing", &tmp))
-                        },
-                    )?;
+                    self.walk_file(root, f, None, &mut |id, at, d| {
+                        track(id, at, d);
+                        w.write_all(d).map_err(file_err("writing", &tmp))
+                    })?;
                     w.into_inner()
                         .map_err(|e| file_err("writing", &tmp)(e.into_error()))?;
                     Files::prepare(&tmp, f.executable).map_err(file_err("syncing", &tmp))?;
@@ -1146,19 +1235,11 @@ impl Store {
                 }
                 None => {
                     let mut bytes = Vec::with_capacity(f.size as usize);
-                    self.walk(
-                        root,
-                        f.root,
-                        Some(f.size),
-                        Limits::default(),
-                        None,
-                        Leaves::Read,
-                        &mut |id, d| {
-                            track(id, d);
-                            bytes.extend_from_slice(d);
-                            Ok(())
-                        },
-                    )?;
+                    self.walk_file(root, f, None, &mut |id, at, d| {
+                        track(id, at, d);
+                        bytes.extend_from_slice(d);
+                        Ok(())
+                    })?;
                     Content::Memory(bytes.into())
                 }
             };
@@ -1170,6 +1251,46 @@ impl Store {
             });
         }
         Ok(kept)
+    }
+
+    /// Completes file `f` that a fetch wrote in place: the leaves it does not hold at
+    /// their offsets (a fetch takes the leaves the store already has from the store)
+    /// are read, verified and written in; then it is synced and readied to install.
+    fn complete_partial(
+        &self,
+        root: &BlockId,
+        f: &FileEntry,
+        mut partial: Partial,
+        temps: &mut Temps,
+    ) -> Result<Kept, StoreError> {
+        let path = partial.path().map(Path::to_path_buf).unwrap_or_default();
+        let mut holes = Vec::new();
+        self.walk_file(root, f, Some(&partial), &mut |id, at, d| {
+            holes.push((*id, at, d.to_vec()));
+            Ok(())
+        })?;
+        for (id, at, d) in holes {
+            partial
+                .write(at, id, &d)
+                .map_err(file_err("writing a leaf into", &path))?;
+        }
+        let leaves = partial.locators();
+        let content = match partial
+            .finish(f.executable)
+            .map_err(file_err("syncing", &path))?
+        {
+            Finished::Temp(tmp) => {
+                temps.0.push(tmp.clone());
+                Content::Temp(tmp)
+            }
+            Finished::Memory(b) => Content::Memory(b),
+        };
+        Ok(Kept {
+            root: f.root,
+            size: f.size,
+            leaves: Some(leaves),
+            content,
+        })
     }
 }
 
@@ -1221,12 +1342,21 @@ impl Session {
     /// does not keep yet is assembled from its verified blocks into `files/`, and its
     /// leaves leave the packs. Blocks put through this session stay protected until
     /// then.
+    ///
+    /// Files written in place through [`Session::write_leaf`] count: each leaf must be
+    /// at its offset with its id; they are installed by renaming, not assembled.
     pub fn register(self, root: BlockId, pin: bool) -> Result<ArtifactInfo, StoreError> {
         let store = self.store.clone();
-        let (manifest, ids) = store.check_complete(&root)?;
+        let written = std::mem::take(
+            &mut *self
+                .partials
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let (manifest, ids) = store.check_complete(&root, &written)?;
         let mut temps = Temps(Vec::new());
         let r = store
-            .install_files(&root, &manifest, &mut temps)
+            .install_files(&root, &manifest, &mut temps, written)
             .and_then(|kept| store.register(&self, root, pin, ids, kept, &manifest));
         store.inner.noted(r)
     }

@@ -257,6 +257,7 @@ fn commit(inner: &Inner, st: &mut State, batch: Batch, d: &Delta) -> Result<(), 
     for root in &d.unlink {
         // A file a target directory links to keeps its data there: unlinking the
         // store's name never changes the target's file.
+        inner.verified.forget(root);
         inner
             .files
             .remove(root)

@@ -45,9 +45,11 @@ pub mod gc;
 pub mod keys;
 pub mod marks;
 pub mod packs;
+pub(crate) mod partial;
 pub mod records;
 pub(crate) mod reserve;
 pub mod store;
+pub(crate) mod verified;
 
 pub use artifact::{ArtifactInfo, IngestFile};
 pub use backend::{Backend, Batch, MemoryBackend, Op, SledBackend, SledOptions};

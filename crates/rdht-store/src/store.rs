@@ -24,6 +24,8 @@ use crate::error::{StoreError, hex_key};
 use crate::files::Files;
 use crate::keys::{self, FileRef, LeafLoc, LooseEntry, RefEntry};
 use crate::packs::{Loc, Packs};
+use crate::partial::Partials;
+use crate::verified::Verified;
 
 /// How a store behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) generation: AtomicU64,
     /// Space kept for the index (on disk only).
     pub(crate) reserve: Option<crate::reserve::Reserve>,
+    /// Kept files verified whole since open, and as what (`verified.rs`).
+    pub(crate) verified: Verified,
 }
 
 /// The node's store of blocks, artifacts and build records. Clone it freely: clones
@@ -249,6 +253,7 @@ impl Store {
             condition: Default::default(),
             generation: AtomicU64::new(0),
             reserve,
+            verified: Verified::default(),
         };
         inner.recover()?;
         Ok(Store {
@@ -371,6 +376,7 @@ impl Store {
         Session {
             store: self.clone(),
             id,
+            partials: Mutex::new(Partials::default()),
         }
     }
 }
@@ -395,6 +401,9 @@ pub(crate) struct Raw {
 pub struct Session {
     pub(crate) store: Store,
     pub(crate) id: u64,
+    /// Files being written in place by [`Session::write_leaf`], removed with the
+    /// session unless registration installed them.
+    pub(crate) partials: Mutex<Partials>,
 }
 
 impl Session {
@@ -417,6 +426,48 @@ impl Session {
         let block =
             Block::verified(id, bytes).map_err(|source| StoreError::InvalidBlock { id, source })?;
         self.put(&block)
+    }
+
+    /// Writes verified leaf `block` of the file whose DAG root is `file` (`size` bytes)
+    /// at `offset`, in place in a temporary file this session owns (specs/store.md
+    /// §4.4). Nothing reads it until [`Session::register`] has checked every leaf
+    /// against the DAG and installed the file; the leaf is not a block of the store
+    /// before that, and is gone with the session if it never registers.
+    pub fn write_leaf(
+        &self,
+        file: BlockId,
+        size: u64,
+        offset: u64,
+        block: &Block,
+    ) -> Result<(), StoreError> {
+        if block.kind() != rdht_core::BlockKind::Leaf {
+            return Err(StoreError::Dag {
+                root: file,
+                source: Box::new(rdht_core::DagError::BadShape {
+                    block: block.id(),
+                    reason: "an interior block is not file data".into(),
+                }),
+            });
+        }
+        let inner = &self.store.inner;
+        let dir = inner.files.dir();
+        let tmp = dir.map_or_else(PathBuf::new, |d| d.join("tmp"));
+        let mut partials = self
+            .partials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if dir.is_some() && !partials.0.contains_key(&file) {
+            // A new file in files/tmp leaves the space kept for the index (§7.1).
+            inner.room_for(size, &tmp)?;
+        }
+        let written = partials
+            .write(dir, file, size, offset, block.id(), block.payload())
+            .map_err(|source| StoreError::File {
+                op: "writing a fetched leaf into",
+                path: tmp,
+                source,
+            });
+        inner.noted_failure(written)
     }
 
     /// The store this session writes to.
@@ -841,6 +892,7 @@ impl Inner {
         tracing::error!(file = %root, error = %e, path = %self.path.display(),
             "kept file in store was modified; removing it");
         self.counters.corruptions.fetch_add(1, Ordering::Relaxed);
+        self.verified.forget(root);
         self.files.remove(root).map_err(self.files_err("remove"))
     }
 

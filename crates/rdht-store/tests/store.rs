@@ -189,6 +189,8 @@ on_both_backends!(
     plain_puts_then_add_artifact,
     regression_session_blocks_held_by_an_evicted_artifact_survive_gc,
     ingest_dir_takes_regular_files_recursively,
+    a_fetch_written_in_place_is_installed_by_rename_not_through_packs,
+    an_incomplete_fetch_in_place_is_never_registered_and_leaves_nothing,
 );
 
 fn blocks_put_get_has_delete(kind: Kind) {
@@ -957,6 +959,52 @@ fn outputs_are_linked_into_the_store_and_a_rewrite_in_place_is_caught() {
         assert!(!out.join("lib.rlib").exists());
         assert_eq!(fx.store.stats().unwrap().corruptions, 1);
     }
+}
+
+/// Issue 17 part 5: a kept file hard-linked out is not hashed again while it keeps the
+/// identity it had when it was checked (the second export reads only the manifest, not
+/// the file's interior block); written in place through a link, it is hashed, caught
+/// and never exported again.
+#[test]
+fn a_linked_export_of_an_unchanged_kept_file_is_not_hashed_again_and_a_write_is_caught() {
+    use rdht_store::{Mode, Placed};
+    let fx = fixture(Kind::Sled, Config::default());
+    let files = [("lib.rlib", 8, 700_000, false)];
+    let root = ingest(&fx, "a", &files, false);
+    let reads = || fx.store.stats().unwrap().reads;
+    let export = |to: &str| {
+        let r0 = reads();
+        let out = fx
+            .store
+            .export_with(&root, &fx.dir.path().join(to), &|_| Mode::Link)
+            .map(|(_, placed)| placed);
+        (out, reads() - r0)
+    };
+    let (placed, n1) = export("x1");
+    if placed.unwrap() != [Placed::HardLink] {
+        return; // A reflink or a copy (another filesystem): hashed every time.
+    }
+    // The manifest's block, then the file's interior block (its leaves are hashed
+    // from the file).
+    assert_eq!(n1, 2);
+    let (placed, n2) = export("x2");
+    assert_eq!(placed.unwrap(), [Placed::HardLink]);
+    assert_eq!(n2, 1, "only the manifest is read");
+    let linked = fx.dir.path().join("x2/lib.rlib");
+    assert_eq!(std::fs::read(&linked).unwrap(), data(8, 700_000));
+    // A write in place through the link (same size, new bytes at offset 5000).
+    use std::os::unix::fs::FileExt;
+    std::fs::File::options()
+        .write(true)
+        .open(&linked)
+        .unwrap()
+        .write_all_at(b"changed", 5000)
+        .unwrap();
+    let (res, n3) = export("x3");
+    assert!(matches!(res, Err(StoreError::Dag { .. })), "{res:?}");
+    assert_eq!(n3, 2, "hashed again");
+    assert!(!fx.dir.path().join("x3/lib.rlib").exists());
+    assert_eq!(fx.store.stats().unwrap().corruptions, 1);
 }
 
 /// Issue 17: a fetch's leaves, kept in packs until registration, leave the disk once
@@ -1749,4 +1797,135 @@ fn sled_store_reopens_at_once_after_close_or_drop() {
     for root in &roots {
         store.verify_artifact(root).unwrap();
     }
+}
+
+/// Puts DAG `dag` of `src` through `session` as a fetch does: the manifest's blocks and
+/// every interior block as blocks; a file's (`size` given) leaves written in place at
+/// their offsets, except those `skip` leaves out.
+fn fetch_dag(
+    src: &Store,
+    session: &rdht_store::Session,
+    dag: BlockId,
+    size: Option<u64>,
+    skip: &dyn Fn(&BlockId) -> bool,
+) {
+    let mut v = rdht_core::DagVerifier::new(dag, size, rdht_core::Limits::default());
+    let mut offset = 0u64;
+    while let Some(id) = v.next_expected() {
+        let block = v.push(src.get(&id).unwrap().unwrap().into_bytes()).unwrap();
+        match size {
+            Some(size) if block.kind() == rdht_core::BlockKind::Leaf => {
+                if !skip(&id) {
+                    session.write_leaf(dag, size, offset, &block).unwrap();
+                }
+                offset += block.payload().len() as u64;
+            }
+            _ => {
+                session.put(&block).unwrap();
+            }
+        }
+    }
+}
+
+/// Bytes of the store's pack files and the number of temporaries in `files/tmp` (an
+/// in-memory store has neither).
+fn packs_and_temps(fx: &Fx) -> (u64, usize) {
+    let count = |dir: &str| -> Vec<std::fs::Metadata> {
+        match std::fs::read_dir(fx.dir.path().join(dir)) {
+            Ok(rd) => rd.map(|e| e.unwrap().metadata().unwrap()).collect(),
+            Err(_) => Vec::new(),
+        }
+    };
+    let packs = count("packs").iter().map(|m| m.len()).sum();
+    (packs, count("files/tmp").len())
+}
+
+/// Issue 17 part 4: a fetch writes each file's leaves at their offsets; registration
+/// installs the file by renaming it, so no leaf passes through the packs, and a leaf
+/// the fetch took from the store (here file b's first, which is held file a's) is
+/// filled in from there.
+fn a_fetch_written_in_place_is_installed_by_rename_not_through_packs(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let src = fixture(Kind::Memory, Config::default());
+    ingest(&fx, "held", &[("a", 11, 16_384, false)], true);
+    let files = [("b", 11, 3_000_000, true), ("c", 12, 5, false)];
+    let root = ingest(&src, "x", &files, false);
+    let manifest = src.store.manifest(&root).unwrap();
+    let session = fx.store.session();
+    fetch_dag(&src.store, &session, root, None, &|_| false);
+    let local = fx.store.clone();
+    let mut skipped = 0;
+    for f in manifest.files() {
+        fetch_dag(&src.store, &session, f.root, Some(f.size), &|id| {
+            local.has(id).unwrap()
+        });
+    }
+    for f in manifest.files() {
+        let mut v = rdht_core::DagVerifier::new(f.root, Some(f.size), Default::default());
+        while let Some(id) = v.next_expected() {
+            if v.next_leaf().is_some() && fx.store.has(&id).unwrap() {
+                skipped += 1;
+            }
+            v.push(src.store.get(&id).unwrap().unwrap().into_bytes())
+                .unwrap();
+        }
+    }
+    assert_eq!(skipped, 1, "b's first leaf is a's");
+    let (packs_before, temps) = packs_and_temps(&fx);
+    if matches!(kind, Kind::Sled) {
+        assert_eq!(temps, 2, "one temporary per fetched file");
+        assert!(packs_before < 100_000, "{packs_before} bytes in packs");
+    }
+    session.register(root, false).unwrap();
+    let (packs_after, temps) = packs_and_temps(&fx);
+    assert_eq!((packs_after, temps), (packs_before, 0));
+    check_export(&fx, &root, &files);
+    let st = fx.store.stats().unwrap();
+    assert_eq!((st.artifacts, st.files), (2, 3));
+    // Leaves are served from the installed file, by id.
+    let (_, ids) = fx.store.verify_artifact(&root).unwrap();
+    assert_eq!(ids.len(), 184 + 1 + 1 + 1);
+}
+
+/// A fetch in place that misses a leaf is refused at registration; its temporaries
+/// go with the session, and nothing is listed or kept.
+fn an_incomplete_fetch_in_place_is_never_registered_and_leaves_nothing(kind: Kind) {
+    let fx = fixture(kind, Config::default());
+    let src = fixture(Kind::Memory, Config::default());
+    let files = [("b", 21, 200_000, false)];
+    let root = ingest(&src, "x", &files, false);
+    let manifest = src.store.manifest(&root).unwrap();
+    let f = &manifest.files()[0];
+    let mut leaves = Vec::new();
+    let mut v = rdht_core::DagVerifier::new(f.root, Some(f.size), Default::default());
+    while let Some(id) = v.next_expected() {
+        if v.next_leaf().is_some() {
+            leaves.push(id);
+        }
+        v.push(src.store.get(&id).unwrap().unwrap().into_bytes())
+            .unwrap();
+    }
+    assert_eq!(leaves.len(), 13);
+    let gap = leaves[7];
+    let session = fx.store.session();
+    fetch_dag(&src.store, &session, root, None, &|_| false);
+    fetch_dag(&src.store, &session, f.root, Some(f.size), &|id| *id == gap);
+    let err = session.register(root, false).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("artifact {root} does not verify: block {gap} is missing")
+    );
+    assert_eq!(
+        packs_and_temps(&fx).1,
+        0,
+        "the temporary went with the session"
+    );
+    assert!(fx.store.artifact(&root).unwrap().is_none());
+    assert_eq!(fx.store.stats().unwrap().files, 0);
+    // The same fetch again, complete, registers.
+    let session = fx.store.session();
+    fetch_dag(&src.store, &session, root, None, &|_| false);
+    fetch_dag(&src.store, &session, f.root, Some(f.size), &|_| false);
+    session.register(root, false).unwrap();
+    check_export(&fx, &root, &files);
 }
