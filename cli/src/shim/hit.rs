@@ -275,7 +275,20 @@ fn check_fit(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
         return Ok(());
     };
     let mut machine = Machine::here(&host);
+    // Verdicts that an output fits are kept by its content root, with the identity of
+    // the runtime libraries they were reached against: reading and parsing a proc
+    // macro or build script each hit cost more than the rest of the hit.
+    let env: super::inputs::Env = std::env::vars().collect();
+    let cache = super::inputs::user_cache(&env, None, "fit");
+    let identity = machine.identity();
     for o in outputs.iter().filter(|o| !o.is_dep_info()) {
+        let entry = cache.as_ref().map(|d| d.join(o.root.to_string()));
+        if entry
+            .as_ref()
+            .is_some_and(|e| std::fs::read_to_string(e).is_ok_and(|s| s == identity))
+        {
+            continue;
+        }
         if let Err(misfit) = machine.file_fits(&o.at) {
             let mut f = fail(format!(
                 "cached {} does not fit this machine: {misfit}",
@@ -285,8 +298,22 @@ fn check_fit(unit: &Unit, outputs: &[Output]) -> Result<(), CacheFailure> {
             f.cause = misfit.to_string();
             return Err(f);
         }
+        if let Some(e) = entry {
+            remember_fit(&e, &identity);
+        }
     }
     Ok(())
+}
+
+/// Keeps a verdict that an output fits (best effort: a lost one is checked again).
+fn remember_fit(entry: &Path, identity: &str) {
+    if let Some(dir) = entry.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, identity).is_ok() {
+        let _ = std::fs::rename(&tmp, entry);
+    }
 }
 
 /// A sampled hit: compiles the unit again and compares. A difference that a second

@@ -199,6 +199,28 @@ impl Machine {
         Ok(())
     }
 
+    /// What this machine's verdicts depend on: each runtime library this machine would
+    /// load (the first found in its directories), by path, size and modification time,
+    /// or its absence. A verdict kept with this identity holds while it is unchanged.
+    pub fn identity(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let mut id = String::new();
+        for lib in RUNTIME_LIBS {
+            let found = self.dirs.iter().map(|d| d.join(lib)).find_map(|p| {
+                let m = std::fs::metadata(&p).ok().filter(|m| m.is_file())?;
+                Some(format!(
+                    "{}:{}:{}.{}",
+                    p.display(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                ))
+            });
+            id.push_str(&format!("{lib}={};", found.as_deref().unwrap_or("-")));
+        }
+        id
+    }
+
     /// [`Machine::fits`] for the file at `path` (not an ELF file: it fits).
     pub fn file_fits(&mut self, path: &Path) -> Result<(), Misfit> {
         match file_requirements(path) {
@@ -243,6 +265,27 @@ fn read_bounded(path: &Path) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_names_each_runtime_library_found_and_changes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Machine::with_dirs(vec![dir.path().to_path_buf()]);
+        let none = m.identity();
+        assert_eq!(
+            none,
+            "libc.so.6=-;libm.so.6=-;libpthread.so.0=-;libdl.so.2=-;librt.so.1=-;\
+             libutil.so.1=-;libstdc++.so.6=-;libgcc_s.so.1=-;"
+        );
+        let libc = dir.path().join("libc.so.6");
+        std::fs::write(&libc, b"one").unwrap();
+        let one = m.identity();
+        assert!(
+            one.starts_with(&format!("libc.so.6={}:3:", libc.display())),
+            "{one}"
+        );
+        std::fs::write(&libc, b"other").unwrap();
+        assert_ne!(m.identity(), one);
+    }
 
     fn host() -> String {
         let out = std::process::Command::new("rustc")

@@ -296,6 +296,16 @@ pub(crate) fn write_stamped(path: &Path, stamp: &str, text: &str) {
 /// Entries are named by the package directory and checked by stamps, so a shared cache
 /// is never believed for another directory or a changed file.
 fn registry_cache(env: &Env, target_root: Option<&Path>) -> Option<PathBuf> {
+    user_cache(env, target_root, "registry-src")
+}
+
+/// The shim's cache directory `name`: under the user's cache directory
+/// (`$XDG_CACHE_HOME`, else `$HOME/.cache`, then `rdht/`), else `TARGET/.rdht/`.
+pub(in crate::shim) fn user_cache(
+    env: &Env,
+    target_root: Option<&Path>,
+    name: &str,
+) -> Option<PathBuf> {
     let user = env
         .get("XDG_CACHE_HOME")
         .filter(|d| Path::new(d).is_absolute())
@@ -303,7 +313,7 @@ fn registry_cache(env: &Env, target_root: Option<&Path>) -> Option<PathBuf> {
         .or_else(|| env.get("HOME").map(|h| Path::new(h).join(".cache")));
     user.map(|d| d.join("rdht"))
         .or_else(|| target_root.map(|t| t.join(".rdht")))
-        .map(|d| d.join("registry-src"))
+        .map(|d| d.join(name))
 }
 
 /// What `-C target-cpu=native` means on this machine: `CPU;FEATURES`, the CPU rustc
