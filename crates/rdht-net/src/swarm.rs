@@ -79,7 +79,7 @@ pub(crate) struct Behaviour {
     upnp: Toggle<upnp::tokio::Behaviour>,
     /// Reservations on relays and circuits through them (relay v2 client).
     relay_client: relay::client::Behaviour,
-    /// Relays circuits for other peers (relay v2 server): anchors and relays only.
+    /// Relays circuits for other peers (relay v2 server): only with `relay` set.
     relay_server: Toggle<relay::Behaviour>,
     /// Turns relayed connections into direct ones (hole punching).
     dcutr: dcutr::Behaviour,
@@ -426,7 +426,8 @@ fn build_behaviour(
         autonat_server: autonat::v2::server::Behaviour::default(),
         upnp: upnp.then(upnp::tokio::Behaviour::default).into(),
         relay_client,
-        relay_server: (cfg.anchor || cfg.relay)
+        relay_server: cfg
+            .relay
             .then(|| {
                 let mut r = relay::Behaviour::new(peer, relay::Config::default());
                 // A relay offers itself once an external address is confirmed; an
