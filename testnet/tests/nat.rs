@@ -5,6 +5,10 @@
 //! - Behind NAT, a node's AutoNAT v2 tests fail: its reachability is `private`, its
 //!   Kademlia stays a client and it takes a relay reservation on the anchor; the
 //!   anchor serves the DHT.
+//! - Behind two cone NATs, blocks arrive over a hole-punched direct connection, and the
+//!   relay's namespace carries a small fraction of the artifact meanwhile.
+//! - Behind a symmetric NAT hole punching fails: the provider reachable only through
+//!   the relay is skipped and the anchor serves every block, without waiting.
 //! - A `/dnsaddr/` bootstrap entry resolves through a DNS server in the topology.
 //! - The public swarm connects over QUIC, and over TCP when UDP is dropped.
 //!
@@ -84,41 +88,102 @@ fn private_node(dir: &Path, name: &str, ns: &str, listen: &str, extra: &[&str]) 
     Node::start_with(in_ns(ns), &data, &args)
 }
 
+/// An anchor (public host 1) and one laptop behind each NAT router of `nats`, in one
+/// private swarm. Fields drop in order: daemons first, then their files, then the
+/// namespaces.
+struct Topology {
+    anchor: Node,
+    /// The anchor's bootstrap line.
+    line: String,
+    laptops: Vec<Node>,
+    tmp: tempfile::TempDir,
+    net: NatNet,
+}
+
+impl Topology {
+    /// Routers that drop unsolicited packets (as home routers do), each laptop holding
+    /// a relay reservation on the anchor.
+    fn new(nats: &[NatKind]) -> Topology {
+        let t = Topology::start(nats, true);
+        for (k, l) in t.laptops.iter().enumerate() {
+            let took = wait_relayed(l);
+            eprintln!("laptop {} reserved a relayed address after {took:?}", k + 1);
+        }
+        t
+    }
+
+    /// The daemons started; `silent` routers drop unsolicited packets rather than
+    /// refuse them.
+    fn start(nats: &[NatKind], silent: bool) -> Topology {
+        require_nat();
+        let mut net = NatNet::new(1, nats);
+        net.silent = silent;
+        net.create().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("swarm.key"), KEY).unwrap();
+        std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
+        let anchor = private_node(
+            dir,
+            "anchor",
+            &net.public_ns(1),
+            &format!("/ip4/{}/tcp/0", net.public_addr(1)),
+            &["--anchor"],
+        );
+        let line = anchor.stdout(&["swarm", "bootstrap-line"]);
+        std::fs::write(dir.join("bootstrap.txt"), &line).unwrap();
+        let laptops: Vec<Node> = (1..=nats.len())
+            .map(|k| {
+                private_node(
+                    dir,
+                    &format!("laptop{k}"),
+                    &net.lan_ns(k),
+                    "/ip4/0.0.0.0/tcp/0",
+                    &[],
+                )
+            })
+            .collect();
+        Topology {
+            anchor,
+            line,
+            laptops,
+            tmp,
+            net,
+        }
+    }
+
+    /// Writes the shared artifact's one file; returns its directory.
+    fn source(&self) -> (std::path::PathBuf, Vec<u8>) {
+        let src = self.tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let bytes = rdht_testnet::content("nat", ARTIFACT);
+        std::fs::write(src.join("big.bin"), &bytes).unwrap();
+        (src, bytes)
+    }
+
+    /// `rdht get ROOT` on `node` into a fresh directory under the temp dir.
+    fn get(&self, node: &Node, root: &str, dest: &str) -> (std::process::Output, Duration) {
+        let dest = self.tmp.path().join(dest);
+        let start = Instant::now();
+        let out = std::process::Command::new(bin("rdht"))
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(["--json", "get", root, dest.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out, start.elapsed())
+    }
+}
+
 #[test]
 fn behind_nat_a_node_is_private_and_a_dht_client_and_the_public_node_serves() {
-    require_nat();
-    let net = NatNet::new(1, &[NatKind::Cone, NatKind::Cone]);
-    net.create().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::write(dir.join("swarm.key"), KEY).unwrap();
-    std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
-
-    let anchor = private_node(
-        dir,
-        "anchor",
-        &net.public_ns(1),
-        &format!("/ip4/{}/tcp/0", net.public_addr(1)),
-        &["--anchor"],
-    );
-    let line = anchor.stdout(&["swarm", "bootstrap-line"]);
-    std::fs::write(dir.join("bootstrap.txt"), &line).unwrap();
-    let laptops: Vec<Node> = (1..=2)
-        .map(|k| {
-            private_node(
-                dir,
-                &format!("laptop{k}"),
-                &net.lan_ns(k),
-                "/ip4/0.0.0.0/tcp/0",
-                &[],
-            )
-        })
-        .collect();
+    let t = Topology::start(&[NatKind::Cone, NatKind::Cone], false);
+    let (anchor, line, laptops, net) = (&t.anchor, &t.line, &t.laptops, &t.net);
 
     // The anchor serves the DHT from the start. (Its address is not tested: AutoNAT
     // v2 asks for dial-backs over its own outbound connections, and an anchor that
     // others dial has none.)
-    wait_swarm(&anchor, "the anchor serving", |s| {
+    wait_swarm(anchor, "the anchor serving", |s| {
         s["kad_server"] == true && s["peers"] == 2
     });
     for (k, laptop) in laptops.iter().enumerate() {
@@ -157,7 +222,7 @@ fn behind_nat_a_node_is_private_and_a_dht_client_and_the_public_node_serves() {
         }
     }
     // A laptop never turned server meanwhile: its log never says so.
-    for laptop in &laptops {
+    for laptop in laptops {
         let log = std::fs::read_to_string(laptop.log()).unwrap();
         assert!(!log.contains("mode=Server"), "{log}");
     }
@@ -376,6 +441,7 @@ fn a_dnsaddr_bootstrap_entry_resolves_through_dns_and_the_node_joins() {
     let log = std::fs::read_to_string(joined.log()).unwrap();
     assert!(!log.contains("no bootstrap peer is reachable"), "{log}");
 }
+
 /// Polls until node's first swarm lists a relayed (`/p2p-circuit`) confirmed address.
 fn wait_relayed(node: &Node) -> Duration {
     let (_, took) = wait_swarm(node, "a relay reservation", |s| {
@@ -387,94 +453,163 @@ fn wait_relayed(node: &Node) -> Duration {
     took
 }
 
+/// Bytes the interfaces of namespace `ns` received and sent, loopback aside
+/// (`/proc/net/dev`: after the name, field 0 is bytes received and field 8 bytes sent).
+fn ns_bytes(ns: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/dev"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut total = 0;
+    for line in text.lines().skip(2) {
+        let (name, fields) = line.split_once(':').unwrap();
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = fields
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        total += f[0] + f[8];
+    }
+    total
+}
+
+/// The artifact the laptops share: 2 MiB, far over a relay v2 circuit's 128 KiB.
+const ARTIFACT: usize = 2 << 20;
+/// How long a fetch waits for a provider reachable only through a relay to turn direct
+/// before it skips it (specs/swarm.md §2.6).
+const RELAY_SKIP: Duration = Duration::from_secs(5);
+
+fn peer_id(node: &Node) -> String {
+    node.json(&["id"])["peer_id"].as_str().unwrap().to_string()
+}
+
+fn block_bytes(node: &Node) -> (u64, u64) {
+    let s = node.json(&["status"]);
+    (
+        s["bytes_in"].as_u64().unwrap(),
+        s["bytes_out"].as_u64().unwrap(),
+    )
+}
+
 #[test]
 fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
-    require_nat();
-    let mut net = NatNet::new(1, &[NatKind::Cone, NatKind::Cone]);
-    net.silent = true;
-    net.create().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::write(dir.join("swarm.key"), KEY).unwrap();
-    std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
-    let anchor = private_node(
-        dir,
-        "anchor",
-        &net.public_ns(1),
-        &format!("/ip4/{}/tcp/0", net.public_addr(1)),
-        &["--anchor"],
-    );
-    let line = anchor.stdout(&["swarm", "bootstrap-line"]);
-    std::fs::write(dir.join("bootstrap.txt"), &line).unwrap();
-    let laptops: Vec<Node> = (1..=2)
-        .map(|k| {
-            private_node(
-                dir,
-                &format!("laptop{k}"),
-                &net.lan_ns(k),
-                "/ip4/0.0.0.0/tcp/0",
-                &[],
-            )
-        })
-        .collect();
-    for (k, l) in laptops.iter().enumerate() {
-        let took = wait_relayed(l);
-        eprintln!("laptop {} reserved a relayed address after {took:?}", k + 1);
-    }
-    // Laptop 1 stores 2 MiB (far over a relay v2 circuit's 128 KiB).
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let bytes = rdht_testnet::content("nat", 2 << 20);
-    std::fs::write(src.join("big.bin"), &bytes).unwrap();
-    let put = laptops[0].json(&["put", src.to_str().unwrap()]);
+    let t = Topology::new(&[NatKind::Cone, NatKind::Cone]);
+    let (src, bytes) = t.source();
+    let put = t.laptops[0].json(&["put", src.to_str().unwrap()]);
     let root = put["root"].as_str().unwrap().to_string();
-    let dest = dir.join("dest");
+    let anchor_ns = t.net.public_ns(1);
+    let relay_before = ns_bytes(&anchor_ns);
     // A simultaneous open can miss (DCUtR tries 3 times within milliseconds; 18 of 20
     // runs punched on the first `get` here); a failed punch closes the relayed
     // connection, so a second `get` dials through the relay and punches anew.
-    let get = || {
-        std::process::Command::new(bin("rdht"))
-            .arg("--data-dir")
-            .arg(&laptops[1].dir)
-            .args(["--json", "get", &root, dest.to_str().unwrap()])
-            .output()
-            .unwrap()
-    };
-    let start = Instant::now();
-    let mut out = get();
+    let (mut out, mut took) = t.get(&t.laptops[1], &root, "dest");
     if !out.status.success() {
         eprintln!(
             "first get failed ({}), trying again",
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        out = get();
+        (out, took) = t.get(&t.laptops[1], &root, "dest");
     }
-    let took = start.elapsed();
     assert!(
         out.status.success(),
         "{}\n--- laptop 2 ---\n{}",
         String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(laptops[1].log()).unwrap_or_default()
+        std::fs::read_to_string(t.laptops[1].log()).unwrap_or_default()
     );
+    let relayed = ns_bytes(&anchor_ns) - relay_before;
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["files"], 1, "{got}");
-    assert!(std::fs::read(dest.join("big.bin")).unwrap() == bytes);
-    eprintln!("laptop 2 fetched 2 MiB from laptop 1 in {took:?}");
-    let peer1 = laptops[0].json(&["id"])["peer_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let c = conns_to(&laptops[1], &peer1);
+    assert!(std::fs::read(t.tmp.path().join("dest/big.bin")).unwrap() == bytes);
+    eprintln!(
+        "laptop 2 fetched {} KiB from laptop 1 in {took:?}; the relay's namespace carried \
+         {} KiB meanwhile",
+        ARTIFACT >> 10,
+        relayed >> 10
+    );
+    // Blocks never went through the relay: everything the anchor's namespace carried
+    // while the artifact moved (DHT, identify, the hole punch's coordination, both
+    // directions of any circuit) is a small fraction of it.
+    assert!(
+        relayed < (ARTIFACT / 8) as u64,
+        "the relay carried {relayed} bytes while {ARTIFACT} moved"
+    );
+    let peer1 = peer_id(&t.laptops[0]);
+    let c = conns_to(&t.laptops[1], &peer1);
     assert!(!c.is_empty(), "laptop 2 is not connected to laptop 1");
     for p in &c {
         assert_eq!(p["connection"], "direct", "{c:?}");
-        let from = format!("/ip4/{}/tcp/", net.router_addr(1));
+        let from = format!("/ip4/{}/tcp/", t.net.router_addr(1));
         assert!(p["addr"].as_str().unwrap().starts_with(&from), "{c:?}");
     }
-    let log = std::fs::read_to_string(laptops[1].log()).unwrap();
-    let log1 = std::fs::read_to_string(laptops[0].log()).unwrap();
+    // The blocks came from laptop 1, and all of them from it.
+    let (_, sent) = block_bytes(&t.laptops[0]);
+    let (received, _) = block_bytes(&t.laptops[1]);
+    assert!(sent >= ARTIFACT as u64, "laptop 1 sent {sent} block bytes");
+    assert_eq!(received, sent);
+    let log = std::fs::read_to_string(t.laptops[1].log()).unwrap();
+    let log1 = std::fs::read_to_string(t.laptops[0].log()).unwrap();
     assert!(
         log.contains("hole punched") || log1.contains("hole punched"),
         "{log}\n--- laptop 1 ---\n{log1}"
     );
+}
+
+/// Behind a symmetric NAT (a random port per destination: `--random-fully`) hole
+/// punching cannot work. Laptop 2 sits behind one; laptop 1, which it can reach only
+/// through the relay, and the anchor both hold the artifact. The fetch takes it from
+/// the anchor at once, never waits out the relayed provider, and never streams a block
+/// over the relay.
+#[test]
+fn behind_a_symmetric_nat_the_relayed_provider_is_skipped_and_the_anchor_serves() {
+    let t = Topology::new(&[NatKind::Cone, NatKind::Symmetric]);
+    let (src, bytes) = t.source();
+    let root = t.laptops[0].json(&["put", src.to_str().unwrap()])["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let again = t.anchor.json(&["put", src.to_str().unwrap()])["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(root, again);
+    let (out, took) = t.get(&t.laptops[1], &root, "dest");
+    assert!(
+        out.status.success(),
+        "{}\n--- laptop 2 ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(t.laptops[1].log()).unwrap_or_default()
+    );
+    assert!(std::fs::read(t.tmp.path().join("dest/big.bin")).unwrap() == bytes);
+    eprintln!(
+        "behind the symmetric NAT, laptop 2 fetched {} KiB in {took:?}",
+        ARTIFACT >> 10
+    );
+    // Every block came from the anchor; laptop 1 sent none.
+    let (_, from_anchor) = block_bytes(&t.anchor);
+    let (_, from_laptop) = block_bytes(&t.laptops[0]);
+    let (received, _) = block_bytes(&t.laptops[1]);
+    assert_eq!(from_laptop, 0, "laptop 1 sent blocks");
+    assert!(
+        from_anchor >= ARTIFACT as u64,
+        "the anchor sent {from_anchor}"
+    );
+    assert_eq!(received, from_anchor);
+    // It never waited for the relayed provider to turn direct.
+    assert!(
+        took < RELAY_SKIP,
+        "the fetch took {took:?}\n--- laptop 2 ---\n{}",
+        std::fs::read_to_string(t.laptops[1].log()).unwrap_or_default()
+    );
+    // And no hole was punched: laptop 2 reaches laptop 1 only through the relay, if
+    // at all.
+    let peer1 = peer_id(&t.laptops[0]);
+    for p in conns_to(&t.laptops[1], &peer1) {
+        assert_eq!(p["connection"], "relayed", "{p}");
+    }
+    let log = std::fs::read_to_string(t.laptops[1].log()).unwrap();
+    assert!(!log.contains("hole punched"), "{log}");
 }

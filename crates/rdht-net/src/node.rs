@@ -913,7 +913,7 @@ impl NodeHandle {
             .into_iter()
             .filter(|p| *p != self.inner.peer_id && !self.is_banned(p) && !self.skip_unreachable(p))
             .collect();
-        let providers = direct_first(s, providers).await;
+        let (direct, relayed) = split_relayed(s, providers).await;
         let ctx = FetchCtx {
             swarm: &s.name,
             control: s.control.clone(),
@@ -922,7 +922,22 @@ impl NodeHandle {
             ban: &ban,
             heard: &heard,
         };
-        fetch::fetch_artifact(&ctx, root, providers, sink).await
+        // Direct providers (or not yet connected ones) first, without waiting for the
+        // others: a relayed one could only join once hole punching made it direct.
+        let mut failed = None;
+        if !direct.is_empty() {
+            match fetch::fetch_artifact(&ctx, root, direct, sink).await {
+                Err(e @ FetchError::AllProvidersFailed { .. }) if !relayed.is_empty() => {
+                    failed = Some(e);
+                }
+                other => return other,
+            }
+        }
+        let punched = wait_direct(s, relayed).await;
+        match failed {
+            Some(e) if punched.is_empty() => Err(e),
+            _ => fetch::fetch_artifact(&ctx, root, punched, sink).await,
+        }
     }
 }
 
@@ -931,36 +946,43 @@ impl NodeHandle {
 /// before the fetch goes on without it.
 const DIRECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The providers in the order a fetch asks them: those with a direct connection (or
-/// none yet), then those connected only through a relay once hole punching made their
-/// connection direct, within [`DIRECT_WAIT`]; a provider still relayed then is left
-/// out, since blocks never stream over a relayed circuit (relay v2 cuts it at 128 KiB
-/// or 2 min; specs/swarm.md §2.6).
-async fn direct_first(s: &SwarmHandle, providers: Vec<PeerId>) -> Vec<PeerId> {
-    let relayed_only = |conns: &[swarm::Connection], p: &PeerId| {
-        let mine: Vec<&swarm::Connection> = conns.iter().filter(|c| c.peer == *p).collect();
-        !mine.is_empty() && mine.iter().all(|c| c.relayed)
-    };
+/// Whether every connection to `p` runs through a relay (and there is one).
+fn relayed_only(conns: &[swarm::Connection], p: &PeerId) -> bool {
+    let mut mine = conns.iter().filter(|c| c.peer == *p).peekable();
+    mine.peek().is_some() && mine.all(|c| c.relayed)
+}
+
+/// The providers split as a fetch asks them: first those with a direct connection (or
+/// none yet), then those connected only through a relay, which are asked only once
+/// hole punching made them direct ([`wait_direct`]), since blocks never stream over a
+/// relayed circuit (relay v2 cuts it at 128 KiB or 2 min; specs/swarm.md §2.6).
+async fn split_relayed(s: &SwarmHandle, providers: Vec<PeerId>) -> (Vec<PeerId>, Vec<PeerId>) {
     let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
-        return providers;
+        return (providers, Vec::new());
     };
-    let (mut waiting, mut order): (Vec<PeerId>, Vec<PeerId>) =
-        providers.into_iter().partition(|p| relayed_only(&conns, p));
+    let (relayed, direct) = providers.into_iter().partition(|p| relayed_only(&conns, p));
+    (direct, relayed)
+}
+
+/// The providers of `waiting` whose connection turned direct within [`DIRECT_WAIT`];
+/// the others are left out (symmetric NAT: hole punching fails).
+async fn wait_direct(s: &SwarmHandle, mut waiting: Vec<PeerId>) -> Vec<PeerId> {
+    let mut direct = Vec::new();
     let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
     while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
             break;
         };
-        let (still, direct): (Vec<PeerId>, Vec<PeerId>) =
+        let (still, now_direct): (Vec<PeerId>, Vec<PeerId>) =
             waiting.into_iter().partition(|p| relayed_only(&conns, p));
-        order.extend(direct);
+        direct.extend(now_direct);
         waiting = still;
     }
     for p in &waiting {
         info!(peer = %p, "provider reachable only through a relay (hole punching failed): skipped");
     }
-    order
+    direct
 }
 
 /// An announcement whose key is already in the local provider store, with its DHT
