@@ -19,165 +19,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdht_testnet::netns::{NatKind, NatNet, nat_unavailable};
-use rdht_testnet::{Launch, Node, bin};
-
-const KEY: &str = "/key/swarm/psk/1.0.0/\n/base16/\n\
-    6e61742d746573742d6b65792d6e61742d746573742d6b65792d6e61742d7465\n";
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn require_nat() {
-    if let Some(why) = nat_unavailable() {
-        panic!("these tests need network namespaces and iptables (CI runs them as root): {why}");
-    }
-}
-
-/// `rdht-node` run inside namespace `ns`.
-fn in_ns(ns: &str) -> Launch {
-    Launch {
-        argv: vec![
-            "ip".into(),
-            "netns".into(),
-            "exec".into(),
-            ns.into(),
-            bin("rdht-node").into(),
-        ],
-        env: None,
-    }
-}
-
-/// Polls `rdht --json status` on `node` until `ok` holds for its first swarm; returns
-/// that swarm's entry and how long it took.
-fn wait_swarm(
-    node: &Node,
-    what: &str,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> (serde_json::Value, Duration) {
-    let start = Instant::now();
-    loop {
-        let status = node.json(&["status"]);
-        let swarm = &status["swarms"][0];
-        if ok(swarm) {
-            return (swarm.clone(), start.elapsed());
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: still {swarm} after {DEADLINE:?}\n--- log ---\n{}",
-            std::fs::read_to_string(node.log()).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A private-swarm daemon in `ns`, listening on `listen`, bootstrapping from `boot`,
-/// with `extra` arguments.
-fn private_node(dir: &Path, name: &str, ns: &str, listen: &str, extra: &[&str]) -> Node {
-    let data = dir.join(name);
-    std::fs::create_dir_all(&data).unwrap();
-    let key = dir.join("swarm.key");
-    let boot = dir.join("bootstrap.txt");
-    let mut args = vec![
-        "--swarm-key",
-        key.to_str().unwrap(),
-        "--bootstrap",
-        boot.to_str().unwrap(),
-        "--listen",
-        listen,
-    ];
-    args.extend_from_slice(extra);
-    Node::start_with(in_ns(ns), &data, &args)
-}
-
-/// An anchor (public host 1) and one laptop behind each NAT router of `nats`, in one
-/// private swarm. Fields drop in order: daemons first, then their files, then the
-/// namespaces.
-struct Topology {
-    anchor: Node,
-    /// The anchor's bootstrap line.
-    line: String,
-    laptops: Vec<Node>,
-    tmp: tempfile::TempDir,
-    net: NatNet,
-}
-
-impl Topology {
-    /// Routers that drop unsolicited packets (as home routers do), each laptop holding
-    /// a relay reservation on the anchor.
-    fn new(nats: &[NatKind]) -> Topology {
-        let t = Topology::start(nats, true);
-        for (k, l) in t.laptops.iter().enumerate() {
-            let took = wait_relayed(l);
-            eprintln!("laptop {} reserved a relayed address after {took:?}", k + 1);
-        }
-        t
-    }
-
-    /// The daemons started; `silent` routers drop unsolicited packets rather than
-    /// refuse them.
-    fn start(nats: &[NatKind], silent: bool) -> Topology {
-        require_nat();
-        let mut net = NatNet::new(1, nats);
-        net.silent = silent;
-        net.create().unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        std::fs::write(dir.join("swarm.key"), KEY).unwrap();
-        std::fs::write(dir.join("bootstrap.txt"), "").unwrap();
-        let anchor = private_node(
-            dir,
-            "anchor",
-            &net.public_ns(1),
-            &format!("/ip4/{}/tcp/0", net.public_addr(1)),
-            &["--anchor"],
-        );
-        let line = anchor.stdout(&["swarm", "bootstrap-line"]);
-        std::fs::write(dir.join("bootstrap.txt"), &line).unwrap();
-        let laptops: Vec<Node> = (1..=nats.len())
-            .map(|k| {
-                private_node(
-                    dir,
-                    &format!("laptop{k}"),
-                    &net.lan_ns(k),
-                    "/ip4/0.0.0.0/tcp/0",
-                    &[],
-                )
-            })
-            .collect();
-        Topology {
-            anchor,
-            line,
-            laptops,
-            tmp,
-            net,
-        }
-    }
-
-    /// Writes the shared artifact's one file; returns its directory.
-    fn source(&self) -> (std::path::PathBuf, Vec<u8>) {
-        let src = self.tmp.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        let bytes = rdht_testnet::content("nat", ARTIFACT);
-        std::fs::write(src.join("big.bin"), &bytes).unwrap();
-        (src, bytes)
-    }
-
-    /// `rdht get ROOT` on `node` into a fresh directory under the temp dir.
-    fn get(&self, node: &Node, root: &str, dest: &str) -> (std::process::Output, Duration) {
-        let dest = self.tmp.path().join(dest);
-        let start = Instant::now();
-        let out = std::process::Command::new(bin("rdht"))
-            .arg("--data-dir")
-            .arg(&node.dir)
-            .args(["--json", "get", root, dest.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (out, start.elapsed())
-    }
-}
+use rdht_testnet::Node;
+use rdht_testnet::natswarm::{
+    DEADLINE, KEY, NatSwarm, block_bytes, in_ns, ns_bytes, peer_id, private_node, require_nat,
+    wait_swarm,
+};
+use rdht_testnet::netns::{NatKind, NatNet};
 
 #[test]
 fn behind_nat_a_node_is_private_and_a_dht_client_and_the_public_node_serves() {
-    let t = Topology::start(&[NatKind::Cone, NatKind::Cone], false);
+    let t = NatSwarm::start(&[NatKind::Cone, NatKind::Cone], false);
     let (anchor, line, laptops, net) = (&t.anchor, &t.line, &t.laptops, &t.net);
 
     // The anchor serves the DHT from the start. (Its address is not tested: AutoNAT
@@ -442,63 +293,26 @@ fn a_dnsaddr_bootstrap_entry_resolves_through_dns_and_the_node_joins() {
     assert!(!log.contains("no bootstrap peer is reachable"), "{log}");
 }
 
-/// Polls until node's first swarm lists a relayed (`/p2p-circuit`) confirmed address.
-fn wait_relayed(node: &Node) -> Duration {
-    let (_, took) = wait_swarm(node, "a relay reservation", |s| {
-        s["confirmed"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|a| a.as_str().unwrap().contains("/p2p-circuit"))
-        })
-    });
-    took
-}
-
-/// Bytes the interfaces of namespace `ns` received and sent, loopback aside
-/// (`/proc/net/dev`: after the name, field 0 is bytes received and field 8 bytes sent).
-fn ns_bytes(ns: &str) -> u64 {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/dev"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut total = 0;
-    for line in text.lines().skip(2) {
-        let (name, fields) = line.split_once(':').unwrap();
-        if name.trim() == "lo" {
-            continue;
-        }
-        let f: Vec<u64> = fields
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
-        total += f[0] + f[8];
-    }
-    total
-}
-
 /// The artifact the laptops share: 2 MiB, far over a relay v2 circuit's 128 KiB.
 const ARTIFACT: usize = 2 << 20;
 /// How long a fetch waits for a provider reachable only through a relay to turn direct
 /// before it skips it (specs/swarm.md §2.6).
 const RELAY_SKIP: Duration = Duration::from_secs(5);
 
-fn peer_id(node: &Node) -> String {
-    node.json(&["id"])["peer_id"].as_str().unwrap().to_string()
-}
-
-fn block_bytes(node: &Node) -> (u64, u64) {
-    let s = node.json(&["status"]);
-    (
-        s["bytes_in"].as_u64().unwrap(),
-        s["bytes_out"].as_u64().unwrap(),
-    )
+/// Writes the shared artifact's one file under `t`'s temp dir; returns its directory
+/// and the bytes.
+fn source(t: &NatSwarm) -> (std::path::PathBuf, Vec<u8>) {
+    let src = t.tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let bytes = rdht_testnet::content("nat", ARTIFACT);
+    std::fs::write(src.join("big.bin"), &bytes).unwrap();
+    (src, bytes)
 }
 
 #[test]
 fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
-    let t = Topology::new(&[NatKind::Cone, NatKind::Cone]);
-    let (src, bytes) = t.source();
+    let t = NatSwarm::new(&[NatKind::Cone, NatKind::Cone]);
+    let (src, bytes) = source(&t);
     let put = t.laptops[0].json(&["put", src.to_str().unwrap()]);
     let root = put["root"].as_str().unwrap().to_string();
     let anchor_ns = t.net.public_ns(1);
@@ -565,8 +379,8 @@ fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
 /// over the relay.
 #[test]
 fn behind_a_symmetric_nat_the_relayed_provider_is_skipped_and_the_anchor_serves() {
-    let t = Topology::new(&[NatKind::Cone, NatKind::Symmetric]);
-    let (src, bytes) = t.source();
+    let t = NatSwarm::new(&[NatKind::Cone, NatKind::Symmetric]);
+    let (src, bytes) = source(&t);
     let root = t.laptops[0].json(&["put", src.to_str().unwrap()])["root"]
         .as_str()
         .unwrap()
