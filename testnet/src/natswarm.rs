@@ -187,30 +187,32 @@ pub fn wait_relayed(node: &Node) -> Duration {
     took
 }
 
-/// Bytes the interfaces of namespace `ns` received and sent, loopback aside
-/// (`/proc/net/dev`: after the name, field 0 is bytes received and field 8 bytes sent).
+/// IP bytes the hosts of namespace `ns` received and sent themselves
+/// (`/proc/net/netstat`, `IpExt: InOctets OutOctets`): what a relay there carried, in
+/// both directions, plus its own traffic. Interface counters would also count frames
+/// the bridge floods to every port before it has learnt where a MAC address is, such
+/// as other hosts' direct connections.
 pub fn ns_bytes(ns: &str) -> u64 {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/dev"])
+        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
         .output()
         .expect("run ip netns exec");
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut total = 0;
-    for line in text.lines().skip(2) {
-        let Some((name, fields)) = line.split_once(':') else {
-            continue;
-        };
-        if name.trim() == "lo" {
-            continue;
-        }
-        let f: Vec<u64> = fields
-            .split_whitespace()
-            .map(|x| x.parse().expect("a /proc/net/dev counter"))
-            .collect();
-        total += f[0] + f[8];
-    }
-    total
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("IpExt:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "IpExt names and values: {text}");
+    let field = |name: &str| -> u64 {
+        let i = rows[0]
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or_else(|| panic!("no {name} in IpExt"));
+        rows[1][i].parse().expect("an IpExt counter")
+    };
+    field("InOctets") + field("OutOctets")
 }
 
 /// The node's libp2p peer id.

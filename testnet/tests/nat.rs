@@ -6,7 +6,7 @@
 //!   Kademlia stays a client and it takes a relay reservation on the anchor; the
 //!   anchor serves the DHT.
 //! - Behind two cone NATs, blocks arrive over a hole-punched direct connection, and the
-//!   relay's namespace carries a small fraction of the artifact meanwhile.
+//!   relay host sends and receives a small fraction of the artifact meanwhile.
 //! - Behind a symmetric NAT hole punching fails: the provider reachable only through
 //!   the relay is skipped and the anchor serves every block, without waiting.
 //! - A `/dnsaddr/` bootstrap entry resolves through a DNS server in the topology.
@@ -293,18 +293,22 @@ fn a_dnsaddr_bootstrap_entry_resolves_through_dns_and_the_node_joins() {
     assert!(!log.contains("no bootstrap peer is reachable"), "{log}");
 }
 
-/// The artifact the laptops share: 2 MiB, far over a relay v2 circuit's 128 KiB.
-const ARTIFACT: usize = 2 << 20;
+/// The artifact of the hole-punch test: 8 MiB, far over a relay v2 circuit's 128 KiB.
+const ARTIFACT: usize = 8 << 20;
+/// The artifact of the symmetric-NAT test, whose fetch time is checked: small enough
+/// that a loaded machine fetches it well within [`RELAY_SKIP`] (3 s here for 8 MiB
+/// with debug builds under load), still 16 relay circuits' worth.
+const SMALL: usize = 2 << 20;
 /// How long a fetch waits for a provider reachable only through a relay to turn direct
 /// before it skips it (specs/swarm.md §2.6).
 const RELAY_SKIP: Duration = Duration::from_secs(5);
 
-/// Writes the shared artifact's one file under `t`'s temp dir; returns its directory
-/// and the bytes.
-fn source(t: &NatSwarm) -> (std::path::PathBuf, Vec<u8>) {
+/// Writes an artifact of `size` bytes, one file, under `t`'s temp dir; returns its
+/// directory and the bytes.
+fn source(t: &NatSwarm, size: usize) -> (std::path::PathBuf, Vec<u8>) {
     let src = t.tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let bytes = rdht_testnet::content("nat", ARTIFACT);
+    let bytes = rdht_testnet::content("nat", size);
     std::fs::write(src.join("big.bin"), &bytes).unwrap();
     (src, bytes)
 }
@@ -312,7 +316,7 @@ fn source(t: &NatSwarm) -> (std::path::PathBuf, Vec<u8>) {
 #[test]
 fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
     let t = NatSwarm::new(&[NatKind::Cone, NatKind::Cone]);
-    let (src, bytes) = source(&t);
+    let (src, bytes) = source(&t, ARTIFACT);
     let put = t.laptops[0].json(&["put", src.to_str().unwrap()]);
     let root = put["root"].as_str().unwrap().to_string();
     let anchor_ns = t.net.public_ns(1);
@@ -339,14 +343,15 @@ fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
     assert_eq!(got["files"], 1, "{got}");
     assert!(std::fs::read(t.tmp.path().join("dest/big.bin")).unwrap() == bytes);
     eprintln!(
-        "laptop 2 fetched {} KiB from laptop 1 in {took:?}; the relay's namespace carried \
+        "laptop 2 fetched {} KiB from laptop 1 in {took:?}; the relay host sent and received \
          {} KiB meanwhile",
         ARTIFACT >> 10,
         relayed >> 10
     );
-    // Blocks never went through the relay: everything the anchor's namespace carried
-    // while the artifact moved (DHT, identify, the hole punch's coordination, both
-    // directions of any circuit) is a small fraction of it.
+    // Blocks never went through the relay: everything the anchor host sent and
+    // received while the artifact moved (DHT, identify, the hole punch's coordination,
+    // AutoNAT v2's dial-back data of up to 100 KB per test, both directions of any
+    // circuit) is a small fraction of it.
     assert!(
         relayed < (ARTIFACT / 8) as u64,
         "the relay carried {relayed} bytes while {ARTIFACT} moved"
@@ -380,7 +385,7 @@ fn behind_two_cone_nats_blocks_arrive_over_a_hole_punched_connection() {
 #[test]
 fn behind_a_symmetric_nat_the_relayed_provider_is_skipped_and_the_anchor_serves() {
     let t = NatSwarm::new(&[NatKind::Cone, NatKind::Symmetric]);
-    let (src, bytes) = source(&t);
+    let (src, bytes) = source(&t, SMALL);
     let root = t.laptops[0].json(&["put", src.to_str().unwrap()])["root"]
         .as_str()
         .unwrap()
@@ -400,17 +405,14 @@ fn behind_a_symmetric_nat_the_relayed_provider_is_skipped_and_the_anchor_serves(
     assert!(std::fs::read(t.tmp.path().join("dest/big.bin")).unwrap() == bytes);
     eprintln!(
         "behind the symmetric NAT, laptop 2 fetched {} KiB in {took:?}",
-        ARTIFACT >> 10
+        SMALL >> 10
     );
     // Every block came from the anchor; laptop 1 sent none.
     let (_, from_anchor) = block_bytes(&t.anchor);
     let (_, from_laptop) = block_bytes(&t.laptops[0]);
     let (received, _) = block_bytes(&t.laptops[1]);
     assert_eq!(from_laptop, 0, "laptop 1 sent blocks");
-    assert!(
-        from_anchor >= ARTIFACT as u64,
-        "the anchor sent {from_anchor}"
-    );
+    assert!(from_anchor >= SMALL as u64, "the anchor sent {from_anchor}");
     assert_eq!(received, from_anchor);
     // It never waited for the relayed provider to turn direct.
     assert!(
