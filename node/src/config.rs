@@ -41,6 +41,14 @@ listen = ["/ip4/0.0.0.0/tcp/4517"]
 # blocks go through it). Flag: --anchor. Env: RDHT_ANCHOR.
 # anchor = false
 
+# Relay for this node's swarms (relay v2 server): nodes behind NAT keep a reservation
+# here, and a peer that wants to reach one dials it through this node, which lets the
+# two hole-punch a direct connection. Blocks never go through a relay; each circuit is
+# cut after 2 minutes or 128 KiB, and at most 128 reservations and 16 circuits are
+# held at once. A relay is offered once this node's address is confirmed reachable
+# (from the start on an anchor). Default: on for an anchor, off otherwise.
+# relay = false
+
 # The store's size cap in bytes, counted as the artifacts' uncompressed size. Above
 # it, garbage collection evicts the least recently used artifacts this node did not
 # build itself. Blocks are kept LZ4-compressed where that saves space, so the store
@@ -145,6 +153,8 @@ pub struct FileConfig {
     pub store_max_bytes: Option<u64>,
     /// Run as an anchor node.
     pub anchor: Option<bool>,
+    /// Relay for other peers (default: `anchor`).
+    pub relay: Option<bool>,
     /// Join the public swarm.
     pub public: Option<bool>,
     /// Public-swarm listen addresses.
@@ -200,6 +210,9 @@ pub struct Config {
     pub store_max_bytes: u64,
     /// Run as an anchor node (specs/swarm.md §2.4).
     pub anchor: bool,
+    /// Relay circuits for other peers of its swarms (specs/swarm.md §2.6); the file's
+    /// `relay`, else `anchor`.
+    pub relay: bool,
     /// Join the public swarm.
     pub public: bool,
     /// Public-swarm listen addresses.
@@ -265,6 +278,7 @@ pub fn load(
                 .into(),
         });
     }
+    let anchor = overrides.anchor || file.anchor.unwrap_or(false);
     let config = Config {
         data_dir: data_dir.to_path_buf(),
         config_file: path,
@@ -281,7 +295,8 @@ pub fn load(
             .store_max_bytes
             .or(file.store_max_bytes)
             .unwrap_or(DEFAULT_STORE_MAX_BYTES),
-        anchor: overrides.anchor || file.anchor.unwrap_or(false),
+        anchor,
+        relay: file.relay.unwrap_or(anchor),
         public: file.public.unwrap_or(false),
         public_listen: file
             .public_listen
@@ -392,6 +407,41 @@ mod tests {
         fs::write(&path, "required_signatures = 3\nverify_sample_rate = 0.5\n").unwrap();
         let (c, _) = load(dir.path(), None, Overrides::default()).unwrap();
         assert_eq!((c.required_signatures, c.verify_sample_rate), (3, 0.5));
+    }
+
+    /// The relay setting defaults to the anchor's, and the file may turn it either way
+    /// (issue 18: "a setting, default on for anchor nodes").
+    #[test]
+    fn relay_defaults_to_anchor_and_the_file_decides_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let anchor_flag = Overrides {
+            anchor: true,
+            ..Overrides::default()
+        };
+        let cases = [
+            ("", false, (false, false)),
+            ("", true, (true, true)),
+            ("anchor = true\n", false, (true, true)),
+            ("anchor = true\nrelay = false\n", false, (true, false)),
+            ("relay = false\n", true, (true, false)),
+            ("relay = true\n", false, (false, true)),
+        ];
+        for (file, flag, want) in cases {
+            fs::write(&path, file).unwrap();
+            let over = if flag {
+                anchor_flag.clone()
+            } else {
+                Overrides::default()
+            };
+            let (c, _) = load(dir.path(), None, over).unwrap();
+            assert_eq!((c.anchor, c.relay), want, "file {file:?}, --anchor {flag}");
+        }
+        // The default file documents the setting, commented out.
+        assert!(DEFAULT_CONFIG.contains("\n# relay = false\n"));
+        fs::write(&path, "relay = \"yes\"\n").unwrap();
+        let err = load(dir.path(), None, Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("relay"), "{err}");
     }
 
     #[test]

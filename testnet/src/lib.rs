@@ -10,6 +10,8 @@
 //!   recorded in a state directory, so the `rdht-testnet` binary can start them, return,
 //!   and later stop, kill, restart, partition or heal them. With `netns`, each daemon
 //!   runs in its own network namespace behind a private bridge ([`netns`]).
+//! - [`natswarm::NatSwarm`]: an anchor and laptops behind NAT routers ([`netns::NatNet`]),
+//!   for the NAT tests and bench.
 //!
 //! Beside them, [`chroot::Root`] is another machine's C runtime on this one: a Debian
 //! root made with debootstrap, where a daemon ([`Launch`], [`Node::start_with`]) or a
@@ -43,6 +45,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod chroot;
+pub mod natswarm;
 mod net;
 pub mod netns;
 

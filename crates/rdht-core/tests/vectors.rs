@@ -3,7 +3,7 @@
 //! and then only read here.
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
-use rdht_testkit::pattern;
+use rdht_testkit::{pattern, unhex};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -17,20 +17,6 @@ fn load(name: &str) -> toml::Table {
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     text.parse().unwrap()
-}
-
-/// Annotated hex: drop everything after `#` on each line and all whitespace.
-fn unhex(annotated: &str) -> Vec<u8> {
-    let digits: String = annotated
-        .lines()
-        .map(|l| l.split('#').next().unwrap())
-        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
-        .collect();
-    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 fn str_of<'a>(t: &'a toml::Table, k: &str) -> &'a str {

@@ -252,13 +252,15 @@ pub struct SwarmConfig {
     /// Default: [`PROVIDER_REPUBLISH`].
     pub provider_republish: Duration,
     /// An always-on helper of its swarm (specs/swarm.md §2.4): Kademlia server whatever
-    /// AutoNAT says, AutoNAT server, relay. Default: false.
+    /// AutoNAT says, AutoNAT server, and, with `relay`, a relay from the start.
+    /// Default: false.
     pub anchor: bool,
     /// Ask an IGD gateway on the local network to forward our listen ports (UPnP).
     /// Used only when some listen address is not loopback. Default: true.
     pub upnp: bool,
-    /// Relay circuits for other peers of this swarm (relay v2 server; always on for an
-    /// anchor). Default: false.
+    /// Relay circuits for other peers of this swarm (relay v2 server), once an external
+    /// address is confirmed (at once on an anchor). Default: false (the daemon's
+    /// `relay` setting defaults to its `anchor`).
     pub relay: bool,
     /// Bounds on connections (specs/swarm.md §2.5).
     pub limits: ConnLimits,

@@ -938,7 +938,7 @@ impl NodeHandle {
             .into_iter()
             .filter(|p| *p != self.inner.peer_id && !self.is_banned(p) && !self.skip_unreachable(p))
             .collect();
-        let providers = direct_first(s, providers).await;
+        let (first, unconnected, relayed) = by_path(s, providers).await;
         let ctx = FetchCtx {
             swarm: &s.name,
             control: s.control.clone(),
@@ -947,7 +947,33 @@ impl NodeHandle {
             ban: &ban,
             heard: &heard,
         };
-        fetch::fetch_artifact(&ctx, root, providers, sink).await
+        // Providers connected directly, or not yet, first, without waiting for the
+        // others: a relayed one can only serve once hole punching made it direct.
+        let mut failed = None;
+        if !first.is_empty() {
+            match fetch::fetch_artifact(&ctx, root, first, sink).await {
+                Err(e @ FetchError::AllProvidersFailed { .. }) => failed = Some(e),
+                other => return other,
+            }
+        }
+        // Then the relayed ones, and the unconnected ones that failed (a dial may have
+        // reached them only through a relay, where providers refuse block streams),
+        // each once its connection is direct.
+        let waiting: Vec<PeerId> = match failed {
+            Some(_) => unconnected.into_iter().chain(relayed).collect(),
+            None => relayed,
+        };
+        let waiting: Vec<PeerId> = waiting.into_iter().filter(|p| !self.is_banned(p)).collect();
+        if waiting.is_empty()
+            && let Some(e) = failed
+        {
+            return Err(e);
+        }
+        let punched = wait_direct(s, waiting).await;
+        match failed {
+            Some(e) if punched.is_empty() => Err(e),
+            _ => fetch::fetch_artifact(&ctx, root, punched, sink).await,
+        }
     }
 }
 
@@ -956,36 +982,62 @@ impl NodeHandle {
 /// before the fetch goes on without it.
 const DIRECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The providers in the order a fetch asks them: those with a direct connection (or
-/// none yet), then those connected only through a relay once hole punching made their
-/// connection direct, within [`DIRECT_WAIT`]; a provider still relayed then is left
-/// out, since blocks never stream over a relayed circuit (relay v2 cuts it at 128 KiB
-/// or 2 min; specs/swarm.md §2.6).
-async fn direct_first(s: &SwarmHandle, providers: Vec<PeerId>) -> Vec<PeerId> {
-    let relayed_only = |conns: &[swarm::Connection], p: &PeerId| {
-        let mine: Vec<&swarm::Connection> = conns.iter().filter(|c| c.peer == *p).collect();
-        !mine.is_empty() && mine.iter().all(|c| c.relayed)
-    };
+/// Whether `p` is connected and only directly: libp2p-stream opens a stream on a
+/// random connection to the peer, so one still relayed (the swarm closes it once a
+/// direct one is up, which takes a moment) could carry blocks.
+fn direct_only(conns: &[swarm::Connection], p: &PeerId) -> bool {
+    let mut mine = conns.iter().filter(|c| c.peer == *p).peekable();
+    mine.peek().is_some() && mine.all(|c| !c.relayed)
+}
+
+/// The providers by how this node reaches them: those reached only directly or not yet
+/// at all, in the given order (asked first); of those, the ones not connected yet; and
+/// those (also) reached through a relay. Blocks never stream over a relayed circuit
+/// (relay v2 cuts it at 128 KiB or 2 min; specs/swarm.md §2.6), so the last are asked
+/// only once hole punching made them direct ([`wait_direct`]).
+async fn by_path(
+    s: &SwarmHandle,
+    providers: Vec<PeerId>,
+) -> (Vec<PeerId>, Vec<PeerId>, Vec<PeerId>) {
     let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
-        return providers;
+        return (providers, Vec::new(), Vec::new());
     };
-    let (mut waiting, mut order): (Vec<PeerId>, Vec<PeerId>) =
-        providers.into_iter().partition(|p| relayed_only(&conns, p));
+    let (mut first, mut none, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
+    for p in providers {
+        if !conns.iter().any(|c| c.peer == p) {
+            none.push(p);
+            first.push(p);
+        } else if direct_only(&conns, &p) {
+            first.push(p);
+        } else {
+            relayed.push(p);
+        }
+    }
+    (first, none, relayed)
+}
+
+/// The providers of `waiting` connected only directly within [`DIRECT_WAIT`]; the
+/// others are left out (symmetric NAT: hole punching fails).
+async fn wait_direct(s: &SwarmHandle, mut waiting: Vec<PeerId>) -> Vec<PeerId> {
+    let mut direct = Vec::new();
     let deadline = tokio::time::Instant::now() + DIRECT_WAIT;
-    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    while !waiting.is_empty() {
         let Ok(conns) = s.request(|reply| Command::Connections { reply }).await else {
             break;
         };
-        let (still, direct): (Vec<PeerId>, Vec<PeerId>) =
-            waiting.into_iter().partition(|p| relayed_only(&conns, p));
-        order.extend(direct);
+        let (now_direct, still): (Vec<PeerId>, Vec<PeerId>) =
+            waiting.into_iter().partition(|p| direct_only(&conns, p));
+        direct.extend(now_direct);
         waiting = still;
+        if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     for p in &waiting {
-        info!(peer = %p, "provider reachable only through a relay (hole punching failed): skipped");
+        info!(peer = %p, "provider not reached directly (hole punching failed): skipped");
     }
-    order
+    direct
 }
 
 /// An announcement whose key is already in the local provider store, with its DHT

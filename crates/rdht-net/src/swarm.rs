@@ -82,7 +82,7 @@ pub(crate) struct Behaviour {
     upnp: Toggle<upnp::tokio::Behaviour>,
     /// Reservations on relays and circuits through them (relay v2 client).
     relay_client: relay::client::Behaviour,
-    /// Relays circuits for other peers (relay v2 server): anchors and relays only.
+    /// Relays circuits for other peers (relay v2 server): only with `relay` set.
     relay_server: Toggle<relay::Behaviour>,
     /// Turns relayed connections into direct ones (hole punching).
     dcutr: dcutr::Behaviour,
@@ -139,6 +139,19 @@ pub struct Connection {
 /// Whether `addr` goes through a relay.
 pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// The peer's address on a connection, as listed and as [`is_relayed`] reads it. On a
+/// circuit a relay brought us (we listen through the relay), libp2p gives the remote
+/// address as `/p2p/<peer>` alone; the circuit is in our local (relayed listen) address,
+/// so the peer is listed as reached through that relay: `<local>/p2p/<peer>`.
+fn connection_addr(endpoint: &libp2p::core::ConnectedPoint, peer: PeerId) -> Multiaddr {
+    match endpoint {
+        libp2p::core::ConnectedPoint::Listener { local_addr, .. } if is_relayed(local_addr) => {
+            local_addr.clone().with(Protocol::P2p(peer))
+        }
+        other => other.get_remote_address().clone(),
+    }
 }
 
 /// Whether `addr` is loopback or in-process (memory). A swarm that listens on such
@@ -429,7 +442,8 @@ fn build_behaviour(
         autonat_server: autonat::v2::server::Behaviour::default(),
         upnp: upnp.then(upnp::tokio::Behaviour::default).into(),
         relay_client,
-        relay_server: (cfg.anchor || cfg.relay)
+        relay_server: cfg
+            .relay
             .then(|| {
                 let mut r = relay::Behaviour::new(peer, relay::Config::default());
                 // A relay offers itself once an external address is confirmed; an
@@ -489,6 +503,9 @@ struct Task {
     kad_mode: kad::Mode,
     /// Open connections and the peer's address on each.
     conns: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// Peers whose every open connection runs through a relay; their block streams
+    /// are refused (`accept_loop`).
+    relayed_only: RelayedOnly,
     /// Our addresses changed since our own provider records were last rewritten.
     addrs_changed: bool,
     /// When the swarm started.
@@ -539,6 +556,7 @@ pub(crate) async fn start(
         autonat_failures: 0,
         kad_mode: kad::Mode::Client,
         conns: HashMap::new(),
+        relayed_only: RelayedOnly::default(),
         addrs_changed: false,
         started: Instant::now(),
         relays_seen: HashMap::new(),
@@ -721,8 +739,14 @@ pub(crate) async fn start(
     let handle = tokio::spawn(
         async move {
             let mut servers = JoinSet::new();
-            servers.spawn(accept_loop(blocks_in, source.clone(), limits.clone(), true));
-            servers.spawn(accept_loop(records_in, source, limits, false));
+            let relayed_only = Some(task.relayed_only.clone());
+            servers.spawn(accept_loop(
+                blocks_in,
+                source.clone(),
+                limits.clone(),
+                relayed_only,
+            ));
+            servers.spawn(accept_loop(records_in, source, limits, None));
             task.run(cmd_rx).await;
             servers.shutdown().await;
             info!("swarm stopped");
@@ -949,6 +973,7 @@ impl Task {
                 if !direct_left {
                     self.relays_seen.remove(&peer_id);
                 }
+                self.relayed_only.update(peer_id, &self.conns);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -956,8 +981,18 @@ impl Task {
                 endpoint,
                 ..
             } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                let addr = endpoint.get_remote_address().clone();
+                let addr = connection_addr(&endpoint, peer_id);
+                debug!(peer = %peer_id, %addr, "connected");
+                let direct_exists = self
+                    .conns
+                    .values()
+                    .any(|(p, a)| *p == peer_id && !is_relayed(a));
+                if is_relayed(&addr) && direct_exists {
+                    // A circuit opened while a direct connection exists would only
+                    // split streams between the two: close it.
+                    debug!(peer = %peer_id, "relayed connection while a direct one is up; closing it");
+                    self.swarm.close_connection(connection_id);
+                }
                 if !is_relayed(&addr) {
                     // Blocks never stream over a relayed circuit (relay v2 cuts it at
                     // 128 KiB or 2 min): once a direct connection exists, close the
@@ -974,6 +1009,7 @@ impl Task {
                     }
                 }
                 self.conns.insert(connection_id, (peer_id, addr));
+                self.relayed_only.update(peer_id, &self.conns);
                 if self.boot_peers.contains(&peer_id) {
                     self.boot_ok = true;
                 }
@@ -1374,20 +1410,54 @@ impl Drop for PeerSlot {
     }
 }
 
+/// The peers connected to this swarm only through relays, shared by the swarm task
+/// (which keeps it) and the block server (which reads it).
+#[derive(Clone, Default)]
+struct RelayedOnly(Arc<std::sync::Mutex<HashSet<PeerId>>>);
+
+impl RelayedOnly {
+    /// Records whether `peer` has connections in `conns`, all relayed.
+    fn update(&self, peer: PeerId, conns: &HashMap<ConnectionId, (PeerId, Multiaddr)>) {
+        let mut mine = conns.values().filter(|(p, _)| *p == peer).peekable();
+        let only = mine.peek().is_some() && mine.all(|(_, a)| is_relayed(a));
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if only {
+            set.insert(peer);
+        } else {
+            set.remove(&peer);
+        }
+    }
+
+    fn contains(&self, peer: &PeerId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+}
+
 /// Serves the inbound streams of one protocol, each in its own task, within the
-/// limits of `inbound`. A request that breaks the format (§3.1, §4) reports its peer
-/// as an offender; the node bans it, which closes its connections. Work per bad
-/// stream is bounded: a request is at most 262,149 bytes, read within
+/// limits of `inbound`: blocks when `relayed_only` is given (a block stream from a
+/// peer reached only through a relay is refused, since relay v2 cuts a circuit at
+/// 128 KiB; the peer asks again once hole punching made the connection direct,
+/// specs/swarm.md §2.6), else records. A request that breaks the format (§3.1, §4)
+/// reports its peer as an offender; the node bans it, which closes its connections.
+/// Work per bad stream is bounded: a request is at most 262,149 bytes, read within
 /// `REQUEST_TIMEOUT`, and a malformed one ends at its first bad field.
 async fn accept_loop(
     mut incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn BlockSource>,
     inbound: Inbound,
-    blocks: bool,
+    relayed_only: Option<RelayedOnly>,
 ) {
+    let blocks = relayed_only.is_some();
     let mut tasks = JoinSet::new();
     while let Some((peer, stream)) = incoming.next().await {
         while tasks.try_join_next().is_some() {}
+        if relayed_only.as_ref().is_some_and(|r| r.contains(&peer)) {
+            debug!(%peer, "refusing a block stream: the peer is reached only through a relay");
+            continue;
+        }
         let Some(slot) = PeerSlot::take(&inbound, peer) else {
             debug!(%peer, "too many inbound streams from one peer; refusing one");
             continue;

@@ -1,10 +1,11 @@
 //! Wire formats of the two rdht stream protocols: block streaming and record exchange,
-//! plus the Kademlia provider-key namespace.
+//! plus the Kademlia provider keys (CIDv1s other libp2p implementations accept).
 //!
 //! Owns: protocol names, message layouts and their size limits; async readers and
 //! writers over any `AsyncRead`/`AsyncWrite`. Does not own: verification of block
 //! contents (rdht-core's `DagVerifier`) or of records (`BuildRecord::decode`), nor who
-//! to talk to. Read first: [`Frame`], [`read_frame`]. Spec: `specs/swarm.md` §3–§4.
+//! to talk to. Read first: [`Frame`], [`read_frame`], [`ProviderKey::to_bytes`]. Spec:
+//! `specs/swarm.md` §3–§4, §6.1.
 
 use bytes::BytesMut;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -16,8 +17,9 @@ use rdht_core::{BlockId, BuildKey, Encoded, MAX_BLOCK_LEN};
 pub const BLOCKS_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/blocks/1");
 /// The build record protocol.
 pub const RECORDS_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/records/1");
-/// The Kademlia protocol name (keeps rdht's DHT apart from IPFS's).
-pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/kad/1.0.0");
+/// The Kademlia protocol name (keeps rdht's DHT apart from IPFS's). Version 2: provider
+/// keys are CIDv1s ([`ProviderKey::to_bytes`]); version 1's were a tag and an id.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdht/kad/2.0.0");
 /// The identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/rdht/1.0.0";
 /// The version byte opening every request.
@@ -43,6 +45,15 @@ pub const TAG_LZ4: u8 = 0x03;
 pub const KEY_TAG_BUILD: u8 = 0x01;
 /// Provider-key namespace tag for artifact roots.
 pub const KEY_TAG_ARTIFACT: u8 = 0x02;
+/// CID version of a provider key.
+pub const CID_VERSION: u8 = 0x01;
+/// Multicodec of a provider key's CID: `raw`, since its digest hashes the 33 bytes of
+/// [`ProviderKey::tagged`] as they are.
+pub const CID_CODEC_RAW: u8 = 0x55;
+/// Multihash code of BLAKE3 (here with a 32-byte digest).
+pub const MULTIHASH_BLAKE3: u8 = 0x1e;
+/// Length of a provider key on the wire.
+pub const PROVIDER_KEY_LEN: usize = 36;
 
 /// What a node announces as a Kademlia provider record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,8 +65,9 @@ pub enum ProviderKey {
 }
 
 impl ProviderKey {
-    /// The 33-byte DHT key: a namespace tag, then the 32-byte id.
-    pub fn to_bytes(&self) -> [u8; 33] {
+    /// What the key's digest hashes: the namespace tag, then the 32-byte id (version
+    /// 1's whole DHT key).
+    pub fn tagged(&self) -> [u8; 33] {
         let (tag, id) = match self {
             ProviderKey::Build(k) => (KEY_TAG_BUILD, k.as_bytes()),
             ProviderKey::Artifact(r) => (KEY_TAG_ARTIFACT, r.as_bytes()),
@@ -63,6 +75,18 @@ impl ProviderKey {
         let mut out = [0u8; 33];
         out[0] = tag;
         out[1..].copy_from_slice(id);
+        out
+    }
+
+    /// The 36-byte DHT key, a binary CIDv1: version 1, codec `raw`, then the multihash
+    /// BLAKE3 (0x1e, 32 bytes) of [`Self::tagged`]. The kinds differ in the digest, not
+    /// in the codec, because js-libp2p keys its provider store by the multihash alone
+    /// (specs/swarm.md §6.1).
+    pub fn to_bytes(&self) -> [u8; PROVIDER_KEY_LEN] {
+        // Every field before the digest is a constant below 0x80: a one-byte varint.
+        let mut out = [0u8; PROVIDER_KEY_LEN];
+        out[..4].copy_from_slice(&[CID_VERSION, CID_CODEC_RAW, MULTIHASH_BLAKE3, 32]);
+        out[4..].copy_from_slice(blake3::hash(&self.tagged()).as_bytes());
         out
     }
 
@@ -442,13 +466,19 @@ mod tests {
     }
 
     #[test]
-    fn provider_keys_are_namespaced() {
+    fn provider_keys_are_cids_whose_digest_keeps_the_kinds_apart() {
         let id = [7u8; 32];
-        let a = ProviderKey::Artifact(BlockId::from_bytes(id)).to_bytes();
-        let b = ProviderKey::Build(BuildKey::from_bytes(id)).to_bytes();
-        assert_eq!(a[0], KEY_TAG_ARTIFACT);
-        assert_eq!(b[0], KEY_TAG_BUILD);
-        assert_eq!(a[1..], b[1..]);
-        assert_ne!(a, b);
+        let a = ProviderKey::Artifact(BlockId::from_bytes(id));
+        let b = ProviderKey::Build(BuildKey::from_bytes(id));
+        assert_eq!(a.tagged()[0], KEY_TAG_ARTIFACT);
+        assert_eq!(b.tagged()[0], KEY_TAG_BUILD);
+        assert_eq!(a.tagged()[1..], b.tagged()[1..]);
+        let (a, b) = (a.to_bytes(), b.to_bytes());
+        assert_eq!(a[..4], [0x01, 0x55, 0x1e, 0x20]);
+        assert_eq!(a[..4], b[..4]);
+        assert_ne!(a[4..], b[4..], "the multihash alone tells the kinds apart");
+        // libp2p's own multihash decoder reads what follows the CID header.
+        let mh = libp2p::multihash::Multihash::<64>::from_bytes(&a[2..]).unwrap();
+        assert_eq!((mh.code(), mh.size()), (MULTIHASH_BLAKE3.into(), 32));
     }
 }

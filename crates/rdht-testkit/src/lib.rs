@@ -5,6 +5,7 @@
 //!   bytes (source-like lines); [`pattern`]: the `i % 251` bytes the spec vectors use.
 //! - [`cpu_time`]: this process's CPU time, so a benchmark on a busy machine can be told
 //!   apart from a slow one.
+//! - [`unhex`]: the bytes of an annotated hex vector (`specs/vectors/`).
 //!
 //! Owns: nothing any production code relies on. Does not own: multi-node harnesses
 //! (`rdht-testnet`) or project fixtures (`rdht_testnet::write_small_project`).
@@ -14,6 +15,7 @@
 //! assert_eq!(a, rdht_testkit::data(7, 100));
 //! assert_ne!(a, rdht_testkit::data(8, 100));
 //! assert_eq!(rdht_testkit::pattern(3), vec![0, 1, 2]);
+//! assert_eq!(rdht_testkit::unhex("01 # version\nab cd # id\n"), [1, 0xab, 0xcd]);
 //! ```
 
 use std::time::Duration;
@@ -66,6 +68,27 @@ pub fn cpu_time() -> Option<Duration> {
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     // USER_HZ is 100 on every Linux target Rust supports.
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// Annotated hex, as `specs/vectors/` writes byte layouts: everything after `#` on each
+/// line and all whitespace are dropped, the rest is hex digits.
+///
+/// # Panics
+/// On an odd number of digits or a character that is not a hex digit: a broken vector.
+pub fn unhex(annotated: &str) -> Vec<u8> {
+    let digits: String = annotated
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect();
+    assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&digits[i..i + 2], 16)
+                .unwrap_or_else(|e| panic!("{:?} is not hex: {e}", &digits[i..i + 2]))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub(super) fn swarm_configs(config: &Config, me: PeerId) -> Result<Vec<SwarmConf
             s.bootstrap.retain(|b| b.peer != me);
             s.announce = AnnouncePolicy::Automatic;
             s.anchor = config.anchor;
+            s.relay = config.relay;
             swarms.push(s);
         }
         (None, Some(b)) => {
@@ -57,6 +58,7 @@ pub(super) fn swarm_configs(config: &Config, me: PeerId) -> Result<Vec<SwarmConf
         }
         s.bootstrap.retain(|b| b.peer != me);
         s.anchor = config.anchor;
+        s.relay = config.relay;
         // Only what the caller explicitly scopes as public goes here.
         s.announce = AnnouncePolicy::Explicit;
         swarms.push(s);
@@ -197,5 +199,44 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    /// The daemon's `anchor` and `relay` settings reach every swarm it joins; on an
+    /// anchor, relaying can be turned off alone.
+    #[test]
+    fn anchor_and_relay_settings_reach_every_swarm() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("swarm.key");
+        std::fs::write(&key, SwarmKey::from_bytes([1; 32]).to_file_text()).unwrap();
+        let me = PeerId::random();
+        for (extra, want) in [
+            ("anchor = true\n", (true, true)),
+            ("anchor = true\nrelay = false\n", (true, false)),
+            ("relay = true\n", (false, true)),
+        ] {
+            std::fs::write(
+                dir.path().join("config.toml"),
+                format!(
+                    "swarm_key = {key:?}\npublic = true\n\
+                     public_listen = [\"/ip4/127.0.0.1/tcp/0\"]\n{extra}"
+                ),
+            )
+            .unwrap();
+            let (config, _) =
+                crate::config::load(dir.path(), None, crate::config::Overrides::default()).unwrap();
+            let got: Vec<(String, bool, bool)> = swarm_configs(&config, me)
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.name, s.anchor, s.relay))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (PRIVATE_SWARM.to_string(), want.0, want.1),
+                    (PUBLIC_SWARM.to_string(), want.0, want.1)
+                ],
+                "{extra:?}"
+            );
+        }
     }
 }
