@@ -91,6 +91,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal; log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (the log's disk is full) is dropped: by
+        // default tracing-subscriber reports it with `eprintln!`, which panics when
+        // stderr fails too, and that panic killed whichever task logged (issue 19).
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
