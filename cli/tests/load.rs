@@ -93,19 +93,7 @@ fn eight_builds_at_once_half_warm_all_succeed_with_local_outputs() {
     for i in 0..8 {
         let local = root.join(format!("local/p{i}"));
         write_project(&local, i);
-        let out = Command::new("cargo")
-            .args(["build", "-q"])
-            .current_dir(&local)
-            .env("CARGO_HOME", &home)
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("CARGO_TARGET_DIR")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        rdht_testnet::plain_build(&local, &home);
         expected.push(program_output(&local, i));
         if i < 4 {
             let pa = root.join(format!("a/p{i}"));

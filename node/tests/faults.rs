@@ -150,19 +150,7 @@ fn rlibs(project: &Path) -> BTreeMap<String, blake3::Hash> {
 
 /// What a plain `cargo build` (no wrapper) of `project` prints when run.
 fn local_output(project: &Path, cargo_home: &Path) -> String {
-    let out = Command::new("cargo")
-        .args(["build", "-q"])
-        .current_dir(project)
-        .env("CARGO_HOME", cargo_home)
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rdht_testnet::plain_build(project, cargo_home);
     run_bin(project)
 }
 

@@ -544,6 +544,27 @@ impl Swarm {
     }
 }
 
+/// Builds `project` with a plain `cargo build -q` (no wrapper, its own target dir)
+/// with `cargo_home` as `CARGO_HOME`: the local build a cached one is compared with.
+///
+/// # Panics
+/// When cargo cannot be run or the build fails (with cargo's stderr).
+pub fn plain_build(project: &Path, cargo_home: &Path) {
+    let out = Command::new("cargo")
+        .args(["build", "-q"])
+        .current_dir(project)
+        .env("CARGO_HOME", cargo_home)
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Deterministic incompressible bytes: `len` bytes of BLAKE3's output stream for `seed`.
 pub fn content(seed: &str, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
